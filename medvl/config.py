@@ -1,0 +1,295 @@
+"""Typed config schemas, registered in Hydra's ConfigStore, and start-up validation.
+
+The YAML files under ``conf/`` are merged onto these dataclasses, so a misspelt key fails when the
+config is composed. :func:`preflight` turns every composition or validation failure into one line
+that names the key and the valid choices, before any weights are loaded.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# Installed as a wheel the conf tree is shipped inside the package.
+if not CONF_DIR.is_dir():  # pragma: no cover
+    CONF_DIR = Path(__file__).resolve().parent / "conf"
+
+
+class Trainable(str, Enum):
+    """How a stage treats a component: frozen, LoRA adapters on it, or all of its weights."""
+
+    frozen = "frozen"
+    lora = "lora"
+    full = "full"
+
+
+class Family(str, Enum):
+    qwen2_vl = "qwen2_vl"
+    qwen2_5_vl = "qwen2_5_vl"
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    name_or_path: str = MISSING
+    family: Family = Family.qwen2_vl
+    #: Built offline on first use when set (``tiny`` / ``tiny25``); ``name_or_path`` is then its cache dir.
+    build_tiny: bool = False
+    dtype: str = "auto"
+    attn_implementation: str = "sdpa"
+    min_pixels: int = 3136
+    max_pixels: int = 401408
+    trust_remote_code: bool = False
+    #: Overrides the stage's learning rate for this model size (``null``: the stage's).
+    learning_rate: float | None = None
+
+
+@dataclass
+class StageConfig:
+    name: str = MISSING
+    vision: Trainable = Trainable.frozen
+    merger: Trainable = Trainable.frozen
+    llm: Trainable = Trainable.frozen
+    learning_rate: float = 2e-4
+    num_train_epochs: float = 1.0
+    #: Which side of the model the ``lora`` group's targets apply to by default.
+    default_lora: str = "attn_ffn"
+
+
+@dataclass
+class LoraConfig:
+    name: str = MISSING
+    #: Module-name suffixes inside the scoped component; empty for ``none``.
+    targets: list[str] = field(default_factory=list)
+    #: Component the targets live in: ``merger``, ``llm``, or ``auto`` (the stage's LoRA component).
+    scope: str = "auto"
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    #: Converter / reader used by ``medvl.prepare``; ``synth`` is generated.
+    format: str = "medvl"
+    #: Folder that image paths in the rows are relative to.
+    root: str = MISSING
+    #: Folder holding ``<split>.jsonl`` files in the unified format.
+    dir: str = MISSING
+    train_split: str = "train"
+    eval_split: str = "test"
+    validation_split: str = "validation"
+    #: Cap the number of rows read per split (0 = all); handy for smoke runs.
+    max_train_samples: int = 0
+    max_eval_samples: int = 0
+    max_length: int = 1024
+    lang: str = "en"
+    # Synthetic data only.
+    num_train: int = 3000
+    num_validation: int = 300
+    num_test: int = 300
+    image_size: int = 56
+    seed: int = 0
+
+
+@dataclass
+class PromptConfig:
+    name: str = "default"
+    #: ``null``: the chat template's own default system prompt.
+    system_prompt: str | None = None
+
+
+@dataclass
+class DeepSpeedConfig:
+    name: str = "none"
+    config: dict[str, Any] | None = None
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"
+    report_to: list[str] = field(default_factory=list)
+    project: str = "medvl"
+
+
+@dataclass
+class TrainerConfig:
+    per_device_train_batch_size: int = 16
+    per_device_eval_batch_size: int = 32
+    gradient_accumulation_steps: int = 1
+    #: ``null``: the stage's learning rate.
+    learning_rate: float | None = None
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    #: ``null``: the stage's number of epochs.
+    num_train_epochs: float | None = None
+    max_steps: int = -1
+    logging_steps: int = 10
+    save_steps: int = 500
+    save_total_limit: int = 2
+    eval_steps: int = 0
+    seed: int = 42
+    gradient_checkpointing: bool = False
+    group_by_length: bool = True
+    dataloader_num_workers: int = 0
+    max_grad_norm: float = 1.0
+    #: bf16 is used when a GPU supports it; ``false`` forces float32.
+    bf16: bool = True
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    stage: StageConfig = field(default_factory=StageConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    cache_dir: str = MISSING
+    output_dir: str = MISSING
+    #: A previous stage's run dir or adapter dir: merged into the base weights before this stage.
+    init_from: str | None = None
+    #: Evaluate the trained model on ``data.eval_split`` after training.
+    eval_after_train: bool = False
+    max_new_tokens: int = 16
+    run_name: str = "${stage.name}-${model.name}-${lora.name}"
+
+
+def register_configs() -> None:
+    """Register the top-level schema; group files merge into its typed nodes."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+register_configs()
+
+
+class ConfigError(ValueError):
+    """A config value that composes but makes no sense; its message is one line."""
+
+
+def _lora_component(cfg: DictConfig) -> str | None:
+    for comp in ("merger", "llm", "vision"):
+        if str(getattr(cfg.stage[comp], "value", cfg.stage[comp])) == "lora":
+            return comp
+    return None
+
+
+def resolve_lora(cfg: DictConfig) -> None:
+    """Fill in ``lora=auto`` from the stage's default and check the targets fit the stage."""
+    if cfg.lora.name == "auto":
+        preset = OmegaConf.load(CONF_DIR / "lora" / f"{cfg.stage.default_lora}.yaml")
+        cfg.lora.name, cfg.lora.scope = preset.name, preset.scope
+        cfg.lora.targets = list(preset.get("targets", []))
+    comp = _lora_component(cfg)
+    if cfg.lora.scope == "auto":
+        cfg.lora.scope = comp or "none"
+    elif cfg.lora.name != "none" and cfg.lora.scope != comp:
+        raise ConfigError(
+            f"lora={cfg.lora.name} puts adapters on the {cfg.lora.scope} but stage={cfg.stage.name} trains "
+            f"the {comp or 'nothing'} with LoRA; choose lora={'merger' if comp == 'merger' else 'attn_ffn'} "
+            f"or lora=none")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Resolve ``lora=auto`` and check values the type system cannot: ranges and cross-field rules."""
+    resolve_lora(cfg)
+    checks = [
+        ("lora.r", cfg.lora.r > 0, "must be a positive integer"),
+        ("lora.alpha", cfg.lora.alpha > 0, "must be a positive integer"),
+        ("lora.dropout", 0.0 <= cfg.lora.dropout < 1.0, "must be in [0, 1)"),
+        ("lora.scope", cfg.lora.scope in ("llm", "merger", "none"), "must be one of: auto, llm, merger"),
+        ("model.min_pixels", 0 < cfg.model.min_pixels <= cfg.model.max_pixels,
+         "must be positive and not above model.max_pixels"),
+        ("data.max_length", cfg.data.max_length > 0, "must be a positive integer"),
+        ("trainer.per_device_train_batch_size", cfg.trainer.per_device_train_batch_size > 0,
+         "must be a positive integer"),
+        ("trainer.gradient_accumulation_steps", cfg.trainer.gradient_accumulation_steps > 0,
+         "must be a positive integer"),
+    ]
+    lr = cfg.trainer.learning_rate
+    checks.append(("trainer.learning_rate", lr is None or lr > 0, "must be positive"))
+    for key, ok, why in checks:
+        if not ok:
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} is invalid: {why}")
+    if cfg.lora.name != "none" and not cfg.lora.targets:
+        raise ConfigError(f"lora={cfg.lora.name} lists no targets")
+
+
+def group_choices(group: str) -> list[str]:
+    """The option names of a config group, read from the conf tree."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def _one_line(exc: BaseException, overrides: list[str]) -> str:
+    """Explain a composition failure in one line naming the key and the valid choices."""
+    for ov in overrides:
+        key, _, value = ov.lstrip("+~").partition("=")
+        if "." in key or not (CONF_DIR / key).is_dir():
+            continue
+        if value not in group_choices(key):
+            return f"invalid choice {key}={value}; valid choices for {key}: {', '.join(group_choices(key))}"
+    msg = str(exc).strip()
+    full_key = getattr(exc, "full_key", None)
+    cause = exc.__cause__ or exc.__context__
+    if full_key is None and cause is not None:
+        full_key = getattr(cause, "full_key", None)
+        msg = str(cause).strip() or msg
+    first = msg.splitlines()[0] if msg else type(exc).__name__
+    if full_key and "not in" in first:
+        parent, _, _ = str(full_key).rpartition(".")
+        node = OmegaConf.structured(TrainConfig)
+        valid = OmegaConf.select(node, parent) if parent else node
+        names = ", ".join(valid.keys()) if isinstance(valid, DictConfig) else ""
+        return f"unknown key {full_key}; valid keys{' in ' + parent if parent else ''}: {names}"
+    if full_key:
+        return f"{full_key}: {first}"
+    return first
+
+
+_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-dir", "-cd",
+                     "--config-path", "-cp", "--experimental-rerun"}
+
+
+def preflight(config_name: str, argv: list[str]) -> None:
+    """Compose ``config_name`` with the command-line overrides and validate it, or exit with one line.
+
+    Multirun sweeps and Hydra's own flags are left to Hydra; each swept job still runs
+    :func:`validate` when it starts.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if any(a in ("-m", "--multirun", "--help", "-h", "--hydra-help", "--info") or a.startswith("--info")
+           for a in argv):
+        return
+    overrides, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _FLAGS_WITH_VALUE:
+            skip = True
+        elif not arg.startswith("-") and not arg.startswith("hydra"):
+            overrides.append(arg)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=overrides)
+            if config_name == "train":
+                validate(cfg)
+    except ConfigError as exc:
+        sys.exit(f"medvl: {exc}")
+    except Exception as exc:  # noqa: BLE001 - every composition error becomes one line
+        sys.exit(f"medvl: {_one_line(exc, overrides)}")
+    finally:
+        GlobalHydra.instance().clear()

@@ -1,0 +1,1 @@
+"""Data: the unified row format, synthetic data, converters, datasets and collators."""

@@ -1,0 +1,205 @@
+"""Turn unified rows into model inputs exactly as training and evaluation read them.
+
+:func:`encode` renders a conversation with the model's own chat template, expands each image
+placeholder to the number of image tokens the processor computes for that image, and labels only
+the assistant's answers and their end-of-turn token. The dataset, the collator and
+``medvl.prepare``'s full validation path all go through it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from medvl.data.format import GPT, HUMAN, IMAGE_TOKEN, image_paths
+
+IGNORE_INDEX = -100
+END_OF_TURN = "<|im_end|>"
+
+
+def load_image(root: str | Path, rel: str) -> Image.Image:
+    """Open an image below ``root`` as RGB."""
+    try:
+        from medvl.data.validate_rows import load_rgb
+    except ImportError:  # TEMP until validate_rows lands
+        return Image.open(Path(root) / rel).convert("RGB")
+    return load_rgb(Path(root) / rel)
+
+
+def to_messages(row: dict[str, Any], system_prompt: str | None) -> list[dict[str, Any]]:
+    """Convert LLaVA-style turns to chat-template messages; ``<image>`` marks where images go."""
+    messages: list[dict[str, Any]] = []
+    if system_prompt:
+        messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
+    for turn in row["conversations"]:
+        role = "user" if turn["from"] == HUMAN else "assistant"
+        content: list[dict[str, Any]] = []
+        pieces = [turn["value"]] if role == "assistant" else turn["value"].split(IMAGE_TOKEN)
+        for i, piece in enumerate(pieces):
+            if i > 0:
+                content.append({"type": "image"})
+            if piece.strip():
+                content.append({"type": "text", "text": piece.strip()})
+        messages.append({"role": role, "content": content})
+    return messages
+
+
+def segments(messages: list[dict[str, Any]], processor, with_answer: bool = True):
+    """Yield ``(is_answer, text, n_images)`` pieces that concatenate to the rendered conversation.
+
+    Prompt pieces are deltas of the model's own chat template; answer pieces are the answer
+    text plus end-of-turn, so labels can cover exactly those tokens.
+    """
+    rendered = ""
+    for k, message in enumerate(messages):
+        if message["role"] == "assistant":
+            if not with_answer:
+                return
+            answer = "".join(c["text"] for c in message["content"] if c["type"] == "text")
+            yield True, answer + END_OF_TURN, 0
+            yield False, "\n", 0
+            rendered += answer + END_OF_TURN + "\n"
+            continue
+        next_is_answer = k + 1 < len(messages) and messages[k + 1]["role"] == "assistant"
+        ends_prompt = message["role"] == "user" and (next_is_answer or k + 1 == len(messages))
+        text = processor.apply_chat_template(messages[: k + 1], tokenize=False,
+                                             add_generation_prompt=ends_prompt)
+        n_img = sum(1 for c in message["content"] if c["type"] == "image")
+        yield False, text[len(rendered):], n_img
+        rendered = text
+        if not with_answer and ends_prompt:
+            return
+
+
+def encode(
+    row: dict[str, Any],
+    processor,
+    image_root: str | Path,
+    *,
+    system_prompt: str | None = None,
+    with_answer: bool = True,
+    images: Sequence[Image.Image] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Tokenize one row.
+
+    With ``with_answer=False`` the result is the prompt of the first turn, ending in the
+    assistant header, for generation and perplexity.
+
+    Returns:
+        ``input_ids`` and ``labels`` (1-D), plus ``pixel_values``, ``image_grid_thw`` and
+        ``mm_token_type_ids`` when the row has images.
+    """
+    tokenizer = processor.tokenizer
+    messages = to_messages(row, system_prompt)
+    if images is None:
+        images = [load_image(image_root, p) for p in image_paths(row)]
+    images = list(images)
+    n_expected = sum(1 for m in messages for c in m["content"] if c["type"] == "image")
+    if n_expected != len(images):
+        raise ValueError(f"row {row.get('id')}: {n_expected} <image> placeholders but {len(images)} images")
+
+    ids: list[int] = []
+    labels: list[int] = []
+    mm_types: list[int] = []
+    pixel_values, grids = [], []
+    cursor = 0
+    for is_answer, text, n_img in segments(messages, processor, with_answer):
+        chunk_mm = None
+        if n_img:
+            out = processor(text=[text], images=images[cursor : cursor + n_img], return_tensors="pt")
+            cursor += n_img
+            pixel_values.append(out["pixel_values"])
+            grids.append(out["image_grid_thw"])
+            if "mm_token_type_ids" in out:
+                chunk_mm = out["mm_token_type_ids"][0].tolist()
+        else:
+            out = tokenizer(text, add_special_tokens=False, return_tensors="pt")
+        chunk = out["input_ids"][0].tolist()
+        ids += chunk
+        labels += chunk if is_answer else [IGNORE_INDEX] * len(chunk)
+        mm_types += chunk_mm or [0] * len(chunk)
+    item = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
+    if pixel_values:
+        item["pixel_values"] = torch.cat(pixel_values)
+        item["image_grid_thw"] = torch.cat(grids)
+        item["mm_token_type_ids"] = torch.tensor(mm_types)
+    return item
+
+
+class VQADataset(torch.utils.data.Dataset):
+    """Rows in the unified format, encoded on the fly."""
+
+    def __init__(self, rows: list[dict[str, Any]], processor, image_root: str | Path, *,
+                 system_prompt: str | None = None, max_length: int | None = None):
+        self.rows = rows
+        self.processor = processor
+        self.image_root = Path(image_root)
+        self.system_prompt = system_prompt
+        self.max_length = max_length
+        self._lengths: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = encode(self.rows[i], self.processor, self.image_root, system_prompt=self.system_prompt)
+        if self.max_length and len(item["input_ids"]) > self.max_length:
+            # Truncating would cut image tokens or the answer; prepare rejects such rows up front.
+            raise ValueError(f"row {self.rows[i].get('id')}: {len(item['input_ids'])} tokens > "
+                             f"data.max_length={self.max_length}; run medvl.prepare to drop it")
+        return item
+
+    @property
+    def lengths(self) -> list[int]:
+        """Token length of every row, from the image headers (no pixel decoding), for length grouping."""
+        if self._lengths is None:
+            from medvl.data.token_length import estimate_lengths
+
+            self._lengths = estimate_lengths(self.rows, self.processor, self.image_root,
+                                             system_prompt=self.system_prompt)
+        return self._lengths
+
+
+class Collator:
+    """Pad a list of encoded rows into a batch; ``padding_side`` right for training, left for generation."""
+
+    def __init__(self, pad_token_id: int, padding_side: str = "right"):
+        self.pad_token_id = pad_token_id
+        self.padding_side = padding_side
+
+    def _pad(self, seqs: list[torch.Tensor], value: int) -> torch.Tensor:
+        width = max(len(s) for s in seqs)
+        out = torch.full((len(seqs), width), value, dtype=seqs[0].dtype)
+        for i, s in enumerate(seqs):
+            if self.padding_side == "right":
+                out[i, : len(s)] = s
+            else:
+                out[i, width - len(s) :] = s
+        return out
+
+    def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        ids = [it["input_ids"] for it in items]
+        batch = {
+            "input_ids": self._pad(ids, self.pad_token_id),
+            "attention_mask": self._pad([torch.ones_like(s) for s in ids], 0),
+            "labels": self._pad([it["labels"] for it in items], IGNORE_INDEX),
+        }
+        with_images = [it for it in items if "pixel_values" in it]
+        if with_images:
+            batch["pixel_values"] = torch.cat([it["pixel_values"] for it in with_images])
+            batch["image_grid_thw"] = torch.cat([it["image_grid_thw"] for it in with_images])
+            batch["mm_token_type_ids"] = self._pad(
+                [it.get("mm_token_type_ids", torch.zeros_like(it["input_ids"])) for it in items], 0)
+        return batch
+
+
+def random_batches(n: int, batch_size: int, seed: int = 0) -> list[list[int]]:
+    """Shuffled fixed-size batches of indices (the baseline length grouping is measured against)."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]

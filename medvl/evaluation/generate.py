@@ -1,0 +1,43 @@
+"""Batched greedy generation with left padding."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medvl.data.dataset import Collator, encode
+
+
+def iter_batches(rows: list[dict[str, Any]], batch_size: int) -> Iterator[list[dict[str, Any]]]:
+    for i in range(0, len(rows), batch_size):
+        yield rows[i : i + batch_size]
+
+
+@torch.inference_mode()
+def generate_batch(model, processor, rows: list[dict[str, Any]], image_root: str | Path, *,
+                   system_prompt: str | None = None, max_new_tokens: int = 32) -> list[str]:
+    """Greedy answers to the first question of each row, generated as one left-padded batch."""
+    tokenizer = processor.tokenizer
+    items = [encode(r, processor, image_root, system_prompt=system_prompt, with_answer=False) for r in rows]
+    batch = Collator(tokenizer.pad_token_id, padding_side="left")(items)
+    batch.pop("labels")
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    new_tokens = out[:, batch["input_ids"].shape[1]:]
+    return [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def generate(model, processor, rows: list[dict[str, Any]], image_root: str | Path, *,
+             system_prompt: str | None = None, batch_size: int = 32, max_new_tokens: int = 32) -> list[str]:
+    """Greedy answers for all rows, ``batch_size`` at a time."""
+    model.eval()
+    preds: list[str] = []
+    for chunk in iter_batches(rows, batch_size):
+        preds += generate_batch(model, processor, chunk, image_root, system_prompt=system_prompt,
+                                max_new_tokens=max_new_tokens)
+    return preds

@@ -1,0 +1,87 @@
+"""Load a Qwen2-VL-family model and its processor from a hub id or a local directory.
+
+The tiny offline models are built into the cache on first use and then go through the very same
+``from_pretrained`` calls as ``Qwen/Qwen2-VL-7B-Instruct``. Loading never runs checkpoint code:
+safetensors only, ``trust_remote_code`` off unless the model config asks for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(RuntimeError):
+    """A model or processor could not be loaded; the message is one line."""
+
+
+def resolve_model_path(model_cfg: Any) -> str:
+    """Return what to pass to ``from_pretrained``: a local dir (built if tiny) or a hub id."""
+    path = str(model_cfg.name_or_path)
+    if model_cfg.build_tiny:
+        from medvl.models.tiny import build_tiny
+
+        build_tiny(path, family=str(getattr(model_cfg.family, "value", model_cfg.family)))
+    return path
+
+
+def _torch_dtype(name: str) -> torch.dtype | str:
+    if name == "auto":
+        # bf16 on GPUs that have it, float32 on CPU (bf16 matmuls are slow and lossy there).
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return getattr(torch, name)
+
+
+def _explain(path: str, exc: Exception) -> ModelLoadError:
+    if Path(path).exists():
+        return ModelLoadError(f"cannot load model from {path}: {str(exc).splitlines()[0]}")
+    return ModelLoadError(
+        f"cannot load '{path}': it is not a local directory and the Hugging Face hub cannot be reached "
+        f"(offline?); download it where there is network (huggingface-cli download {path} --local-dir DIR) "
+        f"and set model.name_or_path=DIR"
+    )
+
+
+def load_processor(model_cfg: Any, path: str | None = None):
+    """Load the processor with the configured min/max image pixels."""
+    from transformers import AutoProcessor
+
+    path = path or resolve_model_path(model_cfg)
+    try:
+        # Qwen2-VL's image processor in transformers 5 takes the pixel budget as `size`;
+        # `min_pixels=`/`max_pixels=` keyword arguments are silently ignored there.
+        return AutoProcessor.from_pretrained(
+            path,
+            size={"shortest_edge": int(model_cfg.min_pixels), "longest_edge": int(model_cfg.max_pixels)},
+            trust_remote_code=bool(model_cfg.trust_remote_code),
+        )
+    except (OSError, ValueError) as exc:
+        raise _explain(path, exc) from None
+
+
+def load_model(model_cfg: Any, path: str | None = None, *, device: str | torch.device | None = None):
+    """Load the model for image-text-to-text generation in the configured dtype and attention."""
+    from transformers import AutoModelForImageTextToText
+
+    path = path or resolve_model_path(model_cfg)
+    log.info("Loading model %s", path)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(
+            path,
+            dtype=_torch_dtype(str(model_cfg.dtype)),
+            attn_implementation=str(model_cfg.attn_implementation),
+            use_safetensors=True,
+            trust_remote_code=bool(model_cfg.trust_remote_code),
+        )
+    except (OSError, ValueError) as exc:
+        raise _explain(path, exc) from None
+    if device is not None:
+        model.to(device)
+    return model

@@ -1,0 +1,122 @@
+"""Tiny offline Qwen2-VL / Qwen2.5-VL models for tests and the demo.
+
+They are built from small configs with the real transformers classes, given a byte-level BPE
+tokenizer trained on the synthetic data's text plus Qwen's special tokens and a Qwen-style chat
+template, and saved with ``save_pretrained``. Afterwards they load through exactly the same
+``from_pretrained`` path as ``Qwen/Qwen2-VL-7B-Instruct``. Building is deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+
+log = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+    "<|image_pad|>", "<|video_pad|>",
+]
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+
+# Qwen2-VL-Instruct's chat template, shortened: same turn markup, same default system prompt.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\n" + DEFAULT_SYSTEM_PROMPT + "<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+TEXT_CONFIG = dict(hidden_size=128, initializer_range=0.1, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                   intermediate_size=256, max_position_embeddings=4096,
+                   rope_scaling={"type": "mrope", "mrope_section": [4, 6, 6]})
+VISION_CONFIG = {
+    "qwen2_vl": dict(initializer_range=0.1, depth=2, embed_dim=64, hidden_size=128, num_heads=4, patch_size=14, spatial_merge_size=2,
+                     temporal_patch_size=2, mlp_ratio=2),
+    "qwen2_5_vl": dict(initializer_range=0.1, depth=2, hidden_size=64, out_hidden_size=128, intermediate_size=128, num_heads=4,
+                       patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                       fullatt_block_indexes=[1]),
+}
+VOCAB_SIZE = 1024
+
+
+def build_tokenizer(texts: list[str]):
+    """Train a byte-level BPE on ``texts`` and wrap it as a Qwen2 fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Qwen2TokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    return Qwen2TokenizerFast(tokenizer_object=tok, bos_token=None, eos_token="<|im_end|>",
+                              pad_token="<|endoftext|>", unk_token=None, errors="replace")
+
+
+def _tokenizer_corpus() -> list[str]:
+    from medvl.data.synth import corpus_text
+
+    chat_words = ["system", "user", "assistant", DEFAULT_SYSTEM_PROMPT,
+                  "Answer with a single word or phrase.", "Answer the question."]
+    return corpus_text() * 4 + chat_words
+
+
+def build_tiny(out_dir: str | Path, family: str = "qwen2_vl", seed: int = 0) -> Path:
+    """Build the tiny model, tokenizer and processor into ``out_dir`` (once; later calls return it)."""
+    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out_dir) + ".lock"):
+        if (out_dir / "config.json").exists():
+            return out_dir
+        log.info("Building tiny %s model into %s", family, out_dir)
+        tokenizer = build_tokenizer(_tokenizer_corpus())
+        ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+        token_ids = dict(
+            vocab_size=len(tokenizer), bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+        )
+        common = dict(
+            image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+            vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+            tie_word_embeddings=False,
+        )
+        torch.manual_seed(seed)
+        if family == "qwen2_vl":
+            from transformers import Qwen2VLConfig as Config
+            from transformers import Qwen2VLForConditionalGeneration as Model
+        else:
+            from transformers import Qwen2_5_VLConfig as Config
+            from transformers import Qwen2_5_VLForConditionalGeneration as Model
+        config = Config(text_config={**TEXT_CONFIG, **token_ids}, vision_config=VISION_CONFIG[family],
+                        **common, **token_ids)
+        model = Model(config)
+        model.generation_config.eos_token_id = token_ids["eos_token_id"]
+        model.generation_config.pad_token_id = token_ids["pad_token_id"]
+        model.generation_config.bos_token_id = token_ids["bos_token_id"]
+        model.generation_config.do_sample = False
+        image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112)
+        video_processor = Qwen2VLVideoProcessor()
+        processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                     video_processor=video_processor, chat_template=CHAT_TEMPLATE)
+        tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        (tmp / "medvl_tiny.json").write_text(json.dumps({"family": family, "seed": seed}))
+        tmp.rename(out_dir)
+    return out_dir

@@ -1,0 +1,1 @@
+"""Training: the HF Trainer + PEFT loop behind `python -m medvl.train`."""

@@ -1,0 +1,171 @@
+"""``train(cfg)``: one stage of fine-tuning with HF ``Trainer`` + PEFT, then (optionally) evaluation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from medvl.config import validate
+from medvl.data.dataset import Collator, VQADataset
+from medvl.data.splits import load_split
+from medvl.models.loading import load_model, load_processor, resolve_model_path
+from medvl.models.lora import apply_training_setup, merge_init_from, trainable_parameter_names
+
+log = logging.getLogger(__name__)
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def build_model(cfg: DictConfig):
+    """Processor and model ready for training: stage chaining merged, adapters added, freezing applied."""
+    base = resolve_model_path(cfg.model)
+    processor = load_processor(cfg.model, base)
+    init_dir = Path(cfg.init_from) if cfg.init_from else None
+    if init_dir is not None and (init_dir / "model" / "config.json").exists():
+        # The earlier stage trained without LoRA and saved a whole model: start from it.
+        model = load_model(cfg.model, str(init_dir / "model"))
+    else:
+        model = load_model(cfg.model, base)
+        if init_dir is not None:
+            model = merge_init_from(model, init_dir)
+    model = apply_training_setup(model, cfg)
+    if cfg.trainer.gradient_checkpointing:
+        model.enable_input_require_grads()
+    return processor, model
+
+
+def _trainer_class():
+    from transformers import Trainer
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class MedvlTrainer(Trainer):
+        """HF Trainer whose length grouping uses lengths read from image headers.
+
+        Trainer only takes precomputed lengths from a ``datasets.Dataset``; for any other dataset
+        it would encode every sample (decoding every image) just to learn its length.
+        """
+
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if self.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "lengths"):
+                batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+                return LengthGroupedSampler(batch, lengths=dataset.lengths)
+            return super()._get_train_sampler(train_dataset)
+
+    return MedvlTrainer
+
+
+def learning_rate(cfg: DictConfig) -> float:
+    """trainer.learning_rate, else the model size's, else the stage's."""
+    for value in (cfg.trainer.learning_rate, cfg.model.learning_rate, cfg.stage.learning_rate):
+        if value is not None:
+            return float(value)
+    raise AssertionError("stage.learning_rate is always set")
+
+
+def training_arguments(cfg: DictConfig, output_dir: Path):
+    from transformers import TrainingArguments
+
+    t = cfg.trainer
+    use_bf16 = bool(t.bf16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    ds = OmegaConf.to_container(cfg.deepspeed.config, resolve=True) if cfg.deepspeed.config else None
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=learning_rate(cfg),
+        num_train_epochs=t.num_train_epochs if t.num_train_epochs is not None else cfg.stage.num_train_epochs,
+        max_steps=t.max_steps,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio in transformers 5
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        logging_steps=t.logging_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=use_bf16,
+        gradient_checkpointing=t.gradient_checkpointing,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        dataloader_num_workers=t.dataloader_num_workers,
+        remove_unused_columns=False,
+        report_to=list(cfg.logger.report_to) or "none",
+        run_name=cfg.run_name,
+        deepspeed=ds,
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=not is_main_process(),
+    )
+
+
+def save_outputs(model, processor, trainer, cfg: DictConfig, out: Path) -> None:
+    """Adapter (or whole model) + processor, resolved config, trainer state and loss curve."""
+    from peft import PeftModel
+
+    target = out / ("adapter" if isinstance(model, PeftModel) else "model")
+    model.save_pretrained(target, safe_serialization=True)
+    processor.save_pretrained(target)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    trainer.state.save_to_json(str(out / "trainer_state.json"))
+    plot_loss(trainer.state.log_history, out / "loss.png")
+
+
+def plot_loss(history: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if points:
+        ax.plot(*zip(*points), marker=".")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(path.parent.name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train one stage as configured; return the final training metrics (and eval metrics if asked)."""
+    validate(cfg)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.trainer.seed)
+    log.info("Run %s -> %s", cfg.run_name, out)
+    processor, model = build_model(cfg)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("Trainable parameters: %d in %d tensors", n_train, len(trainable_parameter_names(model)))
+
+    rows = load_split(cfg.data, cfg.data.train_split, cfg.data.max_train_samples)
+    dataset = VQADataset(rows, processor, cfg.data.root, system_prompt=cfg.prompt.system_prompt,
+                         max_length=cfg.data.max_length)
+    trainer = _trainer_class()(
+        model=model,
+        args=training_arguments(cfg, out),
+        train_dataset=dataset,
+        data_collator=Collator(processor.tokenizer.pad_token_id),
+    )
+    result = trainer.train()
+    metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    if is_main_process():
+        save_outputs(trainer.model, processor, trainer, cfg, out)
+    if cfg.eval_after_train and is_main_process():
+        from medvl.evaluation.quick import exact_match_eval
+
+        metrics.update(exact_match_eval(trainer.model, processor, cfg))
+    if is_main_process():
+        (out / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
