@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from medvl.data.format import GPT, HUMAN, IMAGE_TOKEN, image_paths
+from medvl.data.format import HUMAN, IMAGE_TOKEN, image_paths
+from medvl.data.validate_rows import load_rgb
 
 IGNORE_INDEX = -100
 END_OF_TURN = "<|im_end|>"
@@ -24,10 +25,6 @@ END_OF_TURN = "<|im_end|>"
 
 def load_image(root: str | Path, rel: str) -> Image.Image:
     """Open an image below ``root`` as RGB."""
-    try:
-        from medvl.data.validate_rows import load_rgb
-    except ImportError:  # TEMP until validate_rows lands
-        return Image.open(Path(root) / rel).convert("RGB")
     return load_rgb(Path(root) / rel)
 
 

@@ -82,7 +82,7 @@ def render(scene: Scene, size: int, rng: np.random.Generator) -> Image.Image:
         img[r < 0.46] = 70
         img[(r >= 0.40) & (r < 0.46)] = 230  # bony rim
     elif scene.modality == "MRI":
-        img = np.full((size, size), 90.0, np.float32)
+        img = np.full((size, size), 40.0, np.float32)
         img[((xx - 0.5) / 0.44) ** 2 + ((yy - 0.5) / 0.36) ** 2 < 1] = 150
     else:
         img = np.zeros((size, size), np.float32)

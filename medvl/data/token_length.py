@@ -14,6 +14,7 @@ from PIL import Image
 
 from medvl.data.dataset import segments, to_messages
 from medvl.data.format import image_paths
+from medvl.data.validate_rows import no_pixel_limit
 
 
 def image_token_count(width: int, height: int, image_processor) -> int:
@@ -30,7 +31,7 @@ def image_token_count(width: int, height: int, image_processor) -> int:
 
 def header_size(path: Path) -> tuple[int, int]:
     """(width, height) from the file header; PIL reads no pixel data here."""
-    with Image.open(path) as im:
+    with no_pixel_limit(), Image.open(path) as im:
         return im.size
 
 

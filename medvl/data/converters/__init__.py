@@ -1,0 +1,96 @@
+"""Converters from published dataset formats into medvl's unified rows.
+
+``convert(name, root, split, **options)`` yields, for every input row, either a unified row
+(:mod:`medvl.data.format`) with ``answer_type`` and ``category`` filled in by
+:func:`medvl.data.categorize.categorize`, or a :class:`Reject` saying where the row was and why it
+was left out. A bad row never stops a conversion, so kept + rejected equals the rows read.
+Splits are named ``train`` / ``validation`` / ``test`` everywhere; each converter maps them to its
+dataset's own file names. Options per converter:
+
+==================== ============================================ ===========================
+name                 input (relative to ``root``)                 options
+==================== ============================================ ===========================
+llava_med_align      alignment/llava_med_alignment_500k.json      file, image_dir="images"
+llava_med_instruct   instruct/llava_med_instruct_60k.json         file, image_dir="images"
+slake                train.json / validate.json / test.json       lang="en"|"zh"|"all", file,
+                                                                  image_dir="imgs"
+vqa_rad              trainset.json / testset.json (MEVF)          file, image_dir="images"
+pathvqa              train.json / val.json / test.json            file, image_dir=""
+gmai_mmbench         GMAI-MMBench_VAL.tsv / GMAI-MMBench_TEST.tsv file, image_dir
+llava                <split>.jsonl or <split>.json                file, image_dir=""
+==================== ============================================ ===========================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from medvl.data.categorize import categorize
+from medvl.data.converters._common import FILTER_REASONS, REASONS, SPLITS, Reject, Row
+from medvl.data.converters.gmai_mmbench import convert_gmai_mmbench, format_multiple_choice
+from medvl.data.converters.llava import convert_llava
+from medvl.data.converters.llava_med import convert_llava_med_align, convert_llava_med_instruct
+from medvl.data.converters.pathvqa import convert_pathvqa
+from medvl.data.converters.slake import convert_slake
+from medvl.data.converters.vqa_rad import convert_vqa_rad
+
+__all__ = [
+    "CONVERTERS",
+    "FILTER_REASONS",
+    "REASONS",
+    "SPLITS",
+    "Converter",
+    "Reject",
+    "Row",
+    "convert",
+    "format_multiple_choice",
+    "partition",
+]
+
+
+class Converter(Protocol):
+    def __call__(self, root: Path, split: str, **options: Any) -> Iterator[Row | Reject]: ...
+
+
+CONVERTERS: dict[str, Converter] = {
+    "llava_med_align": convert_llava_med_align,
+    "llava_med_instruct": convert_llava_med_instruct,
+    "slake": convert_slake,
+    "vqa_rad": convert_vqa_rad,
+    "pathvqa": convert_pathvqa,
+    "gmai_mmbench": convert_gmai_mmbench,
+    "llava": convert_llava,
+}
+
+
+def convert(name: str, root: str | Path, split: str, **options: Any) -> Iterator[Row | Reject]:
+    """Yield the unified rows and Rejects of one split of a dataset.
+
+    Raises:
+        ValueError: unknown converter, split or option value.
+        FileNotFoundError: the split's input file is not there.
+    """
+    if name not in CONVERTERS:
+        raise ValueError(f"unknown converter {name!r}; known: {', '.join(CONVERTERS)}")
+    for item in CONVERTERS[name](Path(root), split, **options):
+        if isinstance(item, Reject):
+            yield item
+            continue
+        if item["category"] is None:
+            answer_type, category, rule = categorize(item)
+            item["answer_type"], item["category"] = answer_type, category
+            item["meta"]["category_rule"] = rule
+        else:
+            item["meta"].setdefault("category_rule", "given")
+        yield item
+
+
+def partition(items: Iterable[Row | Reject]) -> tuple[list[Row], list[Reject]]:
+    """Split a converter's (or the row checks') output into kept rows and Rejects."""
+    rows: list[Row] = []
+    rejects: list[Reject] = []
+    for item in items:
+        (rejects if isinstance(item, Reject) else rows).append(item)
+    return rows, rejects

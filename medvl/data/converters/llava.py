@@ -1,0 +1,61 @@
+"""Users' own data in the LLaVA format: a JSON list or JSONL of ``{id, image, conversations}``.
+
+``image`` may be a path, a list of paths, or absent for a text-only row; paths are relative to
+the root (``image_dir`` adds a prefix). Ids are kept as given so predictions join back to the
+user's rows. Optional ``answer_type``, ``category`` and ``meta`` are carried over; a given
+category must be a taxonomy id that agrees with a given answer type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from medvl.data.converters._common import Reject, Row, iter_records, llava_row, split_file
+from medvl.data.taxonomy import ANSWER_TYPES, CATEGORIES, answer_type_of
+
+
+def _files(split: str) -> dict[str, tuple[str, ...]]:
+    return {split: (f"{split}.jsonl", f"{split}.json")}
+
+
+def convert_llava(root: Path, split: str, *, file: str | None = None,
+                  image_dir: str = "") -> Iterator[Row | Reject]:
+    path = split_file(root, split, _files(split), file, "llava")
+    for item in iter_records(path):
+        if isinstance(item, Reject):
+            yield item
+            continue
+        loc, record = item
+        raw_id = record.get("id") if isinstance(record, dict) else None
+        meta = record.get("meta") if isinstance(record, dict) else None
+        row = llava_row(record, loc, source="llava", image_dir=image_dir,
+                        row_id=None if raw_id is None else str(raw_id), image_required=False,
+                        meta=dict(meta) if isinstance(meta, dict) else {})
+        if isinstance(row, Reject):
+            yield row
+            continue
+        given = _given_labels(record, loc)
+        if isinstance(given, Reject):
+            yield given
+            continue
+        row["answer_type"], row["category"] = given
+        yield row
+
+
+def _given_labels(record: dict, loc: str) -> tuple[str | None, str | None] | Reject:
+    answer_type, category = record.get("answer_type"), record.get("category")
+    if answer_type is not None:
+        answer_type = str(answer_type).strip().upper()
+        if answer_type not in ANSWER_TYPES:
+            return Reject(loc, "bad_value", f"answer_type must be one of {ANSWER_TYPES}, got "
+                          f"{record['answer_type']!r}", raw=record)
+    if category is None:
+        return answer_type, None
+    if category not in CATEGORIES:
+        return Reject(loc, "bad_category", f"unknown category {category!r}", raw=record)
+    if answer_type is not None and answer_type_of(category) != answer_type:
+        return Reject(loc, "bad_category",
+                      f"category {category} is {answer_type_of(category)}, answer_type is "
+                      f"{answer_type}", raw=record)
+    return answer_type_of(category), category

@@ -1,0 +1,73 @@
+"""SLAKE 1.0 (``train.json`` / ``validate.json`` / ``test.json`` and ``imgs/``).
+
+The root is the ``Slake1.0`` folder. Each file mixes English and Chinese rows (``q_lang``);
+``lang`` picks ``en`` (default), ``zh`` or ``all``. Rows of the other language are yielded as
+``lang_filtered`` Rejects so that kept + rejected always equals the rows read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from medvl.data.converters._common import (
+    Reject,
+    Row,
+    iter_records,
+    join_image,
+    missing,
+    split_file,
+    text_fields,
+)
+from medvl.data.format import make_row
+
+FILES = {
+    "train": ("train.json",),
+    "validation": ("validate.json",),
+    "test": ("test.json",),
+}
+LANGS = ("en", "zh", "all")
+#: Kept verbatim in ``meta``; ``content_type`` drives the category, ``answer_type`` closed/open.
+META_KEYS = ("qid", "img_id", "q_lang", "answer_type", "content_type", "modality", "location",
+             "base_type", "triple")
+REQUIRED = ("qid", "img_name", "question", "answer")
+
+
+def convert_slake(root: Path, split: str, *, lang: str = "en", file: str | None = None,
+                  image_dir: str = "imgs") -> Iterator[Row | Reject]:
+    if lang not in LANGS:
+        raise ValueError(f"slake: lang must be one of {LANGS}, got {lang!r}")
+    path = split_file(root, split, FILES, file, "slake")
+    for item in iter_records(path):
+        if isinstance(item, Reject):
+            yield item
+            continue
+        loc, record = item
+        if not isinstance(record, dict):
+            yield Reject(loc, "malformed_row", f"expected an object, got {type(record).__name__}",
+                         raw=record)
+            continue
+        absent = missing(record, REQUIRED + (("q_lang",) if lang != "all" else ()))
+        if absent:
+            yield Reject(loc, "missing_field", f"missing {', '.join(absent)}", raw=record)
+            continue
+        if lang != "all" and record["q_lang"] != lang:
+            yield Reject(loc, "lang_filtered", f"q_lang {record['q_lang']!r} is not {lang!r}",
+                         raw=record)
+            continue
+        qa = text_fields(record, loc)
+        if isinstance(qa, Reject):
+            yield qa
+            continue
+        if not isinstance(record["img_name"], str) or not record["img_name"].strip():
+            yield Reject(loc, "bad_value", f"img_name is not a path: {record['img_name']!r}",
+                         raw=record)
+            continue
+        yield make_row(
+            f"slake-{split}-{record['qid']}",
+            join_image(image_dir, record["img_name"].strip()),
+            *qa,
+            answer_type=record.get("answer_type"),
+            source="slake",
+            meta={k: record[k] for k in META_KEYS if k in record},
+        )

@@ -1,0 +1,115 @@
+"""Chat template, image-token expansion, label masking, padding and length grouping."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from medvl.data.dataset import IGNORE_INDEX, Collator, VQADataset, encode
+from medvl.data.format import make_row, read_jsonl
+from medvl.data.token_length import image_token_count, token_length
+from medvl.models.loading import load_processor
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_dir):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(tiny_dir)
+
+
+def labelled(item, processor) -> str:
+    return processor.tokenizer.decode(item["labels"][item["labels"] != IGNORE_INDEX])
+
+
+def test_labels_are_exactly_the_answer_and_end_of_turn(processor, small_synth):
+    for row in read_jsonl(small_synth / "test.jsonl")[:20]:
+        item = encode(row, processor, small_synth)
+        assert labelled(item, processor) == row["conversations"][1]["value"] + "<|im_end|>"
+        text = processor.tokenizer.decode(item["input_ids"])
+        assert text.endswith("<|im_start|>assistant\n" + row["conversations"][1]["value"] + "<|im_end|>\n")
+        # The labelled tokens are the last ones before the template's trailing newline.
+        last = (item["labels"] != IGNORE_INDEX).nonzero().max().item()
+        assert last == len(item["input_ids"]) - 2
+
+
+def test_full_text_matches_the_models_own_chat_template(processor, small_synth):
+    row = read_jsonl(small_synth / "train.jsonl")[0]
+    multi = {**row, "conversations": row["conversations"] + [
+        {"from": "human", "value": "And the modality?"}, {"from": "gpt", "value": "CT"}]}
+    item = encode(multi, processor, small_synth, system_prompt="Answer with a single word or phrase.")
+    from medvl.data.dataset import to_messages
+
+    expected = processor.apply_chat_template(to_messages(multi, "Answer with a single word or phrase."),
+                                             tokenize=False)
+    n_img = int((item["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum())
+    decoded = processor.tokenizer.decode(item["input_ids"]).replace("<|image_pad|>" * n_img, "<|image_pad|>")
+    assert decoded == expected
+    assert labelled(item, processor) == f"{row['conversations'][1]['value']}<|im_end|>CT<|im_end|>"
+
+
+def test_image_tokens_expand_as_the_processor_does(processor, small_synth, tmp_path):
+    Image.new("L", (300, 170)).save(tmp_path / "big.png")
+    row = make_row("r", "big.png", "What is shown?", "nothing")
+    item = encode(row, processor, tmp_path)
+    grid = item["image_grid_thw"][0]
+    n_expected = int(grid.prod()) // 4
+    image_pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert int((item["input_ids"] == image_pad).sum()) == n_expected
+    assert image_token_count(300, 170, processor.image_processor) == n_expected
+    assert item["pixel_values"].shape[0] == int(grid.prod())
+
+
+def test_header_length_equals_encoded_length(processor, small_synth, tmp_path):
+    rows = read_jsonl(small_synth / "train.jsonl")[:40]
+    for size in [(56, 56), (1000, 240), (30, 400)]:
+        name = f"img_{size[0]}x{size[1]}.png"
+        Image.new("RGB", size).save(small_synth / name)
+        rows.append(make_row(name, name, "Describe the image.", "a long answer with many words in it"))
+    for row in rows:
+        assert token_length(row, processor, small_synth) == len(encode(row, processor, small_synth)["input_ids"])
+    ds = VQADataset(rows, processor, small_synth)
+    assert ds.lengths == [len(ds[i]["input_ids"]) for i in range(len(rows))]
+
+
+def test_prompt_only_encoding_ends_with_the_assistant_header(processor, small_synth):
+    row = read_jsonl(small_synth / "test.jsonl")[0]
+    item = encode(row, processor, small_synth, with_answer=False, system_prompt="Be brief.")
+    text = processor.tokenizer.decode(item["input_ids"])
+    assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>")
+    assert text.endswith("<|im_start|>assistant\n")
+    assert (item["labels"] == IGNORE_INDEX).all()
+
+
+def test_placeholder_image_mismatch_is_an_error(processor, small_synth):
+    row = read_jsonl(small_synth / "test.jsonl")[0]
+    bad = {**row, "conversations": [{"from": "human", "value": "<image>\n<image>\nQ"}, row["conversations"][1]]}
+    with pytest.raises(ValueError, match="2 <image> placeholders but 1 images"):
+        encode(bad, processor, small_synth)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_collator_pads_dynamically(processor, small_synth, side):
+    rows = read_jsonl(small_synth / "test.jsonl")[:3]
+    items = [encode(r, processor, small_synth) for r in rows]
+    batch = Collator(processor.tokenizer.pad_token_id, padding_side=side)(items)
+    width = max(len(it["input_ids"]) for it in items)
+    assert batch["input_ids"].shape == (3, width)
+    for i, it in enumerate(items):
+        n = len(it["input_ids"])
+        real = slice(0, n) if side == "right" else slice(width - n, width)
+        assert torch.equal(batch["input_ids"][i, real], it["input_ids"])
+        assert batch["attention_mask"][i].sum() == n
+        assert torch.equal(batch["labels"][i, real], it["labels"])
+    assert batch["pixel_values"].shape[0] == sum(it["pixel_values"].shape[0] for it in items)
+
+
+def test_min_max_pixels_reach_the_processor(compose, tiny_dir):
+    small = load_processor(compose(["model.min_pixels=3136", "model.max_pixels=3136"]).model)
+    default = load_processor(compose([]).model)
+    # 500x500 is resized to fit max_pixels: 56x56 -> 2x2 merged tokens; 112x112 -> 4x4.
+    assert image_token_count(500, 500, small.image_processor) == 4
+    assert image_token_count(500, 500, default.image_processor) == 16
+    assert encode(make_row("r", "x.png", "q", "a"), small, ".", images=[Image.new("RGB", (500, 500))])[
+        "image_grid_thw"].tolist() == [[1, 4, 4]]

@@ -1,0 +1,115 @@
+"""Tiny offline models, the real loading path, and what each stage trains."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from medvl.config import validate
+from medvl.models.loading import ModelLoadError, load_model, load_processor
+from medvl.models.lora import apply_training_setup, trainable_parameter_names
+from medvl.models.tiny import build_tiny
+
+LLM_LINEAR = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+              "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+
+
+def test_tiny_build_is_deterministic(tmp_path, tiny_dir):
+    again = build_tiny(tmp_path / "again")
+    a = load_file(tiny_dir / "model.safetensors")
+    b = load_file(again / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tiny_dir / "tokenizer.json").read_text() == (again / "tokenizer.json").read_text()
+
+
+def test_tiny_is_small_and_loads_like_a_hub_model(tiny_dir, compose):
+    cfg = compose(["model=tiny"])
+    model = load_model(cfg.model)
+    processor = load_processor(cfg.model)
+    assert type(model).__name__ == "Qwen2VLForConditionalGeneration"
+    assert 0.5e6 < sum(p.numel() for p in model.parameters()) < 2e6
+    assert processor.tokenizer.eos_token == "<|im_end|>"
+    for token in ("<|im_start|>", "<|image_pad|>", "<|vision_start|>", "<|vision_end|>"):
+        assert processor.tokenizer.convert_tokens_to_ids(token) != processor.tokenizer.unk_token_id
+    assert model.config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+                                         tokenize=False, add_generation_prompt=True)
+    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")
+
+
+def test_hub_id_path_is_the_real_loading_path(tiny_dir, compose):
+    # model=7b with name_or_path pointing at a local directory goes through the same code as the hub id.
+    cfg = compose(["model=7b", f"model.name_or_path={tiny_dir}", "model.dtype=float32"])
+    model = load_model(cfg.model)
+    assert model.config.model_type == "qwen2_vl"
+    processor = load_processor(cfg.model)
+    assert processor.image_processor.size["longest_edge"] == cfg.model.max_pixels
+    assert processor.image_processor.size["shortest_edge"] == cfg.model.min_pixels
+
+
+def test_unreachable_hub_id_is_one_clear_line(compose, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = compose(["model=7b"])
+    with pytest.raises(ModelLoadError) as err:
+        load_model(cfg.model)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "Qwen/Qwen2-VL-7B-Instruct" in msg and "model.name_or_path=" in msg
+
+
+def test_tiny25_is_qwen2_5_vl(tiny25_dir, compose):
+    model = load_model(compose(["model=tiny25"]).model)
+    assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    assert json.loads((tiny25_dir / "medvl_tiny.json").read_text())["family"] == "qwen2_5_vl"
+
+
+def _trainable(compose, overrides):
+    cfg = compose(overrides)
+    validate(cfg)
+    model = apply_training_setup(load_model(cfg.model), cfg)
+    return trainable_parameter_names(model)
+
+
+def _lora_names(prefix: str, modules: list[str]) -> set[str]:
+    return {f"base_model.model.{prefix}.{m}.lora_{ab}.default.weight" for m in modules for ab in "AB"}
+
+
+@pytest.mark.parametrize("model", ["tiny", "tiny25"])
+def test_align_trains_exactly_the_merger_lora(compose, model, tiny_dir, tiny25_dir):
+    names = _trainable(compose, [f"model={model}", "stage=align"])
+    assert names == _lora_names("model.visual.merger", ["mlp.0", "mlp.2"])
+
+
+@pytest.mark.parametrize("model", ["tiny", "tiny25"])
+def test_instruct_trains_exactly_the_llm_lora(compose, model, tiny_dir, tiny25_dir):
+    names = _trainable(compose, [f"model={model}", "stage=instruct"])
+    expected = set()
+    for layer in range(4):
+        expected |= _lora_names(f"model.language_model.layers.{layer}", LLM_LINEAR)
+    assert names == expected
+    # Qwen2.5-VL's vision blocks have gate/up/down_proj too: an LLM LoRA must not touch them.
+    assert not any("visual" in n for n in names)
+
+
+def test_all_linear_stays_inside_the_llm(compose, tiny25_dir):
+    names = _trainable(compose, ["model=tiny25", "stage=instruct", "lora=all_linear"])
+    assert names and all(".language_model.layers." in n for n in names)
+    attn = _trainable(compose, ["model=tiny25", "stage=instruct", "lora=attn"])
+    assert attn < names and all("self_attn" in n for n in attn)
+
+
+def test_align_without_lora_trains_the_whole_merger(compose, tiny_dir):
+    names = _trainable(compose, ["stage=align", "lora=none"])
+    model = load_model(compose([]).model)
+    merger = {n for n, _ in model.named_parameters() if n.startswith("model.visual.merger.")}
+    assert names == merger and len(merger) == 6
+
+
+def test_instruct_without_lora_trains_the_whole_llm(compose, tiny_dir):
+    names = _trainable(compose, ["stage=instruct", "lora=none"])
+    assert names and all(n.startswith(("model.language_model.", "lm_head.")) for n in names)
+    assert "lm_head.weight" in names and not any("visual" in n for n in names)
