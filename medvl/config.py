@@ -166,12 +166,62 @@ class TrainConfig:
     run_name: str = "${stage.name}-${model.name}-${lora.name}"
 
 
+@dataclass
+class BertScoreConfig:
+    #: A local model directory or hub id; ``null``: the packaged all-MiniLM-L6-v2 (offline).
+    model: str | None = None
+    num_layers: int | None = None
+    batch_size: int = 64
+
+
+@dataclass
+class EvalConfig:
+    """``python -m medvl.eval``. ``ckpt`` is deliberately absent: it is given as ``+ckpt=...``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    cache_dir: str = MISSING
+    output_dir: str = MISSING
+    #: Split to evaluate (``null``: ``data.eval_split``).
+    split: str | None = None
+    #: Also evaluate the base model and report both.
+    compare_base: bool = False
+    batch_size: int = 32
+    max_new_tokens: int = 64
+    #: Metric names from the registry; empty: all of them.
+    metrics: list[str] = field(default_factory=list)
+    perplexity: bool = True
+    bertscore: BertScoreConfig = field(default_factory=BertScoreConfig)
+    seed: int = 0
+
+
+@dataclass
+class PrepareConfig:
+    """``python -m medvl.prepare``: convert a dataset and validate every row as training reads it."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    cache_dir: str = MISSING
+    output_dir: str = MISSING
+    #: Splits to convert; empty: every split the dataset has.
+    splits: list[str] = field(default_factory=list)
+    #: Validate with the slow path (real dataset item + collator) instead of image headers.
+    full: bool = False
+    workers: int = 2
+
+
 def register_configs() -> None:
-    """Register the top-level schema; group files merge into its typed nodes."""
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    """Register the top-level schemas; group files merge into their typed nodes."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="eval_schema", node=EvalConfig)
+    cs.store(name="prepare_schema", node=PrepareConfig)
 
 
 register_configs()
+SCHEMAS = {"train": TrainConfig, "eval": EvalConfig, "prepare": PrepareConfig}
 
 
 class ConfigError(ValueError):
@@ -231,7 +281,7 @@ def group_choices(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-def _one_line(exc: BaseException, overrides: list[str]) -> str:
+def _one_line(exc: BaseException, overrides: list[str], schema: type) -> str:
     """Explain a composition failure in one line naming the key and the valid choices."""
     for ov in overrides:
         key, _, value = ov.lstrip("+~").partition("=")
@@ -248,7 +298,7 @@ def _one_line(exc: BaseException, overrides: list[str]) -> str:
     first = msg.splitlines()[0] if msg else type(exc).__name__
     if full_key and "not in" in first:
         parent, _, _ = str(full_key).rpartition(".")
-        node = OmegaConf.structured(TrainConfig)
+        node = OmegaConf.structured(schema)
         valid = OmegaConf.select(node, parent) if parent else node
         names = ", ".join(valid.keys()) if isinstance(valid, DictConfig) else ""
         return f"unknown key {full_key}; valid keys{' in ' + parent if parent else ''}: {names}"
@@ -290,6 +340,6 @@ def preflight(config_name: str, argv: list[str]) -> None:
     except ConfigError as exc:
         sys.exit(f"medvl: {exc}")
     except Exception as exc:  # noqa: BLE001 - every composition error becomes one line
-        sys.exit(f"medvl: {_one_line(exc, overrides)}")
+        sys.exit(f"medvl: {_one_line(exc, overrides, SCHEMAS[config_name])}")
     finally:
         GlobalHydra.instance().clear()

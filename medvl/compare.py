@@ -1,0 +1,58 @@
+"""Compare evaluation runs side by side, with paired significance tests against a reference run.
+
+    python -m medvl.compare outputs/eval/run_a outputs/eval/run_b --reference run_a
+    python -m medvl.compare 'outputs/eval/*' --metrics exact_match,closed_accuracy
+    python -m medvl.compare multirun/2025-01-01/12-00-00          # a sweep: one column per job
+
+Writes model_comparison_tables.md, model_comparison.csv, model_comparison.json and significance.md
+into --out (default: the sweep directory, else the runs' common parent, else
+outputs/compare/<timestamp>). argparse, not Hydra: the arguments are paths, not an experiment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from medvl.evaluation.compare import CompareError, compare, console_tables
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m medvl.compare", description=__doc__.split("\n")[0])
+    parser.add_argument("paths", nargs="+", help="eval dirs, globs (quote them) or a multirun/sweep dir")
+    parser.add_argument("--reference", default=None, help="reference run: a name or 0-based index (default: first)")
+    parser.add_argument("--out", default=None, help="output directory")
+    parser.add_argument("--metrics", default=None, help="comma-separated metrics to keep (default: all)")
+    parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default: 2000)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    args = parser.parse_args(argv)
+    if args.n_boot < 1:
+        parser.error(f"--n-boot must be positive, got {args.n_boot}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    try:
+        result = compare(args.paths, reference=args.reference, out_dir=args.out, metrics=metrics,
+                         n_boot=args.n_boot, seed=args.seed)
+    except CompareError as error:
+        print(f"medvl: {error}", file=sys.stderr)
+        return 2
+    from rich.console import Console
+
+    console = Console()
+    for table in console_tables(result["table"], [run.name for run in result["runs"]], result["directions"],
+                                result["significance"]):
+        console.print(table)
+    for pair in result["significance"]:
+        if pair["note"]:
+            print(f"medvl: warning: {pair['run']} vs {pair['reference']}: {pair['note']}", file=sys.stderr)
+    console.print(f"wrote {', '.join(path.name for path in result['paths'].values())} to {result['out_dir']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

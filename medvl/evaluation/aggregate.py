@@ -1,0 +1,81 @@
+"""Aggregation of per-sample scores into overall, closed/open and per-category tables."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from medvl.data.taxonomy import CATEGORIES, CLOSED, OPEN
+
+UNCATEGORIZED = "uncategorized"
+
+
+def aggregate(
+    rows: Sequence[Mapping[str, Any]],
+    per_sample: Sequence[Mapping[str, float]],
+    corpus_fn: Callable[[Sequence[int]], Mapping[str, float]] | None = None,
+) -> dict[str, Any]:
+    """Average per-sample metrics over the whole set, closed and open rows, and each category.
+
+    A metric's value for a group is the mean over the group's rows that have it (closed_accuracy
+    exists only on closed rows), so a group's value is the count-weighted mean of its parts'.
+    ``corpus_fn(indices)``, when given, returns corpus-level scores (BLEU, CIDEr, METEOR) re-computed
+    on a group's rows; they replace the means of those metrics' per-sample scores.
+
+    A row's answer type is its ``answer_type`` or, failing that, its category's; rows with
+    neither count in ``overall`` only. Rows with no category are grouped as ``"uncategorized"``.
+
+    Returns:
+        ``{"overall": {...}, "closed": {...}, "open": {...}, "by_category": {category: {...}}}``,
+        each group ``{metric: value, ..., "count": number of rows}``; categories in taxonomy
+        order, then any others by name.
+    """
+    if len(rows) != len(per_sample):
+        raise ValueError(f"{len(rows)} rows but {len(per_sample)} per-sample score dicts")
+
+    closed, open_, by_category = [], [], {}
+    for index, row in enumerate(rows):
+        category = row.get("category") or UNCATEGORIZED
+        by_category.setdefault(str(category), []).append(index)
+        answer_type = _answer_type(row, category)
+        if answer_type == CLOSED:
+            closed.append(index)
+        elif answer_type == OPEN:
+            open_.append(index)
+
+    def summarize(indices: list[int]) -> dict[str, float]:
+        return _summarize(indices, per_sample, corpus_fn)
+
+    order = {category: position for position, category in enumerate(CATEGORIES)}
+    categories = sorted(by_category, key=lambda c: (order.get(c, len(order)), c))
+    return {
+        "overall": summarize(list(range(len(rows)))),
+        "closed": summarize(closed),
+        "open": summarize(open_),
+        "by_category": {category: summarize(by_category[category]) for category in categories},
+    }
+
+
+def _answer_type(row: Mapping[str, Any], category: str) -> str | None:
+    answer_type = row.get("answer_type")
+    if isinstance(answer_type, str) and answer_type.strip().upper() in (CLOSED, OPEN):
+        return answer_type.strip().upper()
+    return CATEGORIES[category][0] if category in CATEGORIES else None
+
+
+def _summarize(
+    indices: list[int],
+    per_sample: Sequence[Mapping[str, float]],
+    corpus_fn: Callable[[Sequence[int]], Mapping[str, float]] | None,
+) -> dict[str, float]:
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for index in indices:
+        for metric, value in per_sample[index].items():
+            sums[metric] = sums.get(metric, 0.0) + value
+            counts[metric] = counts.get(metric, 0) + 1
+    summary = {metric: sums[metric] / counts[metric] for metric in sums}
+    if corpus_fn is not None and indices:
+        summary.update(corpus_fn(indices))
+    summary["count"] = len(indices)
+    return summary

@@ -1,0 +1,106 @@
+"""Answer extraction: pull the decision out of a free-form generation before scoring it.
+
+Kept apart from the metrics so that a report can show both the strict score (the generation
+compared as written) and the extracted one (lm-eval's ``strict-match`` / ``flexible-extract``).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from medvl.evaluation.normalize import NO, YES, normalize_answer, words
+
+# Chinese answers have no spaces to split on. Most open with the decision, read by prefix;
+# longest first so that 不是 is "no" before 是 could make it "yes". A bare 不 prefix is left out:
+# 不正常 ("abnormal") is a finding, not a "no".
+_ZH_PREFIXES = sorted(
+    [("不包含", NO), ("不是", NO), ("没有", NO), ("不对", NO), ("否", NO),
+     ("包含", YES), ("是", YES), ("对", YES), ("有", YES)],
+    key=lambda item: -len(item[0]),
+)
+# Inside a sentence ("图片中不包含脾脏") only phrases that cannot be part of another word count:
+# 是 and 有 occur in countless words (这是 "this is", 有些 "some").
+_ZH_ANYWHERE = (("不包含", NO), ("包含", YES), ("没有", NO), ("不是", NO))
+
+
+def extract_yes_no(prediction: object) -> str | None:
+    """Return ``"yes"``, ``"no"`` or ``None`` for a generation answering a closed question.
+
+    Mirrors how LLaVA-Med scores closed questions (``llava/eval/run_eval.py``: a prediction
+    counts when it contains "yes" or "no"), with two fixes: words are matched whole, so
+    "normal" is not a "no" and "eyes" not a "yes", and when both occur the first one wins
+    ("No, there is no sign of ..." is "no", "Yes, no mass is seen" is "yes"). Chinese answers are
+    read by their opening word (是/否/不是/包含/...), else by the first unambiguous phrase in them.
+
+    >>> extract_yes_no("Yes, the liver is enlarged."), extract_yes_no("There is no effusion.")
+    ('yes', 'no')
+    >>> extract_yes_no("The image is normal.") is None
+    True
+    """
+    text = normalize_answer(prediction)
+    if text in (YES, NO):
+        return text
+    for prefix, answer in _ZH_PREFIXES:
+        if text.startswith(prefix):
+            return answer
+    for word in words(text):
+        if word in (YES, NO):
+            return word
+    found = [(text.find(phrase), -len(phrase), answer) for phrase, answer in _ZH_ANYWHERE if phrase in text]
+    return min(found)[2] if found else None
+
+
+# Explicit markers, strongest first. Letters are upper-case only (except a bare letter) so that
+# the article in "the answer is a mass" is never read as option A.
+_BARE_LETTER = re.compile(r"^\s*[(\[]?\s*([A-Za-z])\s*[)\]]?\s*[.:)]?\s*$")
+_ANSWER_IS = re.compile(r"(?i:answer|option|choice)\s*(?i:is)?\s*[:(\[]?\s*([A-Z])\b(?![-'])")
+# ... but a lower-case letter that ends the text ("answer: d") cannot be an article.
+_ANSWER_IS_END = re.compile(r"(?i:answer|option|choice)\s*(?i:is)?\s*[:(\[]?\s*([A-Za-z])\s*[)\]]?\s*\.?\s*$")
+_LEADING_LETTER = re.compile(r"^\s*[(\[]?([A-Z])(?:[.:)\]]|\s*[)\]])")
+_PAREN_LETTER = re.compile(r"[(\[]([A-Z])[)\]]")
+
+
+def extract_choice(prediction: object, options: dict[str, str | None]) -> str | None:
+    """Return the option letter a generation picks, or ``None`` when it picks none or several.
+
+    Understands ``"B"``, ``"(B)"``, ``"Answer: B"``, ``"The answer is B."``, ``"B. polyp"``,
+    ``"(B) polyp"`` and, failing a letter, the text of exactly one option (``"polyp"``). Only
+    letters that are keys of ``options`` with a non-empty text count.
+
+    >>> opts = {"A": "barrett's esophagus", "B": "polyp", "C": "high-grade dysplasia"}
+    >>> extract_choice("Answer: B", opts), extract_choice("(C) high-grade dysplasia", opts)
+    ('B', 'C')
+    >>> extract_choice("It looks like a polyp.", opts), extract_choice("D", opts)
+    ('B', None)
+    """
+    if not isinstance(prediction, str):
+        return None
+    prediction = unicodedata.normalize("NFKC", prediction)  # full-width "（B）" reads as "(B)"
+    valid = {letter.upper() for letter, text in options.items() if isinstance(text, str) and text.strip()}
+    if not valid:
+        return None
+
+    bare = _BARE_LETTER.match(prediction)
+    if bare:
+        letter = bare.group(1).upper()
+        return letter if letter in valid else None
+    for pattern in (_ANSWER_IS, _ANSWER_IS_END, _LEADING_LETTER):
+        match = pattern.search(prediction)
+        if match and match.group(1).upper() in valid:
+            return match.group(1).upper()
+    bracketed = {letter for letter in _PAREN_LETTER.findall(prediction) if letter in valid}
+    if len(bracketed) == 1:
+        return bracketed.pop()
+    return _choice_by_text(prediction, {k.upper(): v for k, v in options.items() if k.upper() in valid})
+
+
+def _choice_by_text(prediction: str, options: dict[str, str]) -> str | None:
+    """The one option whose text appears, as whole words, in the prediction."""
+    padded = f" {normalize_answer(prediction)} "
+    found = {letter: normalize_answer(text) for letter, text in options.items()}
+    found = {letter: text for letter, text in found.items() if text and f" {text} " in padded}
+    # "liver cancer" also contains the option "liver": keep only the longest of nested matches.
+    kept = [letter for letter, text in found.items()
+            if not any(text != other and f" {text} " in f" {other} " for other in found.values())]
+    return kept[0] if len(kept) == 1 else None

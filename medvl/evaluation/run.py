@@ -1,0 +1,226 @@
+"""``evaluate(cfg)``: generate answers, score them, and write per-category tables.
+
+Predictions are appended to ``predictions.jsonl`` batch by batch; rerunning the same command
+after an interruption skips every row already there, so nothing is recomputed or duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from medvl.data.format import answer_of, question_of
+from medvl.data.splits import load_split
+from medvl.evaluation.checkpoint import Checkpoint, resolve_checkpoint
+from medvl.evaluation.generate import generate_batch, iter_batches
+from medvl.evaluation.perplexity import answer_nll, corpus_perplexity, perplexity
+from medvl.models.loading import load_model, load_processor, resolve_model_path
+
+log = logging.getLogger(__name__)
+
+#: Dataset labels kept in ``meta`` that get their own breakdown table.
+BREAKDOWNS = {
+    "slake": ["modality", "content_type"],
+    "vqa_rad": ["question_type"],
+    "gmai_mmbench": ["task", "department", "granularity", "modality"],
+    "synth": ["modality"],
+}
+
+
+def apply_run_config(cfg: DictConfig, ckpt: Checkpoint, overrides: list[str]) -> None:
+    """Take model and data from the run the checkpoint came from, except what the command line sets.
+
+    ``data=slake`` keeps the command line's whole data group; ``data.max_eval_samples=64`` keeps
+    that one key on top of the run's data config.
+    """
+    if ckpt.run_config is None:
+        return
+    keys = [o.lstrip("+~").split("=", 1)[0] for o in overrides if "=" in o]
+    with open_dict(cfg):
+        for group in ("model", "data"):
+            if group in keys or group not in ckpt.run_config:
+                continue
+            dotted = {k: OmegaConf.select(cfg, k) for k in keys if k.startswith(group + ".")}
+            cfg[group] = OmegaConf.merge(cfg[group], ckpt.run_config[group])
+            for key, value in dotted.items():
+                OmegaConf.update(cfg, key, value)
+
+
+def load_for_eval(cfg: DictConfig, ckpt: Checkpoint | None):
+    """(model, processor) for the base model or a checkpoint."""
+    base = resolve_model_path(cfg.model)
+    if ckpt is None:
+        return load_model(cfg.model, base), load_processor(cfg.model, base)
+    if ckpt.kind == "model":
+        return load_model(cfg.model, str(ckpt.path)), load_processor(cfg.model, str(ckpt.path))
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(load_model(cfg.model, base), str(ckpt.path))
+    # Merged weights generate faster and give the same outputs.
+    return model.merge_and_unload(), load_processor(cfg.model, base)
+
+
+def read_done(path: Path) -> dict[str, dict[str, Any]]:
+    """Rows already in ``predictions.jsonl``; a torn last line (killed mid-write) is dropped."""
+    done: dict[str, dict[str, Any]] = {}
+    if not path.exists():
+        return done
+    lines = path.read_text(encoding="utf-8").splitlines()
+    good = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        done[rec["id"]] = rec
+        good.append(line)
+    if len(good) != len(lines):
+        path.write_text("".join(g + "\n" for g in good), encoding="utf-8")
+    return done
+
+
+def predict(model, processor, rows: list[dict[str, Any]], cfg: DictConfig, out: Path) -> list[dict[str, Any]]:
+    """Generate (and score perplexity) for every row not yet in ``out/predictions.jsonl``."""
+    from rich.progress import Progress
+
+    path = out / "predictions.jsonl"
+    done = read_done(path)
+    todo = [r for r in rows if r["id"] not in done]
+    if done:
+        log.info("Resuming: %d of %d rows already predicted in %s", len(rows) - len(todo), len(rows), path)
+    system_prompt = cfg.prompt.system_prompt
+    model.eval()
+    with open(path, "a", encoding="utf-8") as f, Progress(transient=True) as progress:
+        task = progress.add_task("generating", total=len(todo))
+        for chunk in iter_batches(todo, cfg.batch_size):
+            preds = generate_batch(model, processor, chunk, cfg.data.root, system_prompt=system_prompt,
+                                   max_new_tokens=cfg.max_new_tokens)
+            nlls = (answer_nll(model, processor, chunk, cfg.data.root, system_prompt=system_prompt)
+                    if cfg.perplexity else [(None, 0)] * len(chunk))
+            for row, pred, (nll, n) in zip(chunk, preds, nlls):
+                rec = {
+                    "id": row["id"], "question": question_of(row), "reference": answer_of(row), "prediction": pred,
+                    "category": row.get("category"), "answer_type": row.get("answer_type"),
+                    "meta": row.get("meta", {}), "nll": nll, "n_tokens": n,
+                    "perplexity": perplexity(nll, n) if nll is not None else None,
+                }
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                done[row["id"]] = rec
+            f.flush()
+            progress.advance(task, len(chunk))
+    return [done[r["id"]] for r in rows]
+
+
+def fill_categories(rows: list[dict[str, Any]]) -> int:
+    """Categorize rows that arrive without a category by the documented rules; return how many."""
+    from medvl.data.categorize import categorize
+
+    n = 0
+    for row in rows:
+        if not row.get("category") or not row.get("answer_type"):
+            answer_type, category, _ = categorize(row)
+            row["answer_type"] = row.get("answer_type") or answer_type
+            row["category"] = row.get("category") or category
+            n += 1
+    return n
+
+
+def score(records: list[dict[str, Any]], cfg: DictConfig, data_name: str) -> dict[str, Any]:
+    """Per-sample metrics into ``records`` and the aggregated tables."""
+    from medvl.evaluation.aggregate import aggregate
+    from medvl.evaluation.extract import extract_choice
+    from medvl.evaluation.metrics import compute_metrics, make_corpus_fn
+
+    preds = [r["prediction"] for r in records]
+    refs = [r["reference"] for r in records]
+    names = list(cfg.metrics) or None
+    per_sample, _ = compute_metrics(preds, refs, [r["answer_type"] for r in records], metrics=names,
+                                    bertscore_model=cfg.bertscore.model,
+                                    bertscore_num_layers=cfg.bertscore.num_layers)
+    for rec, scores in zip(records, per_sample):
+        options = (rec.get("meta") or {}).get("options")
+        if options:
+            # Multiple choice: the letter is extracted first, then compared (strict exact match stays too).
+            rec["extracted_choice"] = extract_choice(rec["prediction"], options)
+            scores["choice_accuracy"] = float(rec["extracted_choice"] == str(rec["reference"]).strip())
+        if rec.get("perplexity") is not None:
+            scores["nll_per_token"] = rec["nll"] / rec["n_tokens"]
+        rec["metrics"] = scores
+    corpus_fn = make_corpus_fn(preds, refs, metrics=names)
+    tables = aggregate(records, [r["metrics"] for r in records], corpus_fn)
+    for group_rows, group in _groups(records, tables):
+        pairs = [(r["nll"], r["n_tokens"]) for r in group_rows if r.get("nll") is not None]
+        if pairs:
+            group.update(corpus_perplexity(pairs))
+        group.pop("nll_per_token", None)
+    for key in BREAKDOWNS.get(data_name, []):
+        values = sorted({str(r["meta"][key]) for r in records if (r.get("meta") or {}).get(key) not in (None, "")})
+        if values:
+            tables[f"by_{key}"] = {
+                v: aggregate([r for r in records if str(r["meta"].get(key)) == v],
+                             [r["metrics"] for r in records if str(r["meta"].get(key)) == v])["overall"]
+                for v in values
+            }
+    return tables
+
+
+def _groups(records, tables):
+    yield records, tables["overall"]
+    yield [r for r in records if r["answer_type"] == "CLOSED"], tables["closed"]
+    yield [r for r in records if r["answer_type"] == "OPEN"], tables["open"]
+    for cat, group in tables["by_category"].items():
+        yield [r for r in records if (r.get("category") or "uncategorized") == cat], group
+
+
+def evaluate_one(cfg: DictConfig, ckpt: Checkpoint | None, out: Path, name: str) -> dict[str, Any]:
+    from medvl.evaluation.report import write_reports
+
+    out.mkdir(parents=True, exist_ok=True)
+    split = cfg.split or cfg.data.eval_split
+    rows = load_split(cfg.data, split, cfg.data.max_eval_samples)
+    if not rows:
+        raise ValueError(f"data={cfg.data.name}: the {split} split is empty")
+    n_filled = fill_categories(rows)
+    if n_filled:
+        log.warning("%d of %d rows had no category; assigned by the question rules in docs/taxonomy.md",
+                    n_filled, len(rows))
+    model, processor = load_for_eval(cfg, ckpt)
+    records = predict(model, processor, rows, cfg, out)
+    del model
+    tables = score(records, cfg, cfg.data.name)
+    tables["run"] = {"name": name, "ckpt": str(ckpt.path) if ckpt else None, "model": cfg.model.name_or_path,
+                     "data": cfg.data.name, "split": split, "prompt": cfg.prompt.name,
+                     "system_prompt": cfg.prompt.system_prompt}
+    write_reports(records, tables, out)
+    return tables
+
+
+def evaluate(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Evaluate ``+ckpt`` (or the base model without it); with ``compare_base`` both, side by side.
+
+    ``overrides`` are the command line's, so that they win over a run directory's own config.
+    """
+    from medvl.evaluation.report import print_side_by_side
+
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.output_dir)
+    ckpt_arg = cfg.get("ckpt")
+    ckpt = resolve_checkpoint(ckpt_arg) if ckpt_arg else None
+    if ckpt is not None:
+        apply_run_config(cfg, ckpt, list(overrides))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if ckpt is None:
+        return {"base": evaluate_one(cfg, None, out, "base")}
+    if not cfg.compare_base:
+        return {"ckpt": evaluate_one(cfg, ckpt, out, ckpt.path.parent.name if ckpt.path.name in (
+            "adapter", "model") else ckpt.path.name)}
+    results = {"base": evaluate_one(cfg, None, out / "base", "base"),
+               "ckpt": evaluate_one(cfg, ckpt, out / "ckpt", "fine-tuned")}
+    print_side_by_side(results, out)
+    return results
