@@ -136,7 +136,14 @@ class TrainerConfig:
     logging_steps: int = 10
     save_steps: int = 500
     save_total_limit: int = 2
+    #: Generation-based validation every ``eval_steps`` optimizer steps (0: off).
     eval_steps: int = 0
+    #: Validation rows used by that check (the first N of ``data.validation_split``).
+    eval_samples: int = 64
+    eval_metrics: list[str] = field(default_factory=lambda: ["exact_match", "closed_accuracy", "open_recall",
+                                                             "word_f1", "rouge_l"])
+    #: Keep the adapter with the best ``overall`` value of this metric in ``<run>/best`` (null: off).
+    metric_for_best: str | None = "exact_match"
     seed: int = 42
     gradient_checkpointing: bool = False
     group_by_length: bool = True

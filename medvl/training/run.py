@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from medvl.config import validate
 from medvl.data.dataset import Collator, VQADataset
@@ -152,20 +152,55 @@ def train(cfg: DictConfig) -> dict[str, float]:
     rows = load_split(cfg.data, cfg.data.train_split, cfg.data.max_train_samples)
     dataset = VQADataset(rows, processor, cfg.data.root, system_prompt=cfg.prompt.system_prompt,
                          max_length=cfg.data.max_length)
+    callbacks = []
+    if cfg.trainer.eval_steps > 0:
+        callbacks.append(validation_callback(cfg, processor, out))
     trainer = _trainer_class()(
         model=model,
         args=training_arguments(cfg, out),
         train_dataset=dataset,
         data_collator=Collator(processor.tokenizer.pad_token_id),
+        callbacks=callbacks,
     )
+    for cb in callbacks:
+        cb.trainer = trainer
     result = trainer.train()
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
     if is_main_process():
         save_outputs(trainer.model, processor, trainer, cfg, out)
-    if cfg.eval_after_train and is_main_process():
-        from medvl.evaluation.quick import exact_match_eval
-
-        metrics.update(exact_match_eval(trainer.model, processor, cfg))
+    if callbacks and callbacks[0].best:
+        metrics["best_" + callbacks[0].best["metric"]] = callbacks[0].best["value"]
+        metrics["best_step"] = callbacks[0].best["step"]
     if is_main_process():
         (out / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
+    if cfg.eval_after_train and is_main_process():
+        del trainer, model
+        metrics["eval"] = evaluate_run(cfg, out)["ckpt"]["overall"]
     return metrics
+
+
+def validation_callback(cfg: DictConfig, processor, out: Path):
+    from medvl.training.callbacks import GenerationEvalCallback
+
+    rows = load_split(cfg.data, cfg.data.validation_split, cfg.trainer.eval_samples)
+    return GenerationEvalCallback(
+        processor, rows, cfg.data.root, eval_steps=cfg.trainer.eval_steps, system_prompt=cfg.prompt.system_prompt,
+        batch_size=cfg.trainer.per_device_eval_batch_size, max_new_tokens=cfg.max_new_tokens,
+        metrics=list(cfg.trainer.eval_metrics), metric_for_best=cfg.trainer.metric_for_best,
+        best_dir=out / "best", data_name=cfg.data.name, is_main=is_main_process())
+
+
+def evaluate_run(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """Run ``medvl.eval`` on this run directory with the run's model, data and prompt."""
+    from medvl.config import EvalConfig
+    from medvl.evaluation.run import evaluate
+
+    eval_cfg = OmegaConf.structured(EvalConfig)
+    for key in ("model", "data", "prompt", "cache_dir"):
+        eval_cfg[key] = cfg[key]
+    eval_cfg.output_dir = str(out / "eval")
+    eval_cfg.max_new_tokens = cfg.max_new_tokens
+    eval_cfg.batch_size = cfg.trainer.per_device_eval_batch_size
+    with open_dict(eval_cfg):
+        eval_cfg.ckpt = str(out)
+    return evaluate(eval_cfg)
