@@ -20,13 +20,17 @@ log = logging.getLogger(__name__)
 
 
 def flatten(tables: dict[str, Any], prefix: str = "eval") -> dict[str, float]:
-    """``{"eval/overall/exact_match": ..., "eval/closed_yes_no/exact_match": ...}`` for loggers."""
+    """``{"eval_overall/exact_match": ..., "eval_closed_yes_no/exact_match": ...}`` for ``Trainer.log``.
+
+    HF's logger integrations turn an ``eval_`` prefix into the ``eval/`` section of TensorBoard and
+    W&B (anything else lands under ``train/``).
+    """
     flat = {}
     groups = {g: tables[g] for g in ("overall", "closed", "open")} | tables.get("by_category", {})
     for group, values in groups.items():
         for metric, value in values.items():
             if metric != "count" and isinstance(value, (int, float)):
-                flat[f"{prefix}/{group}/{metric}"] = float(value)
+                flat[f"{prefix}_{group}/{metric}"] = float(value)
     return flat
 
 
