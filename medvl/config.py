@@ -167,8 +167,10 @@ class TrainConfig:
     output_dir: str = MISSING
     #: A previous stage's run dir or adapter dir: merged into the base weights before this stage.
     init_from: str | None = None
-    #: Evaluate the trained model on ``data.eval_split`` after training.
-    eval_after_train: bool = False
+    #: Run ``medvl.eval`` on the run after training (``null``: on in multirun sweeps, off otherwise).
+    eval_after_train: bool | None = None
+    #: ``auto``: continue from the newest checkpoint in the run directory; or a checkpoint path.
+    resume: str | None = None
     max_new_tokens: int = 16
     run_name: str = "${stage.name}-${model.name}-${lora.name}"
 

@@ -15,8 +15,17 @@ from medvl.evaluation.normalize import NO, YES, normalize_answer, words
 # longest first so that 不是 is "no" before 是 could make it "yes". A bare 不 prefix is left out:
 # 不正常 ("abnormal") is a finding, not a "no".
 _ZH_PREFIXES = sorted(
-    [("不包含", NO), ("不是", NO), ("没有", NO), ("不对", NO), ("否", NO),
-     ("包含", YES), ("是", YES), ("对", YES), ("有", YES)],
+    [
+        ("不包含", NO),
+        ("不是", NO),
+        ("没有", NO),
+        ("不对", NO),
+        ("否", NO),
+        ("包含", YES),
+        ("是", YES),
+        ("对", YES),
+        ("有", YES),
+    ],
     key=lambda item: -len(item[0]),
 )
 # Inside a sentence ("图片中不包含脾脏") only phrases that cannot be part of another word count:
@@ -101,6 +110,9 @@ def _choice_by_text(prediction: str, options: dict[str, str]) -> str | None:
     found = {letter: normalize_answer(text) for letter, text in options.items()}
     found = {letter: text for letter, text in found.items() if text and f" {text} " in padded}
     # "liver cancer" also contains the option "liver": keep only the longest of nested matches.
-    kept = [letter for letter, text in found.items()
-            if not any(text != other and f" {text} " in f" {other} " for other in found.values())]
+    kept = [
+        letter
+        for letter, text in found.items()
+        if not any(text != other and f" {text} " in f" {other} " for other in found.values())
+    ]
     return kept[0] if len(kept) == 1 else None

@@ -16,6 +16,7 @@ used. An empty or non-text prediction scores 0 everywhere and never raises.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import threading
@@ -378,12 +379,14 @@ def bertscore_f1(
     rescale_with_baseline: bool = False,
     baseline_path: str | None = None,
     batch_size: int = 64,
+    dtype: str = "float32",
 ) -> tuple[float, list[float]]:
     """Mean and per-sample BERTScore F1 of the normalized texts (bert-score, no idf, no rescaling).
 
     ``model`` defaults to the offline all-MiniLM-L6-v2 with ``num_layers=6``. Pairs with an empty
     side score 0 and are never sent to the model. bert-score already embeds each distinct sentence
-    once, sorted by length so that batches carry little padding.
+    once, sorted by length so that batches carry little padding. ``dtype="bfloat16"`` trades
+    exactness (per-sample F1 within a few 1e-3) for about twice the speed on CPUs with bf16 units.
     """
     hyps = [normalize_answer(p) for p in predictions]
     refs = [normalize_answer(r) for r in references]
@@ -393,10 +396,24 @@ def bertscore_f1(
         scorer = bertscore_scorer(
             model, num_layers, rescale_with_baseline=rescale_with_baseline, baseline_path=baseline_path
         )
-        _, _, f1 = scorer.score([hyps[i] for i in keep], [refs[i] for i in keep], batch_size=batch_size)
+        with _autocast(scorer.device, dtype):
+            _, _, f1 = scorer.score([hyps[i] for i in keep], [refs[i] for i in keep], batch_size=batch_size)
         for i, value in zip(keep, f1.tolist()):
             scores[i] = value
     return _mean(scores), scores
+
+
+BERTSCORE_DTYPES = ("float32", "bfloat16")
+
+
+def _autocast(device: str, dtype: str) -> Any:
+    if dtype not in BERTSCORE_DTYPES:
+        raise ValueError(f"BERTScore dtype must be one of {BERTSCORE_DTYPES}, got {dtype!r}")
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast(device_type=str(device).split(":")[0], dtype=torch.bfloat16)
 
 
 # --------------------------------------------------------------------------------------------
@@ -426,12 +443,6 @@ def _selected(metrics: Sequence[str] | None) -> list[str]:
     return names
 
 
-def _corpus_options(name: str, bertscore_model: str | None, bertscore_num_layers: int | None) -> dict[str, Any]:
-    if name == "bertscore_f1":
-        return {"model": bertscore_model, "num_layers": bertscore_num_layers}
-    return {}
-
-
 # Libraries behind each corpus metric, imported lazily (torch alone takes seconds) but in the
 # calling thread: two threads importing torch and scipy at once see half-initialized modules.
 _BACKENDS = {
@@ -449,9 +460,16 @@ def _import_backends(names: Sequence[str]) -> None:
             importlib.import_module(module)
 
 
-# Start order for the corpus scorers: the long, mostly-not-Python ones first (METEOR's JVM, then
-# BERTScore's torch) so that the GIL-bound scorers run while they compute.
-_START_ORDER = ("meteor", "bertscore_f1")
+def _corpus_options(name: str, bertscore: dict[str, Any]) -> dict[str, Any]:
+    return bertscore if name == "bertscore_f1" else {}
+
+
+# Scorers that run outside the Python interpreter (METEOR in a JVM) go to a thread at once and
+# overlap with everything else. The rest share two cores badly: torch's BERTScore keeps both busy
+# and its OpenMP threads stall whenever a GIL-bound scorer takes a core, so the Python scorers run
+# first in the calling thread (beside METEOR) and BERTScore last, alone with METEOR's tail.
+_BACKGROUND = ("meteor",)
+_LAST = ("bertscore_f1",)
 
 
 def compute_metrics(
@@ -462,12 +480,14 @@ def compute_metrics(
     metrics: Sequence[str] | None = None,
     bertscore_model: str | None = None,
     bertscore_num_layers: int | None = None,
+    bertscore_dtype: str = "float32",
     timings: dict[str, float] | None = None,
 ) -> tuple[list[dict[str, float]], dict[str, float]]:
     """Score predictions against references with the registered metrics.
 
-    The corpus scorers run concurrently in threads (METEOR in its Java process and BERTScore in
-    torch release the GIL) while the sample metrics run in the calling thread.
+    METEOR runs concurrently in a thread (its work happens in a Java process) while the calling
+    thread runs the sample metrics, BLEU, CIDEr, ROUGE-L and then BERTScore (torch, both cores);
+    the BERTScore model loads in the background meanwhile.
 
     Args:
         predictions: model outputs; ``None``, numbers and blank strings score 0.
@@ -477,6 +497,8 @@ def compute_metrics(
         metrics: names from :data:`METRICS`; all of them by default.
         bertscore_model: model name or local directory for BERTScore (default: offline MiniLM).
         bertscore_num_layers: layer whose embeddings BERTScore compares.
+        bertscore_dtype: ``"bfloat16"`` runs the BERTScore model under autocast, about twice as
+            fast on CPUs with native bf16, with per-sample F1 within a few 1e-3 of float32.
         timings: if given, filled with each scorer's wall-clock seconds.
 
     Returns:
@@ -491,51 +513,68 @@ def compute_metrics(
     if answer_types is not None and len(answer_types) != len(references):
         raise ValueError(f"{len(answer_types)} answer types for {len(references)} references")
     names = _selected(metrics)
+    if bertscore_dtype not in BERTSCORE_DTYPES:
+        raise ValueError(f"bertscore_dtype must be one of {BERTSCORE_DTYPES}, got {bertscore_dtype!r}")
     types = [
         resolve_answer_type(None if answer_types is None else answer_types[i], ref) for i, ref in enumerate(references)
     ]
     timings = {} if timings is None else timings
-    per_sample: list[dict[str, float]] = [{} for _ in predictions]
-    corpus: dict[str, float] = {}
-
+    bertscore = {"model": bertscore_model, "num_layers": bertscore_num_layers, "dtype": bertscore_dtype}
     corpus_names = [name for name in names if METRICS[name].level == "corpus"]
-    corpus_names.sort(key=lambda name: _START_ORDER.index(name) if name in _START_ORDER else len(_START_ORDER))
     _import_backends(corpus_names)
-    with ThreadPoolExecutor(max_workers=max(1, len(corpus_names)), thread_name_prefix="metric") as pool:
-        futures = {
-            name: pool.submit(
-                _timed, METRICS[name].fn, predictions, references,
-                **_corpus_options(name, bertscore_model, bertscore_num_layers),
-            )
-            for name in corpus_names
-        }
-        sample_means: dict[str, float] = {}
-        for name in names:
-            metric = METRICS[name]
-            if metric.level != "sample":
-                continue
-            start = time.perf_counter()
-            values = []
-            for row, pred, ref, row_type in zip(per_sample, predictions, references, types):
-                if metric.answer_type is None or metric.answer_type == row_type:
-                    row[name] = metric.fn(pred, ref)
-                    values.append(row[name])
-            if values:
-                sample_means[name] = _mean(values)
-            timings[name] = time.perf_counter() - start
-        corpus_results = {}
-        for name, future in futures.items():
-            (score, scores), timings[name] = future.result()
-            corpus_results[name] = score
-            for row, value in zip(per_sample, scores):
-                row[name] = value
+    per_sample: list[dict[str, float]] = [{} for _ in predictions]
+    results: dict[str, float] = {}
 
-    for name in names:  # report in the order asked for
-        if name in sample_means:
-            corpus[name] = sample_means[name]
-        elif name in corpus_results:
-            corpus[name] = corpus_results[name]
+    def record(name: str, score: float, scores: Sequence[float]) -> None:
+        results[name] = score
+        for row, value in zip(per_sample, scores):
+            row[name] = value
+
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="metric") as pool:
+        background = {
+            name: pool.submit(_timed, METRICS[name].fn, predictions, references)
+            for name in corpus_names
+            if name in _BACKGROUND
+        }
+        if "bertscore_f1" in corpus_names and any(map(normalize_answer, predictions)):
+            pool.submit(bertscore_scorer, bertscore_model, bertscore_num_layers)  # load while others run
+
+        for name in names:
+            if METRICS[name].level == "sample":
+                start = time.perf_counter()
+                values = _score_rows(METRICS[name], predictions, references, types, per_sample)
+                if values:
+                    results[name] = _mean(values)
+                timings[name] = time.perf_counter() - start
+        foreground = [name for name in corpus_names if name not in _BACKGROUND]
+        foreground.sort(key=lambda name: name in _LAST)
+        for name in foreground:
+            (score, scores), timings[name] = _timed(
+                METRICS[name].fn, predictions, references, **_corpus_options(name, bertscore)
+            )
+            record(name, score, scores)
+        for name, future in background.items():
+            (score, scores), timings[name] = future.result()
+            record(name, score, scores)
+
+    corpus = {name: results[name] for name in names if name in results}  # in the order asked for
     return per_sample, corpus
+
+
+def _score_rows(
+    metric: Metric,
+    predictions: Sequence[object],
+    references: Sequence[object],
+    types: Sequence[str],
+    per_sample: list[dict[str, float]],
+) -> list[float]:
+    """Score each row the metric applies to, store it in ``per_sample``, return the values."""
+    values = []
+    for row, pred, ref, row_type in zip(per_sample, predictions, references, types):
+        if metric.answer_type is None or metric.answer_type == row_type:
+            row[metric.name] = metric.fn(pred, ref)
+            values.append(row[metric.name])
+    return values
 
 
 def _timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:

@@ -17,7 +17,9 @@ NO = "no"
 
 # Whole-answer aliases only: inside a sentence "true lumen" or "right lung" must stay as written.
 # 包含/不包含 ("contains"/"does not contain") are how Slake's Chinese rows answer yes/no questions.
-YES_ALIASES = frozenset({"yes", "y", "yeah", "yep", "true", "correct", "是", "是的", "对", "对的", "正确", "有", "包含"})
+YES_ALIASES = frozenset(
+    {"yes", "y", "yeah", "yep", "true", "correct", "是", "是的", "对", "对的", "正确", "有", "包含"}
+)
 NO_ALIASES = frozenset({"no", "n", "nope", "false", "incorrect", "否", "不是", "不", "不对", "错误", "没有", "不包含"})
 
 # Apostrophes are deleted rather than spaced so that "don't" and "dont" agree.

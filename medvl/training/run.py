@@ -44,7 +44,8 @@ def build_model(cfg: DictConfig):
 
 def _trainer_class():
     from transformers import Trainer
-    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from medvl.training.sampler import EpochLengthGroupedSampler
 
     class MedvlTrainer(Trainer):
         """HF Trainer whose length grouping uses lengths read from image headers.
@@ -57,10 +58,35 @@ def _trainer_class():
             dataset = train_dataset if train_dataset is not None else self.train_dataset
             if self.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "lengths"):
                 batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
-                return LengthGroupedSampler(batch, lengths=dataset.lengths)
+                return EpochLengthGroupedSampler(batch, lengths=dataset.lengths, seed=self.args.data_seed)
             return super()._get_train_sampler(train_dataset)
 
     return MedvlTrainer
+
+
+def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
+    """``resume=auto``: the newest ``checkpoint-N`` in the run directory (None when there is none)."""
+    if not cfg.resume:
+        return None
+    if cfg.resume != "auto":
+        if not Path(cfg.resume).is_dir():
+            raise FileNotFoundError(f"resume={cfg.resume}: no such checkpoint directory")
+        return str(cfg.resume)
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(out)) if out.is_dir() else None
+    log.info("resume=auto: %s", f"continuing from {last}" if last else "no checkpoint yet, starting fresh")
+    return last
+
+
+def wants_eval_after_train(cfg: DictConfig) -> bool:
+    """``eval_after_train`` as set, or by default on in a multirun sweep and off in a single run."""
+    if cfg.eval_after_train is not None:
+        return bool(cfg.eval_after_train)
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def learning_rate(cfg: DictConfig) -> float:
@@ -152,9 +178,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     rows = load_split(cfg.data, cfg.data.train_split, cfg.data.max_train_samples)
     dataset = VQADataset(rows, processor, cfg.data.root, system_prompt=cfg.prompt.system_prompt,
                          max_length=cfg.data.max_length)
+    from medvl.training.loggers import logger_callbacks
+
     callbacks = []
     if cfg.trainer.eval_steps > 0:
         callbacks.append(validation_callback(cfg, processor, out))
+    callbacks += logger_callbacks(cfg, processor, out)
     trainer = _trainer_class()(
         model=model,
         args=training_arguments(cfg, out),
@@ -164,16 +193,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     for cb in callbacks:
         cb.trainer = trainer
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=resume_checkpoint(cfg, out))
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
     if is_main_process():
         save_outputs(trainer.model, processor, trainer, cfg, out)
-    if callbacks and callbacks[0].best:
-        metrics["best_" + callbacks[0].best["metric"]] = callbacks[0].best["value"]
-        metrics["best_step"] = callbacks[0].best["step"]
+    best = getattr(callbacks[0], "best", None) if callbacks else None
+    if best:
+        metrics["best_" + best["metric"]] = best["value"]
+        metrics["best_step"] = best["step"]
     if is_main_process():
         (out / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
-    if cfg.eval_after_train and is_main_process():
+    if wants_eval_after_train(cfg) and is_main_process():
         del trainer, model
         metrics["eval"] = evaluate_run(cfg, out)["ckpt"]["overall"]
     return metrics

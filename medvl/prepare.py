@@ -1,0 +1,25 @@
+"""``python -m medvl.prepare``: convert a dataset and validate every row as training reads it (conf/prepare.yaml).
+
+    python -m medvl.prepare data=slake data.root=/data/Slake1.0 [model=7b] [full=true] [splits=[test]]
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from medvl.config import CONF_DIR, preflight
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="prepare", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from medvl.data.prepare import prepare
+
+    prepare(cfg)
+
+
+if __name__ == "__main__":
+    preflight("prepare", sys.argv[1:])
+    main()
