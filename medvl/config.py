@@ -7,6 +7,7 @@ that names the key and the valid choices, before any weights are loaded.
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field
 from enum import Enum
@@ -118,6 +119,11 @@ class LoggerConfig:
     name: str = "none"
     report_to: list[str] = field(default_factory=list)
     project: str = "medvl"
+    #: W&B run group (``null``: the sweep directory's name in a multirun, else none).
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    #: Validation rows in the W&B predictions table logged at each validation (0: none).
+    log_predictions: int = 32
 
 
 @dataclass
@@ -221,16 +227,30 @@ class PrepareConfig:
     workers: int = 2
 
 
+@dataclass
+class ExportConfig:
+    """``python -m medvl.export +ckpt=...``: merge an adapter into its base and save a plain model."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cache_dir: str = MISSING
+    output_dir: str = MISSING
+    #: Where the merged model goes (``null``: ``<output_dir>/merged``).
+    save_dir: str | None = None
+    #: Saved weights dtype: ``auto`` keeps the loaded dtype, or float32/bfloat16/float16.
+    dtype: str = "auto"
+
+
 def register_configs() -> None:
     """Register the top-level schemas; group files merge into their typed nodes."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
     cs.store(name="prepare_schema", node=PrepareConfig)
+    cs.store(name="export_schema", node=ExportConfig)
 
 
 register_configs()
-SCHEMAS = {"train": TrainConfig, "eval": EvalConfig, "prepare": PrepareConfig}
+SCHEMAS = {"train": TrainConfig, "eval": EvalConfig, "prepare": PrepareConfig, "export": ExportConfig}
 
 
 class ConfigError(ValueError):
@@ -260,8 +280,40 @@ def resolve_lora(cfg: DictConfig) -> None:
             f"or lora=none")
 
 
+#: A key whose last word is one of these holds a secret: ``api_key``, ``hf_token``, ``wandbApiKey``
+#: (but not ``max_new_tokens`` or ``pad_token_id``).
+SECRET_WORDS = {"key", "apikey", "token", "secret", "password", "passwd", "credential", "credentials"}
+
+
+def is_secret_key(name: str) -> bool:
+    words = re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", str(name)).lower())
+    return words[-1] in SECRET_WORDS
+
+
+def secret_keys(node: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of the secret-named keys in a config (values are never read)."""
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=False)
+    found = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            found += [path] if is_secret_key(key) else secret_keys(value, path + ".")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += secret_keys(value, f"{prefix}{i}.")
+    return found
+
+
+def _refuse_secrets(keys: list[str]) -> None:
+    if keys:
+        raise ConfigError(f"{', '.join(keys)}: secrets must not be in the config (it is saved with the run and "
+                          "logged); use the environment (WANDB_API_KEY, HF_TOKEN) or `wandb login`")
+
+
 def validate(cfg: DictConfig) -> None:
     """Resolve ``lora=auto`` and check values the type system cannot: ranges and cross-field rules."""
+    _refuse_secrets(secret_keys(cfg))
     resolve_lora(cfg)
     checks = [
         ("lora.r", cfg.lora.r > 0, "must be a positive integer"),
@@ -329,6 +381,12 @@ def preflight(config_name: str, argv: list[str]) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    # Before Hydra writes .hydra/ (and, for -m, multirun.yaml) with the overrides in them.
+    try:
+        _refuse_secrets([k for k in (a.lstrip("+~").partition("=")[0] for a in argv if "=" in a)
+                         if not k.startswith("-") and is_secret_key(k.rpartition(".")[2])])
+    except ConfigError as exc:
+        sys.exit(f"medvl: {exc}")
     if any(a in ("-m", "--multirun", "--help", "-h", "--hydra-help", "--info") or a.startswith("--info")
            for a in argv):
         return

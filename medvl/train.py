@@ -8,15 +8,23 @@ import hydra
 from omegaconf import DictConfig
 
 from medvl.config import CONF_DIR, preflight
+from medvl.training.distributed import rank_argv
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> dict:
     from medvl.training.run import train
+    from medvl.training.sweep import in_multirun, run_sweep_job
 
-    train(cfg)
+    if in_multirun():
+        # Hydra's sweeper re-raises the first failure after the batch and skips the sweep's
+        # end-of-run summary; a failed job is recorded instead and the others go on.
+        return run_sweep_job(train, cfg)
+    return train(cfg)
 
 
 if __name__ == "__main__":
+    # torchrun / deepspeed start this in every rank: agree on the run dir, rank 0 writes (see distributed.py).
+    sys.argv[1:] = rank_argv(sys.argv[1:])
     preflight("train", sys.argv[1:])
     main()

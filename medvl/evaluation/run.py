@@ -43,7 +43,7 @@ def apply_run_config(cfg: DictConfig, ckpt: Checkpoint, overrides: list[str]) ->
     keys = [o.lstrip("+~").split("=", 1)[0] for o in overrides if "=" in o]
     with open_dict(cfg):
         for group in ("model", "data"):
-            if group in keys or group not in ckpt.run_config:
+            if group in keys or group not in ckpt.run_config or group not in cfg:
                 continue
             dotted = {k: OmegaConf.select(cfg, k) for k in keys if k.startswith(group + ".")}
             cfg[group] = OmegaConf.merge(cfg[group], ckpt.run_config[group])

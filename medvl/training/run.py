@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from medvl.config import validate
 from medvl.data.dataset import Collator, VQADataset
-from medvl.data.splits import load_split
+from medvl.data.splits import ensure_data, load_split
 from medvl.models.loading import load_model, load_processor, resolve_model_path
 from medvl.models.lora import apply_training_setup, merge_init_from, trainable_parameter_names
 
@@ -22,6 +22,18 @@ log = logging.getLogger(__name__)
 
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def ensure_data_once(cfg: DictConfig) -> None:
+    """Generate synthetic data under a file lock: ranks starting together would write the same files."""
+    if cfg.data.format != "synth":
+        return
+    from filelock import FileLock
+
+    root = Path(cfg.data.root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root) + ".lock"):
+        ensure_data(cfg.data)
 
 
 def build_model(cfg: DictConfig):
@@ -65,18 +77,26 @@ def _trainer_class():
 
 
 def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
-    """``resume=auto``: the newest ``checkpoint-N`` in the run directory (None when there is none)."""
+    """``resume=auto``: the newest complete ``checkpoint-N`` in the run directory (None if there is none).
+
+    A process killed while saving leaves a checkpoint without ``trainer_state.json`` (the Trainer
+    writes it last); such a checkpoint is skipped rather than resumed from.
+    """
     if not cfg.resume:
         return None
     if cfg.resume != "auto":
-        if not Path(cfg.resume).is_dir():
-            raise FileNotFoundError(f"resume={cfg.resume}: no such checkpoint directory")
+        if not (Path(cfg.resume) / "trainer_state.json").is_file():
+            raise FileNotFoundError(f"resume={cfg.resume}: not a complete Trainer checkpoint directory")
         return str(cfg.resume)
-    from transformers.trainer_utils import get_last_checkpoint
-
-    last = get_last_checkpoint(str(out)) if out.is_dir() else None
-    log.info("resume=auto: %s", f"continuing from {last}" if last else "no checkpoint yet, starting fresh")
-    return last
+    candidates = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])
+                        if p.name.split("-")[-1].isdigit() else -1, reverse=True)
+    for ckpt in candidates:
+        if (ckpt / "trainer_state.json").is_file():
+            log.info("resume=auto: continuing from %s", ckpt)
+            return str(ckpt)
+        log.warning("resume=auto: skipping incomplete checkpoint %s", ckpt)
+    log.info("resume=auto: no checkpoint in %s yet, starting fresh", out)
+    return None
 
 
 def wants_eval_after_train(cfg: DictConfig) -> bool:
@@ -135,11 +155,20 @@ def training_arguments(cfg: DictConfig, output_dir: Path):
 
 
 def save_outputs(model, processor, trainer, cfg: DictConfig, out: Path) -> None:
-    """Adapter (or whole model) + processor, resolved config, trainer state and loss curve."""
+    """Adapter (or whole model) + processor, resolved config, trainer state and loss curve.
+
+    Called on every rank: under DeepSpeed the weights are gathered from all ranks (ZeRO-3 shards
+    them), and only rank 0 writes.
+    """
     from peft import PeftModel
 
     target = out / ("adapter" if isinstance(model, PeftModel) else "model")
-    model.save_pretrained(target, safe_serialization=True)
+    if trainer.is_deepspeed_enabled:
+        trainer.save_model(str(target))  # collective; needs stage3_gather_16bit_weights_on_model_save
+    elif is_main_process():
+        model.save_pretrained(target, safe_serialization=True)
+    if not is_main_process():
+        return
     processor.save_pretrained(target)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     trainer.state.save_to_json(str(out / "trainer_state.json"))
@@ -175,6 +204,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("Trainable parameters: %d in %d tensors", n_train, len(trainable_parameter_names(model)))
 
+    ensure_data_once(cfg)
     rows = load_split(cfg.data, cfg.data.train_split, cfg.data.max_train_samples)
     dataset = VQADataset(rows, processor, cfg.data.root, system_prompt=cfg.prompt.system_prompt,
                          max_length=cfg.data.max_length)
@@ -195,8 +225,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         cb.trainer = trainer
     result = trainer.train(resume_from_checkpoint=resume_checkpoint(cfg, out))
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
-    if is_main_process():
-        save_outputs(trainer.model, processor, trainer, cfg, out)
+    save_outputs(trainer.model, processor, trainer, cfg, out)
     best = getattr(callbacks[0], "best", None) if callbacks else None
     if best:
         metrics["best_" + best["metric"]] = best["value"]
@@ -205,6 +234,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         (out / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
     if wants_eval_after_train(cfg) and is_main_process():
         del trainer, model
+        # Rank 0 evaluates alone: a still-registered ZeRO-3 config would make from_pretrained shard.
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
         metrics["eval"] = evaluate_run(cfg, out)["ckpt"]["overall"]
     return metrics
 

@@ -1,0 +1,29 @@
+"""``python -m medvl.export +ckpt=...``: a merged, plain Qwen2-VL checkpoint (see conf/export.yaml)."""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from medvl.config import CONF_DIR, preflight
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="export", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from medvl.evaluation.checkpoint import CheckpointError
+    from medvl.models.export import export
+    from medvl.models.loading import ModelLoadError
+
+    try:
+        print(export(cfg, list(HydraConfig.get().overrides.task)))
+    except (CheckpointError, ModelLoadError, FileNotFoundError) as exc:
+        sys.exit(f"medvl: {exc}")
+
+
+if __name__ == "__main__":
+    preflight("export", sys.argv[1:])
+    main()

@@ -1,0 +1,34 @@
+"""Merge a LoRA adapter (and any fully trained modules saved with it) into the base weights."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+def export(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> Path:
+    """Save ``+ckpt`` merged into its base model, with the processor, as safetensors; return the dir."""
+    from medvl.evaluation.checkpoint import CheckpointError, resolve_checkpoint
+    from medvl.evaluation.run import apply_run_config, load_for_eval
+
+    if not cfg.get("ckpt"):
+        raise CheckpointError("medvl.export needs +ckpt=<run dir or adapter dir>")
+    ckpt = resolve_checkpoint(cfg.ckpt)
+    apply_run_config(cfg, ckpt, list(overrides))
+    # load_for_eval merges the adapter (merge_and_unload also folds modules_to_save copies in).
+    model, processor = load_for_eval(cfg, ckpt)
+    if cfg.dtype != "auto":
+        model = model.to(getattr(torch, cfg.dtype))
+    out = Path(cfg.save_dir or Path(cfg.output_dir) / "merged")
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    (out / "medvl_export.json").write_text(json.dumps({"ckpt": str(ckpt.path), "base": cfg.model.name_or_path}))
+    log.info("Merged %s into %s -> %s", ckpt.path, cfg.model.name_or_path, out)
+    return out

@@ -1,0 +1,95 @@
+"""Hydra callback for multirun sweeps: a status file per job, a summary and a comparison at the end.
+
+Each job writes ``job_status.json`` into its own directory from ``on_job_end`` (which runs where
+the job runs, locally or on a SLURM node), so the summary written by ``on_multirun_end`` works for
+every launcher. A failed job never stops the others; it is marked failed in the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+STATUS_FILE = "job_status.json"
+
+
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def run_sweep_job(fn, cfg: DictConfig) -> dict[str, Any]:
+    """Run one sweep job; a failure is logged and returned (not raised) so the sweep goes on."""
+    try:
+        return {"status": "ok", "metrics": fn(cfg)}
+    except Exception as exc:  # noqa: BLE001 - any failure of one job must not stop the sweep
+        log.exception("Sweep job failed")
+        return {"status": "failed", "error": _one_line(exc)}
+
+
+class SweepSummary(Callback):
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        hydra_cfg = job_return.hydra_cfg.hydra if job_return.hydra_cfg else None
+        if hydra_cfg is None or str(hydra_cfg.mode) != "RunMode.MULTIRUN":
+            return
+        out = Path(hydra_cfg.runtime.output_dir)
+        status = {"num": hydra_cfg.job.num, "overrides": list(job_return.overrides or []), "dir": str(out)}
+        if job_return.status == JobStatus.COMPLETED:
+            value = job_return.return_value
+            status["status"] = value.get("status", "ok") if isinstance(value, dict) else "ok"
+            if isinstance(value, dict) and value.get("error"):
+                status["error"] = value["error"]
+        else:
+            status["status"] = "failed"
+            status["error"] = _one_line(job_return._return_value)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / STATUS_FILE).write_text(json.dumps(status, indent=2))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        summary = summarize_sweep(Path(config.hydra.sweep.dir))
+        if summary["failed"]:
+            log.error("%d of %d sweep jobs failed: %s (see %s)", len(summary["failed"]), len(summary["jobs"]),
+                      summary["failed"], Path(config.hydra.sweep.dir) / "sweep_summary.md")
+            sys.exit(1)
+
+
+def summarize_sweep(sweep_dir: Path) -> dict[str, Any]:
+    """Write ``sweep_summary.{json,md}`` and, over the jobs that were evaluated, the comparison tables."""
+    jobs = sorted((json.loads(p.read_text()) for p in sweep_dir.glob(f"*/{STATUS_FILE}")), key=lambda j: j["num"])
+    for job in jobs:
+        metrics_file = Path(job["dir"]) / "eval" / "metrics.json"
+        job["eval_dir"] = str(metrics_file.parent) if metrics_file.exists() else None
+        if metrics_file.exists():
+            job["exact_match"] = json.loads(metrics_file.read_text())["overall"].get("exact_match")
+    lines = ["| job | overrides | status | exact_match | note |", "|---|---|---|---|---|"]
+    for job in jobs:
+        em = job.get("exact_match")
+        lines.append(f"| {job['num']} | {' '.join(job['overrides'])} | {job['status']} | "
+                     f"{'-' if em is None else f'{em:.4f}'} | {job.get('error', '')} |")
+    summary = {"sweep_dir": str(sweep_dir), "jobs": jobs,
+               "failed": [j["num"] for j in jobs if j["status"] != "ok"]}
+    (sweep_dir / "sweep_summary.json").write_text(json.dumps(summary, indent=2))
+    (sweep_dir / "sweep_summary.md").write_text("\n".join(lines) + "\n")
+    eval_dirs = [j["eval_dir"] for j in jobs if j["status"] == "ok" and j.get("eval_dir")]
+    if eval_dirs:
+        from medvl.evaluation.compare import compare
+
+        compare(eval_dirs, out_dir=sweep_dir)
+    log.info("Sweep summary: %d jobs, %d failed -> %s", len(jobs), len(summary["failed"]),
+             sweep_dir / "sweep_summary.md")
+    return summary
