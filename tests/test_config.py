@@ -96,3 +96,16 @@ def test_cfg_job_prints_without_loading_weights(tmp_path):
     assert cfg.model.name_or_path == "Qwen/Qwen2-VL-7B-Instruct"
     assert cfg.stage.name == "align"
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("experiment", group_choices("experiment"))
+def test_every_experiment_composes(compose, experiment):
+    overrides = [f"experiment={experiment}"]
+    cfg_text = (CONF_DIR / "experiment" / f"{experiment}.yaml").read_text()
+    assert cfg_text.startswith("# @package _global_") and "-m medvl.train" in cfg_text
+    if "init_from: ???" in cfg_text:
+        overrides.append("init_from=/runs/stage1")
+    cfg = compose(overrides)
+    validate(cfg)
+    assert cfg.model.name == "7b"
+    assert OmegaConf.to_container(cfg, resolve=True)
