@@ -64,3 +64,14 @@ def small_synth(tmp_path_factory) -> Path:
 
 def small_data_overrides(root: Path) -> list[str]:
     return [f"data.root={root}", "data.num_train=96", "data.num_validation=24", "data.num_test=48"]
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

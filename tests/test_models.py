@@ -113,3 +113,27 @@ def test_instruct_without_lora_trains_the_whole_llm(compose, tiny_dir):
     names = _trainable(compose, ["stage=instruct", "lora=none"])
     assert names and all(n.startswith(("model.language_model.", "lm_head.")) for n in names)
     assert "lm_head.weight" in names and not any("visual" in n for n in names)
+
+
+def test_no_network_fails_fast_without_offline_flag(compose, monkeypatch):
+    from huggingface_hub import constants
+
+    import medvl.models.loading as loading
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(loading, "_hub_reachable", lambda timeout=3.0: False)
+
+    def never(*args, **kwargs):
+        raise AssertionError("from_pretrained must not be reached (it would retry for a minute)")
+
+    monkeypatch.setattr("transformers.AutoModelForImageTextToText.from_pretrained", never)
+    with pytest.raises(ModelLoadError, match="hub cannot be reached"):
+        load_model(compose(["model=2b"]).model)
+
+
+@pytest.mark.gpu
+def test_bf16_training_step_on_gpu(compose, tiny_dir):
+    cfg = compose(["model.dtype=bfloat16"])
+    validate(cfg)
+    model = apply_training_setup(load_model(cfg.model, device="cuda"), cfg)
+    assert next(model.parameters()).dtype == torch.bfloat16

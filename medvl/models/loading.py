@@ -49,11 +49,47 @@ def _explain(path: str, exc: Exception) -> ModelLoadError:
     )
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def check_available(path: str) -> None:
+    """Fail fast, in one line, for a hub id that is neither cached locally nor downloadable.
+
+    Without this, huggingface_hub retries for about a minute before giving up on a machine
+    with no network.
+    """
+    if Path(path).exists():
+        return
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(path, local_files_only=True, allow_patterns=["config.json"])
+        return
+    except Exception:  # noqa: BLE001 - not in the local cache: try the network below
+        pass
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or not _hub_reachable():
+        raise _explain(path, OSError("offline"))
+
+
 def load_processor(model_cfg: Any, path: str | None = None):
     """Load the processor with the configured min/max image pixels."""
     from transformers import AutoProcessor
 
     path = path or resolve_model_path(model_cfg)
+    check_available(path)
     try:
         # Qwen2-VL's image processor in transformers 5 takes the pixel budget as `size`;
         # `min_pixels=`/`max_pixels=` keyword arguments are silently ignored there.
@@ -71,6 +107,7 @@ def load_model(model_cfg: Any, path: str | None = None, *, device: str | torch.d
     from transformers import AutoModelForImageTextToText
 
     path = path or resolve_model_path(model_cfg)
+    check_available(path)
     log.info("Loading model %s", path)
     try:
         model = AutoModelForImageTextToText.from_pretrained(
