@@ -198,8 +198,8 @@ class EvalConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     cache_dir: str = MISSING
     output_dir: str = MISSING
-    #: Split to evaluate (``null``: ``data.eval_split``).
-    split: str | None = None
+    #: Split to evaluate (conf/eval.yaml: ``${data.eval_split}``).
+    split: str = "test"
     #: Also evaluate the base model and report both.
     compare_base: bool = False
     batch_size: int = 32
@@ -249,7 +249,17 @@ def register_configs() -> None:
     cs.store(name="export_schema", node=ExportConfig)
 
 
+def _slug(path: str) -> str:
+    """A directory-name-safe label for a checkpoint path: its last two components."""
+    if path in ("", "None", "base"):
+        return "base"
+    parts = [p for p in str(path).replace("\\", "/").split("/") if p not in ("", ".", "adapter", "model")]
+    return "_".join(parts[-2:]).replace("=", "-").replace(",", "_") or "base"
+
+
 register_configs()
+if not OmegaConf.has_resolver("medvl_slug"):
+    OmegaConf.register_new_resolver("medvl_slug", _slug)
 SCHEMAS = {"train": TrainConfig, "eval": EvalConfig, "prepare": PrepareConfig, "export": ExportConfig}
 
 

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from medvl.data.format import answer_of, question_of
 from medvl.data.splits import load_split
-from medvl.evaluation.checkpoint import Checkpoint, resolve_checkpoint
+from medvl.evaluation.checkpoint import Checkpoint, CheckpointError, resolve_checkpoint
 from medvl.evaluation.generate import generate_batch, iter_batches
 from medvl.evaluation.perplexity import answer_nll, corpus_perplexity, perplexity
 from medvl.models.loading import load_model, load_processor, resolve_model_path
@@ -63,6 +63,31 @@ def load_for_eval(cfg: DictConfig, ckpt: Checkpoint | None):
     model = PeftModel.from_pretrained(load_model(cfg.model, base), str(ckpt.path))
     # Merged weights generate faster and give the same outputs.
     return model.merge_and_unload(), load_processor(cfg.model, base)
+
+
+def fingerprint(cfg: DictConfig, ckpt: Checkpoint | None, split: str) -> dict[str, Any]:
+    """What the predictions in an eval directory depend on; resuming requires an exact match."""
+    weights = None
+    if ckpt is not None:
+        files = sorted(ckpt.path.glob("*.safetensors"))
+        weights = [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files]
+    return {"ckpt": str(ckpt.path) if ckpt else None, "weights": weights, "model": str(cfg.model.name_or_path),
+            "data": str(cfg.data.dir), "split": split, "system_prompt": cfg.prompt.system_prompt,
+            "max_new_tokens": int(cfg.max_new_tokens), "min_pixels": int(cfg.model.min_pixels),
+            "max_pixels": int(cfg.model.max_pixels)}
+
+
+def check_resumable(out: Path, fp: dict[str, Any]) -> None:
+    """Refuse to mix predictions of a different setup into an existing eval directory."""
+    path = out / "eval_fingerprint.json"
+    stored = json.loads(json.dumps(fp))  # tuples -> lists, as they come back from disk
+    if path.exists() and (out / "predictions.jsonl").exists():
+        old = json.loads(path.read_text())
+        if old != stored:
+            diff = ", ".join(k for k in stored if old.get(k) != stored[k])
+            raise CheckpointError(f"{out} holds predictions of a different setup ({diff} changed); "
+                                  f"delete it or pass hydra.run.dir=<new dir>")
+    path.write_text(json.dumps(stored, indent=2))
 
 
 def read_done(path: Path) -> dict[str, dict[str, Any]]:
@@ -189,6 +214,7 @@ def evaluate_one(cfg: DictConfig, ckpt: Checkpoint | None, out: Path, name: str)
     if n_filled:
         log.warning("%d of %d rows had no category; assigned by the question rules in docs/taxonomy.md",
                     n_filled, len(rows))
+    check_resumable(out, fingerprint(cfg, ckpt, split))
     model, processor = load_for_eval(cfg, ckpt)
     records = predict(model, processor, rows, cfg, out)
     del model

@@ -24,6 +24,17 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def end_distributed() -> None:
+    """Wait for rank 0's writes, then close the process group.
+
+    A rank that exits with the group still open can abort ("terminate called without an active
+    exception"), and the launcher then kills the ranks still writing.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def ensure_data_once(cfg: DictConfig) -> None:
     """Generate synthetic data under a file lock: ranks starting together would write the same files."""
     if cfg.data.format != "synth":
@@ -232,6 +243,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics["best_step"] = best["step"]
     if is_main_process():
         (out / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
+    end_distributed()
     if wants_eval_after_train(cfg) and is_main_process():
         del trainer, model
         # Rank 0 evaluates alone: a still-registered ZeRO-3 config would make from_pretrained shard.
@@ -262,6 +274,7 @@ def evaluate_run(cfg: DictConfig, out: Path) -> dict[str, Any]:
     for key in ("model", "data", "prompt", "cache_dir"):
         eval_cfg[key] = cfg[key]
     eval_cfg.output_dir = str(out / "eval")
+    eval_cfg.split = cfg.data.eval_split
     eval_cfg.max_new_tokens = cfg.max_new_tokens
     eval_cfg.batch_size = cfg.trainer.per_device_eval_batch_size
     with open_dict(eval_cfg):
