@@ -35,14 +35,16 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, BinaryIO
 
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from medvl.data.converters import CONVERTERS, FILTER_REASONS, SPLITS, Reject, Row, convert
+from medvl.data.dataset import Collator, VQADataset, to_messages
 from medvl.data.format import image_paths
 from medvl.data.taxonomy import CATEGORIES
+from medvl.data.token_length import token_length
 from medvl.data.validate_rows import (
     Check,
     Problem,
@@ -81,9 +83,12 @@ def image_size(path: Path) -> tuple[int, int]:
         UnsupportedMode: the pixel mode cannot be converted to RGB.
         Exception: whatever PIL raises for a file that does not open or decode.
     """
-    with no_pixel_limit(), Image.open(path) as im:
-        size, mode, fmt = im.size, im.mode, im.format
-    if (fmt == "JPEG" and _jpeg_intact(path)) or (fmt == "PNG" and _png_intact(path)):
+    with open(path, "rb") as f:
+        with no_pixel_limit(), Image.open(f) as im:
+            size, mode, fmt = im.size, im.mode, im.format
+        f.seek(0)
+        intact = (fmt == "JPEG" and _jpeg_intact(f)) or (fmt == "PNG" and _png_intact(f))
+    if intact:
         _mode_converts(mode)
         return size
     load_rgb(path)
@@ -95,52 +100,47 @@ _SOF_OTHER = {0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _STANDALONE = {0x01, *range(0xD0, 0xD9)}  # TEM, RSTn, SOI: no length field
 
 
-def _jpeg_intact(path: Path, tail: int = 4096) -> bool:
+def _jpeg_intact(f: BinaryIO, tail: int = 4096) -> bool:
     """Markers up to the first scan are well formed, the frame is 8-bit Huffman, and an EOI
     marker follows the scan. A cut-off JPEG (even by only its last two bytes) fails to decode in
     PIL and lacks that EOI; byte stuffing keeps ``FF D9`` out of the entropy-coded data."""
-    with open(path, "rb") as f:
-        if f.read(2) != b"\xff\xd8":
-            return False
-        sof = False
-        while True:
-            byte = f.read(1)
-            while byte == b"\xff":  # fill bytes before a marker code
-                marker = f.read(1)
-                if marker != b"\xff":
-                    break
-            else:
-                return False
-            if not marker:
-                return False
-            code = marker[0]
-            if code in _STANDALONE:
-                continue
-            head = f.read(2)
-            if len(head) < 2:
-                return False
-            (length,) = struct.unpack(">H", head)
-            if length < 2:
-                return False
-            if code in _SOF_OTHER:
-                return False
-            if code in _SOF_TRUSTED:
-                precision = f.read(1)
-                if precision != b"\x08":
-                    return False
-                sof = True
-                f.seek(length - 3, os.SEEK_CUR)
-            elif code == 0xDA:
-                scan_start = f.tell() + length - 2
+    if f.read(2) != b"\xff\xd8":
+        return False
+    sof = False
+    while True:
+        byte = f.read(1)
+        while byte == b"\xff":  # fill bytes before a marker code
+            marker = f.read(1)
+            if marker != b"\xff":
                 break
-            else:
-                f.seek(length - 2, os.SEEK_CUR)
-        if not sof:
+        else:
             return False
-        end = f.seek(0, os.SEEK_END)
-        start = max(scan_start, end - tail)
-        f.seek(start)
-        return b"\xff\xd9" in f.read()
+        if not marker:
+            return False
+        code = marker[0]
+        if code in _STANDALONE:
+            continue
+        head = f.read(2)
+        if len(head) < 2:
+            return False
+        (length,) = struct.unpack(">H", head)
+        if length < 2 or code in _SOF_OTHER:
+            return False
+        if code in _SOF_TRUSTED:
+            if f.read(1) != b"\x08":  # sample precision
+                return False
+            sof = True
+            f.seek(length - 3, os.SEEK_CUR)
+        elif code == 0xDA:
+            scan_start = f.tell() + length - 2
+            break
+        else:
+            f.seek(length - 2, os.SEEK_CUR)
+    if not sof:
+        return False
+    end = f.seek(0, os.SEEK_END)
+    f.seek(max(scan_start, end - tail))
+    return b"\xff\xd9" in f.read()
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -148,11 +148,11 @@ _TEXT_CHUNKS = {b"tEXt", b"zTXt", b"iTXt"}
 _ANIMATION_CHUNKS = {b"acTL", b"fcTL", b"fdAT"}
 
 
-def _png_intact(path: Path) -> bool:
+def _png_intact(f: BinaryIO) -> bool:
     """IHDR first, IDAT data, IEND last, every chunk's CRC right. PIL does not check the image
     data's CRCs while decoding, so a damaged IDAT is caught here and sent to a real decode. Text
     chunks after the image data (parsed only when decoding) and animations also go there."""
-    data = path.read_bytes()
+    data = f.read()
     if not data.startswith(_PNG_SIGNATURE):
         return False
     view = memoryview(data)
@@ -197,14 +197,27 @@ def _mode_converts(mode: str) -> None:
 def check_template_images(row: Row, root: Path) -> Problem | None:
     """Images sit in human turns: the chat template drops ``<image>`` from answers, so a row whose
     placeholders add up only by counting its answers cannot be encoded."""
-    from medvl.data.dataset import to_messages
-
     n_template = sum(1 for m in to_messages(row, None) for c in m["content"] if c["type"] == "image")
     n_images = len(image_paths(row))
     if n_template != n_images:
         return Problem("placeholder_mismatch",
                        f"{n_template} <image> placeholder(s) in human turns for {n_images} image(s)")
     return None
+
+
+def make_special_token_check(tokenizer) -> Check:
+    """Text must not contain the model's special tokens: ``<|im_end|>`` in an answer would end the turn
+    early, and a literal ``<|image_pad|>`` would be expanded as an image (or fail to be) by the processor."""
+    specials = sorted({t.content for t in tokenizer.added_tokens_decoder.values() if t.special})
+
+    def check_special_tokens(row: Row, root: Path) -> Problem | None:
+        for k, turn in enumerate(row["conversations"]):
+            found = [token for token in specials if token in turn["value"]]
+            if found:
+                return Problem("bad_value", f"turn {k} contains the model's special token(s) {', '.join(found)}")
+        return None
+
+    return check_special_tokens
 
 
 def _image_problem(rel: str, exc: BaseException) -> Problem:
@@ -256,12 +269,15 @@ class RowChecker:
                                 trust_remote_code=spec.trust_remote_code)
         self.processor = processor or load_processor(model, spec.model_path)
         self._checks: dict[bool, list[Check]] = {}
+        # Datasets ask several questions per image; a file is inspected once per run and process.
+        self._sizes: dict[Path, tuple[int, int]] = {}
 
     def checks(self, require_category: bool) -> list[Check]:
         """The row checks without the duplicate-id check, which runs in input order in the main process."""
         if require_category not in self._checks:
             checks = default_checks(require_category=require_category, decode_images=False)[:-1]
-            self._checks[require_category] = [*checks, check_template_images]
+            self._checks[require_category] = [*checks, check_template_images,
+                                               make_special_token_check(self.processor.tokenizer)]
         return self._checks[require_category]
 
     def verdict(self, row: Any, require_category: bool) -> Verdict:
@@ -281,14 +297,15 @@ class RowChecker:
         return (problem.reason if problem else None), (problem.message if problem else ""), n_tokens
 
     def measure_fast(self, row: Row) -> tuple[Problem | None, int | None]:
-        from medvl.data.token_length import token_length
-
         sizes = []
         for rel in image_paths(row):
+            path = self.root / rel
             try:
-                sizes.append(image_size(self.root / rel))
+                if path not in self._sizes:
+                    self._sizes[path] = image_size(path)
             except Exception as exc:  # noqa: BLE001
                 return _image_problem(rel, exc), None
+            sizes.append(self._sizes[path])
         try:
             return None, token_length(row, self.processor, self.root,
                                       system_prompt=self.spec.system_prompt, sizes=sizes)
@@ -296,8 +313,6 @@ class RowChecker:
             return _encode_problem(exc), None
 
     def measure_full(self, row: Row) -> tuple[Problem | None, int | None]:
-        from medvl.data.dataset import Collator, VQADataset
-
         # As training builds them; max_length is applied by the caller, with the dataset's own rule
         # (longer than max_length fails), so that a too-long row still reports its length.
         dataset = VQADataset([row], self.processor, self.root, system_prompt=self.spec.system_prompt)
@@ -317,6 +332,8 @@ class RowChecker:
 
 
 _WORKER: RowChecker | None = None
+#: The main process's checker; forked workers reuse its processor instead of loading their own.
+_PARENT: RowChecker | None = None
 
 
 def _init_worker(spec: CheckSpec) -> None:
@@ -324,7 +341,8 @@ def _init_worker(spec: CheckSpec) -> None:
     import torch
 
     torch.set_num_threads(1)  # one process per core already
-    _WORKER = RowChecker(spec)
+    inherited = _PARENT is not None and _PARENT.spec == spec
+    _WORKER = RowChecker(spec, _PARENT.processor if inherited else None)
 
 
 def _check_chunk(rows: list[Any], require_category: bool) -> list[Verdict]:
@@ -357,6 +375,8 @@ class Checking:
     only the row that kills a worker is rejected and the run goes on."""
 
     def __init__(self, spec: CheckSpec, workers: int, checker: RowChecker):
+        global _PARENT
+        _PARENT = checker
         self.spec, self.workers = spec, workers
         self.executor: Executor = _InlineExecutor(checker) if workers <= 1 else _pool(spec, workers)
         self.broken = False
@@ -401,7 +421,9 @@ class Checking:
         return out
 
     def close(self) -> None:
+        global _PARENT
         self.executor.shutdown()
+        _PARENT = None
 
 
 # --- the command ---------------------------------------------------------------------------
@@ -502,7 +524,7 @@ def write_split(split: str, items: list[Row | Reject], verdicts: Iterable[Verdic
                           "message": f"{row_id!r}: {message}", "n_tokens": n_tokens, "raw": item}
                 rejects_file.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
                 continue
-            item["meta"]["n_tokens"] = n_tokens
+            item["meta"] = {**(item.get("meta") or {}), "n_tokens": n_tokens}
             kept_file.write(json.dumps(item, ensure_ascii=False) + "\n")
             result.kept += 1
             result.lengths.append(n_tokens)
@@ -516,7 +538,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     """Convert and validate every split of ``cfg.data``; write the outputs and return the report."""
     from rich.console import Console
 
-    from medvl.models.loading import load_processor, resolve_model_path
+    from medvl.models.loading import resolve_model_path
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     console = Console()
@@ -537,8 +559,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
                      root=str(root), system_prompt=cfg.prompt.system_prompt, max_length=int(data.max_length),
                      full=bool(cfg.full))
     # Loaded here too, so that a model that cannot load fails before any worker starts.
-    checker = RowChecker(spec, load_processor(SimpleNamespace(**{
-        k: getattr(spec, k) for k in ("min_pixels", "max_pixels", "trust_remote_code")}), model_path))
+    checker = RowChecker(spec)
 
     requested = list(cfg.splits)
     results: dict[str, SplitResult] = {}
