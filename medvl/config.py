@@ -93,6 +93,8 @@ class DataConfig:
     max_eval_samples: int = 0
     max_length: int = 1024
     lang: str = "en"
+    #: Extra keyword options for the converter (``file``, ``image_dir``, ...), see docs/prepare.md.
+    options: dict[str, Any] = field(default_factory=dict)
     # Synthetic data only.
     num_train: int = 3000
     num_validation: int = 300

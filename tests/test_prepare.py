@@ -372,3 +372,15 @@ def test_data_root_must_be_given(cache_dir) -> None:
 
     with pytest.raises(ValueError, match=r"data.root=<folder>"):
         prepare(compose_prepare(cache_dir, ["data=slake"]))
+
+
+def test_converter_options_come_from_the_data_config():
+    from omegaconf import OmegaConf
+
+    from medvl.data.prepare import converter_options
+
+    cfg = OmegaConf.create({"lang": "zh", "options": {"file": "my_test.json", "image_dir": "pics"}})
+    assert converter_options("slake", cfg) == {"lang": "zh", "file": "my_test.json", "image_dir": "pics"}
+    assert converter_options("pathvqa", OmegaConf.create({"lang": "en", "options": {}})) == {}
+    with pytest.raises(ValueError, match=r"data.options \['colour'\] not accepted by the slake converter"):
+        converter_options("slake", OmegaConf.create({"lang": "en", "options": {"colour": 1}}))

@@ -430,11 +430,18 @@ class Checking:
 
 
 def converter_options(fmt: str, data_cfg: Any) -> dict[str, Any]:
-    """Options from the data config that the converter takes (``lang`` for Slake)."""
+    """Options from the data config that the converter takes: ``lang`` (Slake) and ``data.options``
+    (e.g. ``+data.options.file=my_split.json`` or ``data.options={image_dir: imgs}``)."""
     if fmt not in CONVERTERS:
         raise ValueError(f"data.format={fmt!r} has no converter; known: {', '.join(CONVERTERS)}")
     params = inspect.signature(CONVERTERS[fmt]).parameters
-    return {k: data_cfg[k] for k in ("lang",) if k in params}
+    options = {k: data_cfg[k] for k in ("lang",) if k in params}
+    extra = dict(data_cfg.get("options") or {})
+    unknown = sorted(k for k in extra if k not in params)
+    if unknown and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        raise ValueError(f"data.options {unknown} not accepted by the {fmt} converter; "
+                         f"it takes: {', '.join(k for k in params if k not in ('root', 'split'))}")
+    return {**options, **extra}
 
 
 def read_split(fmt: str, root: Path, split: str, options: dict[str, Any], *,
