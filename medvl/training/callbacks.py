@@ -61,6 +61,8 @@ class GenerationEvalCallback(TrainerCallback):
         self.last_step = -1
         self.best: dict[str, Any] | None = None
         self.history: list[dict[str, Any]] = []
+        #: The latest validation's predictions, one per row of ``rows`` (read by the W&B table logger).
+        self.records: list[dict[str, Any]] = []
 
     def _higher_is_better(self) -> bool:
         from medvl.evaluation.metrics import METRICS
@@ -82,6 +84,7 @@ class GenerationEvalCallback(TrainerCallback):
                     "category": r.get("category"), "answer_type": r.get("answer_type"), "meta": r.get("meta", {})}
                    for r, p in zip(self.rows, preds)]
         tables = score(records, self.score_cfg, self.data_name)
+        self.records = records
         self.history.append({"step": step, "overall": tables["overall"]})
         return tables
 
@@ -93,7 +96,9 @@ class GenerationEvalCallback(TrainerCallback):
         tables = self.run(model, step)
         flat = flatten(tables)
         if self.trainer is not None:
+            should_log = control.should_log  # Trainer.log clears it, which would drop HF's loss log for this step
             self.trainer.log(flat)
+            control.should_log = should_log
         value = tables["overall"].get(self.metric_for_best) if self.metric_for_best else None
         if value is not None and self.is_main:
             better = self.best is None or (value > self.best["value"] if self._higher_is_better()

@@ -1,12 +1,187 @@
-"""Callbacks that depend on the configured logger."""
+"""Callbacks that go with ``cfg.logger``, and the W&B run set-up.
+
+HF's integrations, chosen by ``logger.report_to``, log the training curves and whatever
+``Trainer.log`` receives (the validation callback's ``eval_*`` metrics included). This module adds:
+
+- :class:`~medvl.training.monitor.TrainingMonitor` for every logger: step time, samples/s, tokens/s,
+  GPU memory.
+- For ``logger=wandb``, :class:`WandbRun`: it starts the run itself, before HF's ``WandbCallback``
+  would (which then logs into it), so the run gets medvl's project, name, sweep group and resolved
+  config; it logs a predictions table with image thumbnails at each validation; without an API key
+  it runs offline. Its files go under the run directory.
+"""
 
 from __future__ import annotations
 
+import logging
+import netrc
+import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from transformers import TrainerCallback
+
+from medvl.config import is_secret_key
+
+log = logging.getLogger(__name__)
+
+MASK = "***"
+THUMBNAIL_SIZE = 128
 
 
 def logger_callbacks(cfg: DictConfig, processor, out: Path) -> list:
     """Extra Trainer callbacks for ``cfg.logger``; HF's own integrations come from ``report_to``."""
-    return []
+    from medvl.training.monitor import TrainingMonitor
+
+    callbacks: list = [TrainingMonitor()]
+    if "wandb" in cfg.logger.report_to:
+        try:
+            import wandb  # noqa: F401
+        except ImportError as exc:
+            raise ImportError("logger=wandb needs the wandb package: pip install wandb") from exc
+        callbacks.append(WandbRun(wandb_init_kwargs(cfg, out), image_root=cfg.data.root,
+                                  max_rows=cfg.logger.log_predictions))
+    log.info("Logger %s: %s", cfg.logger.name, ", ".join(type(cb).__name__ for cb in callbacks))
+    return callbacks
+
+
+def redact(value: Any) -> Any:
+    """A copy of a plain config with the value of every secret-named key (``api_key``, ``hf_token``, ...) masked."""
+    if isinstance(value, dict):
+        return {k: MASK if is_secret_key(k) else redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def sweep_group() -> str | None:
+    """The sweep directory's name inside a Hydra multirun, else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(HydraConfig.get().sweep.dir).name
+    return None
+
+
+def has_wandb_credentials() -> bool:
+    """Whether wandb would find credentials: ``WANDB_API_KEY``, an identity token file, or a netrc entry."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").netloc
+    path = Path(os.environ.get("NETRC") or "~/.netrc").expanduser()
+    try:
+        return bool(netrc.netrc(path).authenticators(host))
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def wandb_init_kwargs(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """``wandb.init`` arguments for this run; ``mode="offline"`` when no credentials are found.
+
+    A ``WANDB_MODE`` the user set (``online``, ``offline``, ``disabled``) is left to wandb.
+    """
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    kwargs: dict[str, Any] = {
+        "project": cfg.logger.project,
+        "name": cfg.run_name,
+        "group": cfg.logger.group or sweep_group(),
+        "tags": list(cfg.logger.tags) or None,
+        "dir": str(out),
+        # One key: HF's WandbCallback adds TrainingArguments (``deepspeed``, ``run_name``, ...) at the top level.
+        "config": {"medvl": redact(config)},
+    }
+    if not os.environ.get("WANDB_MODE") and not has_wandb_credentials():
+        kwargs["mode"] = "offline"
+    return kwargs
+
+
+@contextmanager
+def _staging_in(folder: Path):
+    """Stage media that wandb keeps until ``wandb sync`` (table images) in ``folder``, not in ``~/.local/share``."""
+    if os.environ.get("WANDB_DATA_DIR"):
+        yield
+        return
+    os.environ["WANDB_DATA_DIR"] = str(folder)
+    try:
+        yield
+    finally:
+        os.environ.pop("WANDB_DATA_DIR", None)
+
+
+class WandbRun(TrainerCallback):
+    """Owns the W&B run of one training: started in ``on_init_end`` (before HF's ``WandbCallback`` starts
+    one of its own in ``on_train_begin``), a predictions table after each validation, finished at the end.
+
+    Args:
+        init_kwargs: from :func:`wandb_init_kwargs`.
+        image_root: the data root that rows' image paths are relative to.
+        max_rows: validation rows in the table (0: no table).
+    """
+
+    def __init__(self, init_kwargs: dict[str, Any], *, image_root: str | Path, max_rows: int):
+        self.init_kwargs = init_kwargs
+        self.image_root = image_root
+        self.max_rows = max_rows
+        self.trainer = None  # set by train(): the validation callback is found through it
+        self.run = None
+        self._thumbnails: dict[str, Any] = {}
+
+    def on_init_end(self, args, state, control, **kwargs):
+        import wandb
+
+        if not state.is_world_process_zero or self.run is not None:
+            return
+        self.run = wandb.init(**self.init_kwargs)
+        if self.init_kwargs.get("mode") == "offline":
+            folder = Path(self.run.dir).parent
+            log.info("W&B: no API key found; logging offline to %s (sync later with `wandb sync %s`)",
+                     folder, folder)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.run is None or not self.max_rows or not any(k.startswith("eval_overall/") for k in logs or {}):
+            return
+        validation = self._validation_callback()
+        if validation is None or not getattr(validation, "records", None):
+            return
+        with _staging_in(Path(self.run.dir).parent):
+            table = self.predictions_table(validation.records, validation.rows)
+            self.run.log({"eval/predictions": table, "train/global_step": state.global_step})
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.run is not None:
+            self.run.finish()
+            self.run = None
+
+    def _validation_callback(self):
+        from medvl.training.callbacks import GenerationEvalCallback
+
+        callbacks = self.trainer.callback_handler.callbacks if self.trainer is not None else []
+        return next((cb for cb in callbacks if isinstance(cb, GenerationEvalCallback)), None)
+
+    def _thumbnail(self, row: dict[str, Any]):
+        from medvl.data.dataset import load_image
+        from medvl.data.format import image_paths
+
+        paths = image_paths(row)
+        if not paths:
+            return None
+        if paths[0] not in self._thumbnails:  # the same rows at every validation: decode each image once
+            image = load_image(self.image_root, paths[0])
+            image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+            self._thumbnails[paths[0]] = image
+        return self._thumbnails[paths[0]]
+
+    def predictions_table(self, records: list[dict[str, Any]], rows: list[dict[str, Any]]):
+        """One row per validation record: id, image thumbnail, question, reference, prediction, category."""
+        import wandb
+
+        table = wandb.Table(columns=["id", "image", "question", "reference", "prediction", "category"])
+        for record, row in list(zip(records, rows))[: self.max_rows]:
+            thumbnail = self._thumbnail(row)
+            table.add_data(record["id"], wandb.Image(thumbnail) if thumbnail is not None else None,
+                           record["question"], record["reference"], record["prediction"], record["category"])
+        return table
