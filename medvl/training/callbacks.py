@@ -100,13 +100,16 @@ class GenerationEvalCallback(TrainerCallback):
             self.trainer.log(flat)
             control.should_log = should_log
         value = tables["overall"].get(self.metric_for_best) if self.metric_for_best else None
-        if value is not None and self.is_main:
-            better = self.best is None or (value > self.best["value"] if self._higher_is_better()
-                                           else value < self.best["value"])
-            if better:
-                self.best = {"metric": self.metric_for_best, "value": value, "step": step,
-                             "path": str(self.best_dir)}
+        # Every rank scores the same rows with the same weights, so all ranks take the same decision;
+        # that matters because saving under ZeRO-3 is collective.
+        if value is not None and (self.best is None or (value > self.best["value"] if self._higher_is_better()
+                                                        else value < self.best["value"])):
+            self.best = {"metric": self.metric_for_best, "value": value, "step": step, "path": str(self.best_dir)}
+            if self.trainer is not None and getattr(self.trainer, "is_deepspeed_enabled", False):
+                self.trainer.save_model(str(self.best_dir))
+            elif self.is_main:
                 model.save_pretrained(self.best_dir, safe_serialization=True)
+            if self.is_main:
                 self.processor.save_pretrained(self.best_dir)
                 (self.best_dir / "best.json").write_text(json.dumps(self.best, indent=2))
                 log.info("New best %s=%.4f at step %d -> %s", self.metric_for_best, value, step, self.best_dir)

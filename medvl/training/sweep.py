@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ class SweepSummary(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         hydra_cfg = job_return.hydra_cfg.hydra if job_return.hydra_cfg else None
         if hydra_cfg is None or str(hydra_cfg.mode) != "RunMode.MULTIRUN":
+            return
+        if int(os.environ.get("RANK", "0")) != 0:  # a SLURM job runs one task per GPU; one status file
             return
         out = Path(hydra_cfg.runtime.output_dir)
         status = {"num": hydra_cfg.job.num, "overrides": list(job_return.overrides or []), "dir": str(out)}
