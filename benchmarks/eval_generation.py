@@ -1,0 +1,187 @@
+"""Batched (left-padded) vs one-at-a-time greedy generation on the tiny model.
+
+    .venv/bin/python benchmarks/eval_generation.py                    # 150-step adapter, 300 rows
+    .venv/bin/python benchmarks/eval_generation.py --train-steps 0    # the untrained tiny model
+
+A tiny LoRA adapter is trained briefly on the synthetic data first (an untrained model emits
+garbage up to max_new_tokens for every row, which is not what evaluation sees); then the same
+synth test rows are decoded greedily with medvl.evaluation.generate twice: ``batch_size`` rows per
+``generate`` call, left-padded, and one row per call. The two modes alternate chunk by chunk so
+that on a shared machine both see the same background load. Prints rows/s of both, the speed-up
+(target >= 5x) and the share of rows with identical outputs (target >= 99%), as decoded answers
+and as token ids. Where tokens differ, the first differing step is re-scored without padding: a
+near tie between the top two logits there points at float round-off, a wide gap at a padding bug.
+``--train-steps 0`` is the harder identity check (every row decodes all max_new_tokens steps).
+On a 2-core machine that other jobs also load, ``--threads 1`` avoids OpenMP stalls that make
+every small matmul hundreds of times slower and the timings erratic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def compose(config_name: str, overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from medvl.config import CONF_DIR
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return hydra_compose(config_name=config_name, overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def train_adapter(cache_dir: Path, out: Path, steps: int, batch_size: int, data: list[str]) -> Path:
+    from medvl.training.run import train
+
+    cfg = compose("train", [f"cache_dir={cache_dir}", f"output_dir={out}", f"trainer.max_steps={steps}",
+                            f"trainer.per_device_train_batch_size={batch_size}", "trainer.save_steps=100000",
+                            "trainer.logging_steps=50", *data])
+    start = time.perf_counter()
+    metrics = train(cfg)
+    print(f"trained {steps} steps in {time.perf_counter() - start:.1f} s (train_loss {metrics['train_loss']:.3f})")
+    return out
+
+
+class TokenRecorder:
+    """Stands in for ``model.generate`` and keeps each row's new token ids (through the first EOS)."""
+
+    def __init__(self, model, eos_token_id: int):
+        self.generate = model.generate
+        self.eos = eos_token_id
+        self.rows: list[list[int]] = []
+        model.generate = self  # an instance attribute: generate_batch calls it like the method
+
+    def __call__(self, **kwargs):
+        out = self.generate(**kwargs)
+        for seq in out[:, kwargs["input_ids"].shape[1]:].tolist():
+            self.rows.append(seq[: seq.index(self.eos) + 1] if self.eos in seq else seq)
+        return out
+
+
+def first_difference(model, processor, row, image_root, batched: list[int], single: list[int]) -> str:
+    """The first step where the two token sequences part, and the top-2 logit gap there (unpadded)."""
+    import torch
+
+    from medvl.data.dataset import Collator, encode
+
+    tok = processor.tokenizer
+    step = next((i for i, (x, y) in enumerate(zip(batched, single)) if x != y), min(len(batched), len(single)))
+    item = encode(row, processor, image_root, with_answer=False)
+    prefix = torch.tensor(single[:step], dtype=torch.long)
+    item["input_ids"] = torch.cat([item["input_ids"], prefix])
+    item["labels"] = torch.full_like(item["input_ids"], -100)
+    if "mm_token_type_ids" in item:
+        item["mm_token_type_ids"] = torch.cat([item["mm_token_type_ids"], torch.zeros_like(prefix)])
+    batch = Collator(tok.pad_token_id)([item])
+    batch.pop("labels")
+    with torch.inference_mode():
+        logits = model(**batch).logits[0, -1].float()
+    top = torch.topk(logits, 2)
+    return (f"step {step}: batched {tok.decode(batched[step:step + 1])!r}, single "
+            f"{tok.decode(single[step:step + 1])!r}; top-2 logit gap there {float(top.values[0] - top.values[1]):.2e}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=300, help="synth test rows to decode")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="medvl.eval's default")
+    parser.add_argument("--train-steps", type=int, default=150, help="0: evaluate the untrained tiny model")
+    parser.add_argument("--train-batch-size", type=int, default=8)
+    parser.add_argument("--cache-dir", type=Path, default=None, help="tiny model and synth data (default: temp)")
+    parser.add_argument("--run-dir", type=Path, default=None,
+                        help="where the adapter is trained (default: temp); an existing run there is reused")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's). On a busy machine 1 avoids OpenMP stalls")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    import torch
+
+    from medvl.data.splits import load_split
+    from medvl.evaluation.checkpoint import resolve_checkpoint
+    from medvl.evaluation.generate import generate, generate_batch, iter_batches
+    from medvl.evaluation.run import load_for_eval
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory(prefix="medvl-eval-generation-") as tmp:
+        cache_dir = args.cache_dir or Path(tmp) / "cache"
+        os.environ["MEDVL_CACHE"] = str(cache_dir)
+        # Train on 3000 synth rows; evaluate on the first --rows of its test split.
+        data = ["data.num_train=3000", f"data.num_test={max(args.rows, 300)}"]
+        cfg = compose("eval", [f"cache_dir={cache_dir}", f"output_dir={tmp}/eval", *data])
+        ckpt = None
+        run_dir = args.run_dir or Path(tmp) / "run"
+        if args.train_steps > 0 and (run_dir / "adapter").is_dir():
+            ckpt = resolve_checkpoint(run_dir)
+            print(f"reusing the adapter in {run_dir}")
+        elif args.train_steps > 0:
+            ckpt = resolve_checkpoint(train_adapter(cache_dir, run_dir, args.train_steps, args.train_batch_size,
+                                                    data))
+        model, processor = load_for_eval(cfg, ckpt)
+        model.eval()
+        rows = load_split(cfg.data, "test")[: args.rows]
+        root = cfg.data.root
+        kwargs = dict(max_new_tokens=args.max_new_tokens)
+        print(f"{len(rows)} rows, batch {args.batch_size}, max_new_tokens {args.max_new_tokens}, "
+              f"{torch.get_num_threads()} torch threads, {'adapter' if ckpt else 'untrained'} tiny Qwen2-VL")
+
+        # Warm both paths up (first calls pay for kernels and allocator growth).
+        generate(model, processor, rows[: args.batch_size], root, batch_size=args.batch_size, **kwargs)
+        generate_batch(model, processor, rows[:1], root, **kwargs)
+        recorder = TokenRecorder(model, processor.tokenizer.eos_token_id)
+
+        # Chunk by chunk, batched then one at a time over the same rows: on a shared machine both
+        # modes then see the same background load, which a run of each in turn would not.
+        batched, single, batched_tokens, single_tokens = [], [], [], []
+        t_batched = t_single = 0.0
+        load_before = os.getloadavg()[0]
+        for chunk in iter_batches(rows, args.batch_size):
+            recorder.rows = []
+            start = time.perf_counter()
+            batched += generate_batch(model, processor, chunk, root, **kwargs)
+            t_batched += time.perf_counter() - start
+            batched_tokens += recorder.rows
+            recorder.rows = []
+            start = time.perf_counter()
+            single += [generate_batch(model, processor, [row], root, **kwargs)[0] for row in chunk]
+            t_single += time.perf_counter() - start
+            single_tokens += recorder.rows
+        print(f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after ({os.cpu_count()} CPUs)")
+
+        n = len(rows)
+        same = sum(a == b for a, b in zip(batched, single))
+        same_tokens = sum(a == b for a, b in zip(batched_tokens, single_tokens))
+        lengths = [len(t) for t in single_tokens]
+        print(f"one at a time: {n / t_single:8.1f} rows/s  ({t_single:.1f} s)")
+        print(f"batched ({args.batch_size}):  {n / t_batched:8.1f} rows/s  ({t_batched:.1f} s)")
+        print(f"speed-up:      {t_single / t_batched:8.2f}x  (target >= 5x)")
+        print(f"identical:     {same / n:8.2%}  ({same}/{n} decoded answers, {same_tokens}/{n} token "
+              f"sequences; target >= 99%)")
+        print(f"new tokens per row (EOS included): mean {sum(lengths) / n:.1f}, max {max(lengths)}; "
+              f"{sum(x >= args.max_new_tokens for x in lengths)} rows stopped at max_new_tokens")
+        print(f"distinct answers: {len(set(single))}; most common: {Counter(single).most_common(3)}")
+        differ = [i for i in range(n) if batched_tokens[i] != single_tokens[i]]
+        for i in differ[:10]:
+            where = first_difference(model, processor, rows[i], root, batched_tokens[i], single_tokens[i])
+            print(f"  {rows[i]['id']}: {where}")
+
+if __name__ == "__main__":
+    main()
