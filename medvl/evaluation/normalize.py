@@ -37,14 +37,17 @@ def normalize_answer(text: object) -> str:
     Lowercases (after Unicode NFKC, so full-width Chinese punctuation and digits fold to ASCII),
     turns punctuation and symbols into spaces (keeping decimal points), collapses whitespace, and
     maps a whole answer that is a yes/no alias (``"Y"``, ``"True."``, ``"是的"``, ``"否"``) to
-    ``"yes"`` / ``"no"``. Anything that is not a string (``None``, a float NaN from pandas, a
-    number) normalizes to ``""``, which every metric scores as a miss.
+    ``"yes"`` / ``"no"``. An integer is read as its digits; anything else that is not a string
+    (``None``, a float NaN from pandas, a list) normalizes to ``""``, which every metric scores
+    as a miss.
 
     >>> normalize_answer("  The Left  Lung. ")
     'the left lung'
     >>> normalize_answer("Correct!"), normalize_answer("否"), normalize_answer(None)
     ('yes', 'no', '')
     """
+    if isinstance(text, int) and not isinstance(text, bool):
+        text = str(text)  # a count stored as a JSON number ("answer": 2) is still an answer
     if not isinstance(text, str):
         return ""
     return _normalize(text)
