@@ -179,6 +179,24 @@ def missing(record: Mapping[str, Any], fields: tuple[str, ...]) -> list[str]:
     return [f for f in fields if record.get(f) is None]
 
 
+def check_record(loc: str, record: Any, required: tuple[str, ...]) -> Reject | None:
+    """The record is an object and has every required field, or the Reject saying why not."""
+    if not isinstance(record, dict):
+        return Reject(loc, "malformed_row", f"expected an object, got {type(record).__name__}", raw=record)
+    absent = missing(record, required)
+    if absent:
+        return Reject(loc, "missing_field", f"missing {', '.join(absent)}", raw=record)
+    return None
+
+
+def image_field(loc: str, record: Mapping[str, Any], key: str) -> str | Reject:
+    """The record's image path under ``key``, stripped, or a Reject when it is not a path."""
+    value = record[key]
+    if not isinstance(value, str) or not value.strip():
+        return Reject(loc, "bad_value", f"{key} is not a path: {value!r}", raw=record)
+    return value.strip()
+
+
 def text_fields(record: Mapping[str, Any], loc: str, question_key: str = "question",
                 answer_key: str = "answer") -> tuple[str, str] | Reject:
     """Question and answer as text, or the Reject that explains why not."""

@@ -13,9 +13,10 @@ from pathlib import Path
 from medvl.data.converters._common import (
     Reject,
     Row,
+    check_record,
+    image_field,
     iter_records,
     join_image,
-    missing,
     split_file,
     text_fields,
 )
@@ -43,13 +44,9 @@ def convert_slake(root: Path, split: str, *, lang: str = "en", file: str | None 
             yield item
             continue
         loc, record = item
-        if not isinstance(record, dict):
-            yield Reject(loc, "malformed_row", f"expected an object, got {type(record).__name__}",
-                         raw=record)
-            continue
-        absent = missing(record, REQUIRED + (("q_lang",) if lang != "all" else ()))
-        if absent:
-            yield Reject(loc, "missing_field", f"missing {', '.join(absent)}", raw=record)
+        problem = check_record(loc, record, REQUIRED + (("q_lang",) if lang != "all" else ()))
+        if problem:
+            yield problem
             continue
         if lang != "all" and record["q_lang"] != lang:
             yield Reject(loc, "lang_filtered", f"q_lang {record['q_lang']!r} is not {lang!r}",
@@ -59,13 +56,13 @@ def convert_slake(root: Path, split: str, *, lang: str = "en", file: str | None 
         if isinstance(qa, Reject):
             yield qa
             continue
-        if not isinstance(record["img_name"], str) or not record["img_name"].strip():
-            yield Reject(loc, "bad_value", f"img_name is not a path: {record['img_name']!r}",
-                         raw=record)
+        image = image_field(loc, record, "img_name")
+        if isinstance(image, Reject):
+            yield image
             continue
         yield make_row(
             f"slake-{split}-{record['qid']}",
-            join_image(image_dir, record["img_name"].strip()),
+            join_image(image_dir, image),
             *qa,
             answer_type=record.get("answer_type"),
             source="slake",

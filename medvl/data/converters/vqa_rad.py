@@ -15,9 +15,10 @@ from pathlib import Path
 from medvl.data.converters._common import (
     Reject,
     Row,
+    check_record,
+    image_field,
     iter_records,
     join_image,
-    missing,
     split_file,
     text_fields,
 )
@@ -39,25 +40,21 @@ def convert_vqa_rad(root: Path, split: str, *, file: str | None = None,
             yield item
             continue
         loc, record = item
-        if not isinstance(record, dict):
-            yield Reject(loc, "malformed_row", f"expected an object, got {type(record).__name__}",
-                         raw=record)
-            continue
-        absent = missing(record, REQUIRED)
-        if absent:
-            yield Reject(loc, "missing_field", f"missing {', '.join(absent)}", raw=record)
+        problem = check_record(loc, record, REQUIRED)
+        if problem:
+            yield problem
             continue
         qa = text_fields(record, loc)
         if isinstance(qa, Reject):
             yield qa
             continue
-        if not isinstance(record["image_name"], str) or not record["image_name"].strip():
-            yield Reject(loc, "bad_value", f"image_name is not a path: {record['image_name']!r}",
-                         raw=record)
+        image = image_field(loc, record, "image_name")
+        if isinstance(image, Reject):
+            yield image
             continue
         yield make_row(
             f"vqa_rad-{split}-{record['qid']}",
-            join_image(image_dir, record["image_name"].strip()),
+            join_image(image_dir, image),
             *qa,
             answer_type=record.get("answer_type"),
             source="vqa_rad",
