@@ -36,7 +36,10 @@ def answer_nll(model, processor, rows: list[dict[str, Any]], image_root: str | P
     # Position t predicts token t+1.
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
-    logits = core.lm_head(hidden[:, :-1][mask]).float()
+    # The head runs in float32 too: bf16 logits would round the log-probabilities of a 152k vocabulary.
+    head = core.lm_head
+    logits = F.linear(hidden[:, :-1][mask].float(), head.weight.float(),
+                      None if head.bias is None else head.bias.float())
     token_nll = F.cross_entropy(logits, targets[mask], reduction="none")
     out, start = [], 0
     for n in mask.sum(dim=1).tolist():
