@@ -188,18 +188,23 @@ class BertScoreConfig:
     #: A local model directory or hub id; ``null``: the packaged all-MiniLM-L6-v2 (offline).
     model: str | None = None
     num_layers: int | None = None
-    batch_size: int = 64
 
 
 @dataclass
-class EvalConfig:
-    """``python -m medvl.eval``. ``ckpt`` is deliberately absent: it is given as ``+ckpt=...``."""
+class _ModelDataConfig:
+    """What every command that reads a dataset through a model's processor shares."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     cache_dir: str = MISSING
     output_dir: str = MISSING
+
+
+@dataclass
+class EvalConfig(_ModelDataConfig):
+    """``python -m medvl.eval``. ``ckpt`` is deliberately absent: it is given as ``+ckpt=...``."""
+
     #: Split to evaluate (conf/eval.yaml: ``${data.eval_split}``).
     split: str = "test"
     #: Also evaluate the base model and report both.
@@ -214,14 +219,9 @@ class EvalConfig:
 
 
 @dataclass
-class PrepareConfig:
+class PrepareConfig(_ModelDataConfig):
     """``python -m medvl.prepare``: convert a dataset and validate every row as training reads it."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    prompt: PromptConfig = field(default_factory=PromptConfig)
-    cache_dir: str = MISSING
-    output_dir: str = MISSING
     #: Splits to convert; empty: every split the dataset has.
     splits: list[str] = field(default_factory=list)
     #: Validate with the slow path (real dataset item + collator) instead of image headers.
