@@ -464,10 +464,11 @@ def _corpus_options(name: str, bertscore: dict[str, Any]) -> dict[str, Any]:
     return bertscore if name == "bertscore_f1" else {}
 
 
-# Scorers that run outside the Python interpreter (METEOR in a JVM) go to a thread at once and
-# overlap with everything else. The rest share two cores badly: torch's BERTScore keeps both busy
-# and its OpenMP threads stall whenever a GIL-bound scorer takes a core, so the Python scorers run
-# first in the calling thread (beside METEOR) and BERTScore last, alone with METEOR's tail.
+# METEOR's work happens in a JVM, so it goes to a thread at once and runs beside the GIL-bound
+# Python scorers (sample metrics, BLEU, CIDEr, ROUGE-L) on the other core. BERTScore comes last
+# and alone: torch keeps both cores busy, and any thread that takes a core from one of its
+# OpenMP workers stalls every matrix product, so overlapping it with METEOR gains nothing here
+# (benchmarks/metrics_throughput.py on 2 cores: 123 s in all this way, 126 s overlapped).
 _BACKGROUND = ("meteor",)
 _LAST = ("bertscore_f1",)
 
@@ -486,8 +487,8 @@ def compute_metrics(
     """Score predictions against references with the registered metrics.
 
     METEOR runs concurrently in a thread (its work happens in a Java process) while the calling
-    thread runs the sample metrics, BLEU, CIDEr, ROUGE-L and then BERTScore (torch, both cores);
-    the BERTScore model loads in the background meanwhile.
+    thread runs the sample metrics, BLEU, CIDEr and ROUGE-L, and the BERTScore model loads; then
+    BERTScore runs on both cores.
 
     Args:
         predictions: model outputs; ``None``, numbers and blank strings score 0.
@@ -546,15 +547,17 @@ def compute_metrics(
                 if values:
                     results[name] = _mean(values)
                 timings[name] = time.perf_counter() - start
-        foreground = [name for name in corpus_names if name not in _BACKGROUND]
-        foreground.sort(key=lambda name: name in _LAST)
-        for name in foreground:
-            (score, scores), timings[name] = _timed(
-                METRICS[name].fn, predictions, references, **_corpus_options(name, bertscore)
-            )
+        python_scorers = [name for name in corpus_names if name not in _BACKGROUND + _LAST]
+        for name in python_scorers:
+            (score, scores), timings[name] = _timed(METRICS[name].fn, predictions, references)
             record(name, score, scores)
         for name, future in background.items():
             (score, scores), timings[name] = future.result()
+            record(name, score, scores)
+        for name in (name for name in corpus_names if name in _LAST):
+            (score, scores), timings[name] = _timed(
+                METRICS[name].fn, predictions, references, **_corpus_options(name, bertscore)
+            )
             record(name, score, scores)
 
     corpus = {name: results[name] for name in names if name in results}  # in the order asked for
