@@ -247,6 +247,34 @@ def test_bertscore_equals_bert_score_and_is_not_zero() -> None:
     assert M.bertscore_scorer() is M.bertscore_scorer(model, 6)
 
 
+def test_bertscore_batched_by_token_count_equals_bert_score_on_long_answers(tmp_path: Path) -> None:
+    """medvl batches texts by token count, bert-score by word count: same scores, also rescaled."""
+    import bert_score
+
+    model = M.default_bertscore_model()
+    long_refs = [r for r in REFS if isinstance(r, str) and len(r.split()) > 8]
+    assert len(long_refs) >= 3
+    # Texts whose word and token counts order differently ("x-ray" is 1 word, 3 tokens), in
+    # batches of 4, so the two paths pad different texts together.
+    refs = long_refs + ["pneumothorax x-ray ct-scan", "left lung", "yes"] * 2
+    cands = list(reversed(refs))
+    cands[0] = refs[0]  # a perfect match
+    cands_n, refs_n = [normalize_answer(c) for c in cands], [normalize_answer(r) for r in refs]
+    _, _, f1 = bert_score.score(cands_n, refs_n, model_type=model, num_layers=6, batch_size=4)
+    _, per_sample = M.bertscore_f1(cands, refs, batch_size=4)
+    assert per_sample == pytest.approx(f1.tolist(), abs=TOL)
+    assert per_sample[0] == pytest.approx(1.0, abs=1e-5)
+
+    baseline = tmp_path / "baseline.csv"  # bert-score's format: one row per layer, P,R,F
+    baseline.write_text("LAYER,P,R,F\n" + "".join(f"{layer},0.3,0.35,0.4\n" for layer in range(7)))
+    _, _, rescaled = bert_score.score(
+        cands_n, refs_n, model_type=model, num_layers=6, lang="en", rescale_with_baseline=True, baseline_path=str(baseline)
+    )
+    _, per_sample = M.bertscore_f1(cands, refs, rescale_with_baseline=True, baseline_path=str(baseline))
+    assert per_sample == pytest.approx(rescaled.tolist(), abs=TOL)
+    assert per_sample == pytest.approx([(f - 0.4) / 0.6 for f in f1.tolist()], abs=TOL)
+
+
 def test_bertscore_bfloat16_is_close_to_float32() -> None:
     pairs = [(p, r) for p, r in zip(PREDS, REFS) if normalize_answer(p) and normalize_answer(r)][::6]
     preds, refs = [p for p, _ in pairs], [r for _, r in pairs]
