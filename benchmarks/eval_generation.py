@@ -7,7 +7,8 @@ A tiny LoRA adapter is trained briefly on the synthetic data first (an untrained
 garbage up to max_new_tokens for every row, which is not what evaluation sees); then the same
 synth test rows are decoded greedily with medvl.evaluation.generate twice: ``batch_size`` rows per
 ``generate`` call, left-padded, and one row per call. The two modes alternate chunk by chunk so
-that on a shared machine both see the same background load. Prints rows/s of both, the speed-up
+that on a shared machine both see the same background load; ``--repeat`` passes are timed (3 by
+default: one pass is under a second batched). Prints rows/s of both, the speed-up
 (target >= 5x) and the share of rows with identical outputs (target >= 99%), as decoded answers
 and as token ids. Where tokens differ, the first differing step is re-scored without padding: a
 near tie between the top two logits there points at float round-off, a wide gap at a padding bug.
@@ -106,6 +107,8 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=None, help="tiny model and synth data (default: temp)")
     parser.add_argument("--run-dir", type=Path, default=None,
                         help="where the adapter is trained (default: temp); an existing run there is reused")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="timed passes over the rows (the two modes alternate within each); outputs of pass 1")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's). On a busy machine 1 avoids OpenMP stalls")
     args = parser.parse_args()
@@ -153,7 +156,7 @@ def main() -> None:
         batched, single, batched_tokens, single_tokens = [], [], [], []
         t_batched = t_single = 0.0
         load_before = os.getloadavg()[0]
-        for chunk in iter_batches(rows, args.batch_size):
+        for chunk in [chunk for _ in range(args.repeat) for chunk in iter_batches(rows, args.batch_size)]:
             recorder.rows = []
             start = time.perf_counter()
             batched += generate_batch(model, processor, chunk, root, **kwargs)
@@ -164,14 +167,19 @@ def main() -> None:
             single += [generate_batch(model, processor, [row], root, **kwargs)[0] for row in chunk]
             t_single += time.perf_counter() - start
             single_tokens += recorder.rows
+        # Greedy decoding is deterministic: later passes must repeat the first exactly.
+        n = len(rows)
+        repeats_agree = all(batched[k * n : (k + 1) * n] == batched[:n] for k in range(args.repeat))
+        batched, single, batched_tokens, single_tokens = batched[:n], single[:n], batched_tokens[:n], single_tokens[:n]
         print(f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after ({os.cpu_count()} CPUs)")
 
-        n = len(rows)
         same = sum(a == b for a, b in zip(batched, single))
         same_tokens = sum(a == b for a, b in zip(batched_tokens, single_tokens))
         lengths = [len(t) for t in single_tokens]
-        print(f"one at a time: {n / t_single:8.1f} rows/s  ({t_single:.1f} s)")
-        print(f"batched ({args.batch_size}):  {n / t_batched:8.1f} rows/s  ({t_batched:.1f} s)")
+        done = n * args.repeat
+        print(f"one at a time: {done / t_single:8.1f} rows/s  ({t_single:.1f} s for {args.repeat} x {n} rows)")
+        print(f"batched ({args.batch_size}):  {done / t_batched:8.1f} rows/s  ({t_batched:.1f} s)")
+        print(f"passes agree:  {'yes' if repeats_agree else 'NO'}")
         print(f"speed-up:      {t_single / t_batched:8.2f}x  (target >= 5x)")
         print(f"identical:     {same / n:8.2%}  ({same}/{n} decoded answers, {same_tokens}/{n} token "
               f"sequences; target >= 99%)")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from medvl.data.dataset import IGNORE_INDEX, Collator, VQADataset, encode
+from medvl.data.dataset import IGNORE_INDEX, Collator, VQADataset, encode, encode_prompts
 from medvl.data.format import make_row, read_jsonl
 from medvl.data.token_length import image_token_count, token_length
 from medvl.models.loading import load_processor
@@ -80,6 +80,28 @@ def test_prompt_only_encoding_ends_with_the_assistant_header(processor, small_sy
     assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>")
     assert text.endswith("<|im_start|>assistant\n")
     assert (item["labels"] == IGNORE_INDEX).all()
+
+
+@pytest.mark.parametrize("system_prompt", [None, "Answer with a single word or phrase."])
+def test_batched_prompt_encoding_equals_encode_row_by_row(processor, small_synth, system_prompt):
+    rows = read_jsonl(small_synth / "test.jsonl")[:5]
+    for size in [(300, 170), (56, 56)]:  # other image sizes: other token counts, so batch padding
+        name = f"prompt_{size[0]}x{size[1]}.png"
+        Image.new("RGB", size, color=(size[0] % 255, 90, 30)).save(small_synth / name)
+        rows.append(make_row(name, name, "What is shown here?", "x"))
+    two = make_row("two", ["prompt_300x170.png", "prompt_56x56.png"], "Compare the two images.", "same")
+    rows += [two, make_row("text", None, "What does MRI stand for?", "magnetic resonance imaging")]
+    batched = encode_prompts(rows, processor, small_synth, system_prompt=system_prompt)
+    assert len(batched) == len(rows)
+    for row, got in zip(rows, batched):
+        want = encode(row, processor, small_synth, system_prompt=system_prompt, with_answer=False)
+        assert got.keys() == want.keys(), row["id"]
+        for key in want:
+            assert torch.equal(got[key], want[key]), (row["id"], key)
+    assert batched[-2]["image_grid_thw"].shape[0] == 2 and "pixel_values" not in batched[-1]
+    bad = {**rows[0], "conversations": [{"from": "human", "value": "<image>\n<image>\nQ"}, rows[0]["conversations"][1]]}
+    with pytest.raises(ValueError, match="2 <image> placeholders but 1 images"):
+        encode_prompts([rows[1], bad], processor, small_synth)
 
 
 def test_placeholder_image_mismatch_is_an_error(processor, small_synth):

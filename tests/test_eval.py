@@ -244,18 +244,19 @@ def test_system_prompt_is_in_the_system_role(prompt, system, cache_dir, small_sy
 
     texts: dict[str, list[str]] = {"generate": [], "perplexity": []}
 
-    def spy(module, key):
-        real = module.encode
+    def spy(module, name, key):
+        real = getattr(module, name)
 
-        def wrapper(row, processor, *args, **kwargs):
-            item = real(row, processor, *args, **kwargs)
-            texts[key].append(processor.tokenizer.decode(item["input_ids"]))
-            return item
+        def wrapper(rows, processor, *args, **kwargs):
+            items = real(rows, processor, *args, **kwargs)
+            for item in items if isinstance(items, list) else [items]:
+                texts[key].append(processor.tokenizer.decode(item["input_ids"]))
+            return items
 
-        monkeypatch.setattr(module, "encode", wrapper)
+        monkeypatch.setattr(module, name, wrapper)
 
-    spy(generate_mod, "generate")
-    spy(perplexity_mod, "perplexity")
+    spy(generate_mod, "encode_prompts", "generate")
+    spy(perplexity_mod, "encode", "perplexity")
     out = tmp_path / "eval"
     run_eval(cache_dir, out, [f"prompt={prompt}", "data.max_eval_samples=2", "metrics=[exact_match]", *FAST,
                               *small_data_overrides(small_synth)])

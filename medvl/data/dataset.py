@@ -128,6 +128,86 @@ def encode(
     return item
 
 
+def encode_prompts(
+    rows: Sequence[dict[str, Any]],
+    processor,
+    image_root: str | Path,
+    *,
+    system_prompt: str | None = None,
+) -> list[dict[str, torch.Tensor]]:
+    """``encode(row, ..., with_answer=False)`` for each row, with one processor call for them all.
+
+    Generation encodes a batch of prompts at a time; the processor's per-call overhead then dominated
+    small models (about 1 ms a row). The pieces are the same as :func:`encode`'s and each text and
+    image is processed on its own inside the batched call, so the results are identical (tested).
+    """
+    tokenizer = processor.tokenizer
+    pieces: list[list[tuple[str, list[Image.Image]]]] = []
+    for row in rows:
+        messages = to_messages(row, system_prompt)
+        images = [load_image(image_root, p) for p in image_paths(row)]
+        n_expected = sum(1 for m in messages for c in m["content"] if c["type"] == "image")
+        if n_expected != len(images):
+            raise ValueError(f"row {row.get('id')}: {n_expected} <image> placeholders but {len(images)} images")
+        row_pieces, cursor = [], 0
+        for _, text, n_img in segments(messages, processor, with_answer=False):
+            row_pieces.append((text, images[cursor : cursor + n_img]))
+            cursor += n_img
+        pieces.append(row_pieces)
+
+    flat = [piece for row_pieces in pieces for piece in row_pieces]
+    with_images = [i for i, (_, images) in enumerate(flat) if images]
+    text_only = [i for i, (_, images) in enumerate(flat) if not images]
+    encoded: dict[int, dict[str, Any]] = {}
+    if text_only:
+        out = tokenizer([flat[i][0] for i in text_only], add_special_tokens=False)
+        for i, ids in zip(text_only, out["input_ids"]):
+            encoded[i] = {"input_ids": ids, "mm_token_type_ids": [0] * len(ids)}
+    if with_images:
+        out = processor(
+            text=[flat[i][0] for i in with_images],
+            images=[image for i in with_images for image in flat[i][1]],
+            padding=True,
+            return_tensors="pt",
+        )
+        keep = out["attention_mask"].bool()
+        grids = out["image_grid_thw"]
+        patches = torch.split(out["pixel_values"], grids.prod(-1).tolist())
+        first = 0
+        for k, i in enumerate(with_images):
+            n_img = len(flat[i][1])
+            mm = out["mm_token_type_ids"][k][keep[k]].tolist() if "mm_token_type_ids" in out else None
+            ids = out["input_ids"][k][keep[k]].tolist()
+            encoded[i] = {
+                "input_ids": ids,
+                "mm_token_type_ids": mm or [0] * len(ids),
+                "pixel_values": list(patches[first : first + n_img]),
+                "image_grid_thw": grids[first : first + n_img],
+            }
+            first += n_img
+
+    items, index = [], 0
+    for row_pieces in pieces:
+        ids: list[int] = []
+        mm_types: list[int] = []
+        pixel_values, grids_of_row = [], []
+        for _ in row_pieces:
+            piece = encoded[index]
+            index += 1
+            ids += piece["input_ids"]
+            mm_types += piece["mm_token_type_ids"]
+            if "pixel_values" in piece:
+                pixel_values += piece["pixel_values"]
+                grids_of_row.append(piece["image_grid_thw"])
+        item = {"input_ids": torch.tensor(ids), "labels": torch.full((len(ids),), IGNORE_INDEX)}
+        if pixel_values:
+            item["pixel_values"] = torch.cat(pixel_values)
+            item["image_grid_thw"] = torch.cat(grids_of_row)
+            item["mm_token_type_ids"] = torch.tensor(mm_types)
+        items.append(item)
+    return items
+
+
 class VQADataset(torch.utils.data.Dataset):
     """Rows in the unified format, encoded on the fly."""
 

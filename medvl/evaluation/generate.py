@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from medvl.data.dataset import Collator, encode
+from medvl.data.dataset import Collator, encode_prompts
 
 
 def iter_batches(rows: list[dict[str, Any]], batch_size: int) -> Iterator[list[dict[str, Any]]]:
@@ -21,7 +21,7 @@ def generate_batch(model, processor, rows: list[dict[str, Any]], image_root: str
                    system_prompt: str | None = None, max_new_tokens: int = 32) -> list[str]:
     """Greedy answers to the first question of each row, generated as one left-padded batch."""
     tokenizer = processor.tokenizer
-    items = [encode(r, processor, image_root, system_prompt=system_prompt, with_answer=False) for r in rows]
+    items = encode_prompts(rows, processor, image_root, system_prompt=system_prompt)
     batch = Collator(tokenizer.pad_token_id, padding_side="left")(items)
     batch.pop("labels")
     device = next(model.parameters()).device
