@@ -216,6 +216,9 @@ class EvalConfig(_ModelDataConfig):
     perplexity: bool = True
     bertscore: BertScoreConfig = field(default_factory=BertScoreConfig)
     seed: int = 0
+    #: Where the model runs: ``auto`` (this process's GPU, ``cuda:$LOCAL_RANK``, when there is
+    #: one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+    device: str = "auto"
 
 
 @dataclass
@@ -342,11 +345,28 @@ def validate(cfg: DictConfig) -> None:
     ]
     lr = cfg.trainer.learning_rate
     checks.append(("trainer.learning_rate", lr is None or lr > 0, "must be positive"))
+    _check(cfg, checks)
+    if cfg.lora.name != "none" and not cfg.lora.targets:
+        raise ConfigError(f"lora={cfg.lora.name} lists no targets")
+
+
+def validate_eval(cfg: DictConfig) -> None:
+    """The checks of :func:`validate` for ``python -m medvl.eval``."""
+    _refuse_secrets(secret_keys(cfg))
+    _check(cfg, [
+        ("device", re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(cfg.device)) is not None,
+         "must be auto, cpu, cuda or cuda:N"),
+        ("batch_size", cfg.batch_size > 0, "must be a positive integer"),
+        ("max_new_tokens", cfg.max_new_tokens > 0, "must be a positive integer"),
+        ("model.min_pixels", 0 < cfg.model.min_pixels <= cfg.model.max_pixels,
+         "must be positive and not above model.max_pixels"),
+    ])
+
+
+def _check(cfg: DictConfig, checks: list[tuple[str, bool, str]]) -> None:
     for key, ok, why in checks:
         if not ok:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} is invalid: {why}")
-    if cfg.lora.name != "none" and not cfg.lora.targets:
-        raise ConfigError(f"lora={cfg.lora.name} lists no targets")
 
 
 def group_choices(group: str) -> list[str]:
@@ -416,6 +436,8 @@ def preflight(config_name: str, argv: list[str]) -> None:
             cfg = compose(config_name=config_name, overrides=overrides)
             if config_name == "train":
                 validate(cfg)
+            elif config_name == "eval":
+                validate_eval(cfg)
     except ConfigError as exc:
         sys.exit(f"medvl: {exc}")
     except Exception as exc:  # noqa: BLE001 - every composition error becomes one line

@@ -14,13 +14,15 @@ from medvl.config import CONF_DIR, preflight
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    from medvl.config import ConfigError
     from medvl.evaluation.checkpoint import CheckpointError
+    from medvl.evaluation.metrics import MetricError
     from medvl.evaluation.run import evaluate
     from medvl.models.loading import ModelLoadError
 
     try:
         evaluate(cfg, list(HydraConfig.get().overrides.task))
-    except (CheckpointError, ModelLoadError, FileNotFoundError) as exc:
+    except (CheckpointError, ConfigError, MetricError, ModelLoadError, FileNotFoundError) as exc:
         sys.exit(f"medvl: {exc}")
 
 

@@ -428,6 +428,86 @@ def test_bad_ckpt_is_one_line_on_stderr(cache_dir, tmp_path):
         assert not (tmp_path / f"out-{path.name}" / "eval_config.yaml").exists()
 
 
+def _eval_proc(*args: str, cwd: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "medvl.eval", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=180)
+
+
+def _one_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("medvl: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("device=gpu", "device=gpu is invalid: must be auto, cpu, cuda or cuda:N"),
+        ("batch_size=0", "batch_size=0 is invalid: must be a positive integer"),
+        ("max_new_tokens=-3", "max_new_tokens=-3 is invalid"),
+    ],
+)
+def test_bad_eval_value_is_one_line(override, expected, tmp_path):
+    proc = _eval_proc(override, f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert expected in _one_line(proc)
+    assert not (tmp_path / "out").exists()
+
+
+def test_meteor_without_java_fails_before_generation(cache_dir, small_synth, tmp_path):
+    # A PATH holding python but no java: the error comes before any model is loaded.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    common = [*small_data_overrides(small_synth), f"hydra.run.dir={tmp_path / 'out'}"]
+    env = {"MEDVL_CACHE": str(cache_dir), "PATH": str(bin_dir)}
+    line = _one_line(_eval_proc(*common, cwd=tmp_path, env_extra=env))
+    assert "metric meteor runs pycocoevalcap's Java jar and no `java` is on PATH" in line
+    assert not (tmp_path / "out" / "predictions.jsonl").exists()
+    # Without METEOR the same machine evaluates.
+    proc = _eval_proc(*common, "metrics=[exact_match,bleu4]", "perplexity=false", "max_new_tokens=2",
+                      cwd=tmp_path, env_extra=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert set(json.loads((tmp_path / "out" / "metrics.json").read_text())["overall"]) >= {"exact_match", "bleu4"}
+
+
+def test_eval_device_auto_is_this_ranks_gpu_or_the_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert eval_run.eval_device("auto") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert eval_run.eval_device("auto") == "cuda:3"
+    assert eval_run.eval_device("cpu") == "cpu"
+
+
+def test_load_for_eval_puts_the_model_on_the_configured_device(cache_dir, run_dir, tmp_path, monkeypatch):
+    moved: list[str] = []
+    real = eval_run.load_model
+
+    def spy(model_cfg, path=None, *, device=None):
+        moved.append(device)
+        return real(model_cfg, path, device=device)
+
+    monkeypatch.setattr(eval_run, "load_model", spy)
+    cfg = _compose(cache_dir, "eval", [], tmp_path)
+    model, _ = load_for_eval(cfg, resolve_checkpoint(run_dir))
+    assert moved == ["cpu"] and next(model.parameters()).device.type == "cpu"
+    # device=cuda:1 on the command line is what is resolved (to the CPU here, standing in for it).
+    asked: list[str] = []
+    monkeypatch.setattr(eval_run, "eval_device", lambda device: asked.append(device) or "cpu")
+    load_for_eval(_compose(cache_dir, "eval", ["device=cuda:1"], tmp_path), None)
+    assert asked == ["cuda:1"] and moved[-1] == "cpu"
+
+
+@pytest.mark.gpu
+def test_eval_model_runs_on_the_gpu(cache_dir, run_dir, tmp_path):
+    model, _ = load_for_eval(_compose(cache_dir, "eval", [], tmp_path), resolve_checkpoint(run_dir))
+    assert next(model.parameters()).is_cuda
+
+
 # ------------------------------------------------------------------------------------------------
 # Rows without labels; multiple choice
 

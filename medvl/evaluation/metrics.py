@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib
+import shutil
 import threading
 import time
 from collections import Counter, defaultdict
@@ -490,11 +491,29 @@ def resolve_answer_type(answer_type: object, reference: object) -> str:
     return CLOSED if normalize_answer(reference) in (YES, NO) else OPEN
 
 
+class MetricError(ValueError):
+    """A metric that is not registered, or cannot run on this machine."""
+
+
 def _selected(metrics: Sequence[str] | None) -> list[str]:
     names = list(METRICS) if metrics is None else list(metrics)
     unknown = [name for name in names if name not in METRICS]
     if unknown:
-        raise ValueError(f"unknown metrics {unknown}; registered: {', '.join(METRICS)}")
+        raise MetricError(f"unknown metrics {unknown}; registered: {', '.join(METRICS)}")
+    return names
+
+
+def check_metrics(metrics: Sequence[str] | None = None) -> list[str]:
+    """The selected metric names (all when ``None``), or :class:`MetricError` before any work starts.
+
+    METEOR runs pycocoevalcap's Java jar; without ``java`` it could only fail after generation.
+    """
+    names = _selected(metrics)
+    if "meteor" in names and shutil.which("java") is None:
+        raise MetricError(
+            "metric meteor runs pycocoevalcap's Java jar and no `java` is on PATH: install a Java runtime "
+            "(e.g. apt install default-jre-headless) or choose metrics without it, e.g. metrics=[exact_match,bleu4]"
+        )
     return names
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -51,16 +52,26 @@ def apply_run_config(cfg: DictConfig, ckpt: Checkpoint, overrides: list[str]) ->
                 OmegaConf.update(cfg, key, value)
 
 
-def load_for_eval(cfg: DictConfig, ckpt: Checkpoint | None):
-    """(model, processor) for the base model or a checkpoint."""
+def eval_device(device: str = "auto") -> str:
+    """``auto``: this process's GPU (``cuda:$LOCAL_RANK``) when torch sees one, else ``cpu``."""
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return "cpu"
+
+
+def load_for_eval(cfg: DictConfig, ckpt: Checkpoint | None, device: str | None = None):
+    """(model, processor) for the base model or a checkpoint, on ``device`` (default: ``cfg.device``)."""
+    device = eval_device(device or str(cfg.device))
     base = resolve_model_path(cfg.model)
     if ckpt is None:
-        return load_model(cfg.model, base), load_processor(cfg.model, base)
+        return load_model(cfg.model, base, device=device), load_processor(cfg.model, base)
     if ckpt.kind == "model":
-        return load_model(cfg.model, str(ckpt.path)), load_processor(cfg.model, str(ckpt.path))
+        return load_model(cfg.model, str(ckpt.path), device=device), load_processor(cfg.model, str(ckpt.path))
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(load_model(cfg.model, base), str(ckpt.path))
+    model = PeftModel.from_pretrained(load_model(cfg.model, base, device=device), str(ckpt.path))
     # Merged weights generate faster and give the same outputs.
     return model.merge_and_unload(), load_processor(cfg.model, base)
 
@@ -218,6 +229,8 @@ def evaluate_one(cfg: DictConfig, ckpt: Checkpoint | None, out: Path, name: str)
     model, processor = load_for_eval(cfg, ckpt)
     records = predict(model, processor, rows, cfg, out)
     del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # compare_base loads the next model next
     tables = score(records, cfg, cfg.data.name)
     tables["run"] = {"name": name, "ckpt": str(ckpt.path) if ckpt else None, "model": cfg.model.name_or_path,
                      "data": cfg.data.name, "split": split, "prompt": cfg.prompt.name,
@@ -231,8 +244,12 @@ def evaluate(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> di
 
     ``overrides`` are the command line's, so that they win over a run directory's own config.
     """
+    from medvl.config import validate_eval
+    from medvl.evaluation.metrics import check_metrics
     from medvl.evaluation.report import print_side_by_side
 
+    validate_eval(cfg)
+    check_metrics(list(cfg.metrics) or None)  # before hours of generation, not after
     torch.manual_seed(cfg.seed)
     out = Path(cfg.output_dir)
     ckpt_arg = cfg.get("ckpt")

@@ -22,7 +22,7 @@ def export(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> Path
     ckpt = resolve_checkpoint(cfg.ckpt)
     apply_run_config(cfg, ckpt, list(overrides))
     # load_for_eval merges the adapter (merge_and_unload also folds modules_to_save copies in).
-    model, processor = load_for_eval(cfg, ckpt)
+    model, processor = load_for_eval(cfg, ckpt, device="cpu")  # a 32B merge must not need its GPU memory
     if cfg.dtype != "auto":
         model = model.to(getattr(torch, cfg.dtype))
     out = Path(cfg.save_dir or Path(cfg.output_dir) / "merged")
