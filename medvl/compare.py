@@ -41,9 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CompareError as error:
         print(f"medvl: {error}", file=sys.stderr)
         return 2
-    from rich.console import Console
+    from medvl.evaluation.report import console as wide_console
 
-    console = Console()
+    console = wide_console()
     for table in console_tables(result["table"], [run.name for run in result["runs"]], result["directions"],
                                 result["significance"]):
         console.print(table)

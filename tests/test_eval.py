@@ -150,6 +150,20 @@ def test_csv_markdown_and_charts_are_written(run_eval_dir):
             assert im.format == "PNG" and im.size[0] > 100
 
 
+def test_console_table_is_readable_in_logs(run_eval_dir, capsys):
+    # Output captured (not a terminal), as in a log file or CI: no column is cut to "0.…".
+    from medvl.evaluation.report import console, console_table
+
+    tables = json.loads((run_eval_dir / "metrics.json").read_text())
+    console().print(console_table(tables))
+    text = capsys.readouterr().out
+    assert "…" not in text
+    header = next(line for line in text.splitlines() if "exact_match" in line)
+    assert "bertscore_f1" in header and "perplexity" in header
+    overall = next(line for line in text.splitlines() if "overall" in line)
+    assert f"{tables['overall']['exact_match']:.4f}" in overall
+
+
 def test_run_config_supplies_model_and_data(run_eval_dir, run_dir, small_synth):
     """Only +ckpt was given: the run's data (48 test rows under small_synth) is evaluated, not
     conf/data/synth.yaml's default 300 rows under the cache."""

@@ -543,12 +543,11 @@ def write_split(split: str, items: list[Row | Reject], verdicts: Iterable[Verdic
 
 def prepare(cfg: DictConfig) -> dict[str, Any]:
     """Convert and validate every split of ``cfg.data``; write the outputs and return the report."""
-    from rich.console import Console
-
+    from medvl.evaluation.report import console as wide_console
     from medvl.models.loading import resolve_model_path
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    console = Console()
+    console = wide_console()
     start = time.perf_counter()
     data = cfg.data
     if OmegaConf.is_missing(data, "root"):

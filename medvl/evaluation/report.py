@@ -111,6 +111,17 @@ def plot_families(tables: dict[str, Any], out: Path) -> list[Path]:
     return paths
 
 
+def console():
+    """A rich console; when output goes to a log or a pipe, wide enough for the metric tables.
+
+    (rich falls back to 80 columns there, which cut every number to ``0.…``.)
+    """
+    from rich.console import Console
+
+    out = Console()
+    return out if out.is_terminal else Console(width=max(out.width, 200))
+
+
 def console_table(tables: dict[str, Any], title: str | None = None):
     from rich.table import Table
 
@@ -128,19 +139,16 @@ def console_table(tables: dict[str, Any], title: str | None = None):
 
 
 def write_reports(records: list[dict[str, Any]], tables: dict[str, Any], out: Path) -> None:
-    from rich.console import Console
-
     _atomic_write(out / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     _atomic_write(out / "metrics.json", json.dumps(tables, indent=2, ensure_ascii=False))
     write_csv(tables, out / "by_category.csv")
     _atomic_write(out / "tables.md", markdown_tables(tables))
     plot_families(tables, out)
-    Console().print(console_table(tables))
+    console().print(console_table(tables))
 
 
 def print_side_by_side(results: dict[str, dict[str, Any]], out: Path) -> None:
     """Base vs fine-tuned on the console and in ``out/comparison.md``."""
-    from rich.console import Console
     from rich.table import Table
 
     base, tuned = results["base"], results["ckpt"]
@@ -158,4 +166,4 @@ def print_side_by_side(results: dict[str, dict[str, Any]], out: Path) -> None:
                 if gname in SUMMARY_GROUPS or m == "exact_match":
                     table.add_row(gname, m, _fmt(b.get(m)), _fmt(t.get(m)))
     (out / "comparison.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    Console().print(table)
+    console().print(table)
