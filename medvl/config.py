@@ -188,6 +188,9 @@ class BertScoreConfig:
     #: A local model directory or hub id; ``null``: the packaged all-MiniLM-L6-v2 (offline).
     model: str | None = None
     num_layers: int | None = None
+    #: ``float32`` (exact: equals bert-score's own output) or ``bfloat16`` (about twice as fast on CPUs
+    #: with bf16 units; per-sample F1 within about 1e-2, the mean within about 2e-3).
+    dtype: str = "float32"
 
 
 @dataclass
@@ -358,6 +361,7 @@ def validate_eval(cfg: DictConfig) -> None:
          "must be auto, cpu, cuda or cuda:N"),
         ("batch_size", cfg.batch_size > 0, "must be a positive integer"),
         ("max_new_tokens", cfg.max_new_tokens > 0, "must be a positive integer"),
+        ("bertscore.dtype", cfg.bertscore.dtype in ("float32", "bfloat16"), "must be float32 or bfloat16"),
         ("model.min_pixels", 0 < cfg.model.min_pixels <= cfg.model.max_pixels,
          "must be positive and not above model.max_pixels"),
     ])

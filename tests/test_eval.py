@@ -463,6 +463,7 @@ def _one_line(proc: subprocess.CompletedProcess) -> str:
         ("device=gpu", "device=gpu is invalid: must be auto, cpu, cuda or cuda:N"),
         ("batch_size=0", "batch_size=0 is invalid: must be a positive integer"),
         ("max_new_tokens=-3", "max_new_tokens=-3 is invalid"),
+        ("bertscore.dtype=float16", "bertscore.dtype=float16 is invalid: must be float32 or bfloat16"),
     ],
 )
 def test_bad_eval_value_is_one_line(override, expected, tmp_path):
@@ -486,6 +487,24 @@ def test_meteor_without_java_fails_before_generation(cache_dir, small_synth, tmp
                       cwd=tmp_path, env_extra=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert set(json.loads((tmp_path / "out" / "metrics.json").read_text())["overall"]) >= {"exact_match", "bleu4"}
+
+
+def test_bertscore_options_reach_the_scorer(cache_dir, small_synth, tmp_path, monkeypatch):
+    import medvl.evaluation.metrics as metrics_mod
+
+    seen: dict = {}
+    real = metrics_mod.compute_metrics
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(metrics_mod, "compute_metrics", spy)
+    run_eval(cache_dir, tmp_path / "ev", ["bertscore.dtype=bfloat16", "bertscore.num_layers=5", "metrics=[exact_match]",
+                                          "perplexity=false", "data.max_eval_samples=4", *FAST,
+                                          *small_data_overrides(small_synth)])
+    assert seen["bertscore_dtype"] == "bfloat16" and seen["bertscore_num_layers"] == 5
+    assert seen["metrics"] == ["exact_match"]
 
 
 def test_eval_device_auto_is_this_ranks_gpu_or_the_cpu(monkeypatch):

@@ -63,7 +63,7 @@ def eval_device(device: str = "auto") -> str:
 
 def load_for_eval(cfg: DictConfig, ckpt: Checkpoint | None, device: str | None = None):
     """(model, processor) for the base model or a checkpoint, on ``device`` (default: ``cfg.device``)."""
-    device = eval_device(device or str(cfg.device))
+    device = eval_device(device or str(OmegaConf.select(cfg, "device", default="auto")))  # a train config has none
     base = resolve_model_path(cfg.model)
     if ckpt is None:
         return load_model(cfg.model, base, device=device), load_processor(cfg.model, base)
@@ -177,7 +177,8 @@ def score(records: list[dict[str, Any]], cfg: DictConfig, data_name: str) -> dic
     names = list(cfg.metrics) or None
     per_sample, _ = compute_metrics(preds, refs, [r["answer_type"] for r in records], metrics=names,
                                     bertscore_model=cfg.bertscore.model,
-                                    bertscore_num_layers=cfg.bertscore.num_layers)
+                                    bertscore_num_layers=cfg.bertscore.num_layers,
+                                    bertscore_dtype=cfg.bertscore.dtype)
     for rec, scores in zip(records, per_sample):
         options = (rec.get("meta") or {}).get("options")
         if options:

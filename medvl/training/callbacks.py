@@ -51,8 +51,9 @@ class GenerationEvalCallback(TrainerCallback):
         self.system_prompt = system_prompt
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
-        self.score_cfg = OmegaConf.create({"metrics": list(metrics),
-                                           "bertscore": {"model": None, "num_layers": None}})
+        from medvl.config import BertScoreConfig
+
+        self.score_cfg = OmegaConf.create({"metrics": list(metrics), "bertscore": OmegaConf.structured(BertScoreConfig)})
         self.metric_for_best = metric_for_best
         self.best_dir = Path(best_dir)
         self.data_name = data_name
