@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -139,6 +139,12 @@ def iter_records(path: Path) -> Iterator[tuple[str, Any] | Reject]:
                              raw=line.rstrip("\r\n"))
 
 
+def convert_records(path: Path, row_of: Callable[[int, str, Any], Row | Reject]) -> Iterator[Row | Reject]:
+    """``row_of(index, location, record)`` for each record of ``path``; the file's own Rejects pass through."""
+    for n, item in enumerate(iter_records(path)):
+        yield item if isinstance(item, Reject) else row_of(n, *item)
+
+
 def _first_line(path: Path) -> str:
     """The first non-blank line, or just its first character when the file is a JSON list (a
     minified 500K-row list is a single line of hundreds of megabytes)."""
@@ -212,6 +218,17 @@ def text_fields(record: Mapping[str, Any], loc: str, question_key: str = "questi
     if not answer:
         return Reject(loc, "empty_answer", f"{answer_key} is empty", raw=record)
     return question, answer
+
+
+def text_and_image(loc: str, record: Mapping[str, Any], image_key: str) -> tuple[str, str, str] | Reject:
+    """Question, answer and image path of a checked flat VQA record, or the first Reject."""
+    qa = text_fields(record, loc)
+    if isinstance(qa, Reject):
+        return qa
+    image = image_field(loc, record, image_key)
+    if isinstance(image, Reject):
+        return image
+    return (*qa, image)
 
 
 def norm_path(path: str) -> str:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from medvl.data.converters._common import Reject, Row, iter_records, llava_row, split_file
+from medvl.data.converters._common import Reject, Row, convert_records, llava_row, split_file
 from medvl.data.taxonomy import ANSWER_TYPES, CATEGORIES, answer_type_of
 
 
@@ -22,25 +23,22 @@ def _files(split: str) -> dict[str, tuple[str, ...]]:
 def convert_llava(root: Path, split: str, *, file: str | None = None,
                   image_dir: str = "") -> Iterator[Row | Reject]:
     path = split_file(root, split, _files(split), file, "llava")
-    for item in iter_records(path):
-        if isinstance(item, Reject):
-            yield item
-            continue
-        loc, record = item
+
+    def row_of(_: int, loc: str, record: Any) -> Row | Reject:
         raw_id = record.get("id") if isinstance(record, dict) else None
         meta = record.get("meta") if isinstance(record, dict) else None
         row = llava_row(record, loc, source="llava", image_dir=image_dir,
                         row_id=None if raw_id is None else str(raw_id), image_required=False,
                         meta=dict(meta) if isinstance(meta, dict) else {})
         if isinstance(row, Reject):
-            yield row
-            continue
+            return row
         given = _given_labels(record, loc)
         if isinstance(given, Reject):
-            yield given
-            continue
+            return given
         row["answer_type"], row["category"] = given
-        yield row
+        return row
+
+    yield from convert_records(path, row_of)
 
 
 def _given_labels(record: dict, loc: str) -> tuple[str | None, str | None] | Reject:

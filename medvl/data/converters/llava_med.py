@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from medvl.data.converters._common import Reject, Row, iter_records, llava_row, split_file
+from medvl.data.converters._common import Reject, Row, convert_records, llava_row, split_file
 
 ALIGN_FILES = {"train": ("alignment/llava_med_alignment_500k.json",
                          "llava_med_alignment_500k.json")}
@@ -23,33 +24,27 @@ INSTRUCT_META = ("pair_id", "pmid", "fig_id", "fig_label", "domain")
 def convert_llava_med_align(root: Path, split: str, *, file: str | None = None,
                             image_dir: str = "images") -> Iterator[Row | Reject]:
     path = split_file(root, split, ALIGN_FILES, file, "llava_med_align")
-    for item in iter_records(path):
-        if isinstance(item, Reject):
-            yield item
-            continue
-        loc, record = item
+
+    def row_of(_: int, loc: str, record: Any) -> Row | Reject:
         raw_id = record.get("id") if isinstance(record, dict) else None
-        yield llava_row(record, loc, source="llava_med_align", image_dir=image_dir,
-                        row_id=None if raw_id is None else f"llava_med_align-{raw_id}",
-                        image_required=True, meta={})
+        return llava_row(record, loc, source="llava_med_align", image_dir=image_dir,
+                         row_id=None if raw_id is None else f"llava_med_align-{raw_id}",
+                         image_required=True, meta={})
+
+    yield from convert_records(path, row_of)
 
 
 def convert_llava_med_instruct(root: Path, split: str, *, file: str | None = None,
                                image_dir: str = "images") -> Iterator[Row | Reject]:
     """Multi-turn rows; ``file`` picks another variant, e.g. ``instruct/llava_med_instruct_60k_inline_mention.json``."""
     path = split_file(root, split, INSTRUCT_FILES, file, "llava_med_instruct")
-    for item in iter_records(path):
-        if isinstance(item, Reject):
-            yield item
-            continue
-        loc, record = item
-        if not isinstance(record, dict):
-            yield llava_row(record, loc, source="llava_med_instruct", image_dir=image_dir,
-                            row_id=None, image_required=True, meta={})
-            continue
+
+    def row_of(_: int, loc: str, record: Any) -> Row | Reject:
         # One conversation per figure, so the figure's pair_id identifies a row without an id.
-        raw_id = record.get("id", record.get("pair_id"))
-        yield llava_row(record, loc, source="llava_med_instruct", image_dir=image_dir,
-                        row_id=None if raw_id is None else f"llava_med_instruct-{raw_id}",
-                        image_required=True,
-                        meta={k: record[k] for k in INSTRUCT_META if k in record})
+        raw_id = record.get("id", record.get("pair_id")) if isinstance(record, dict) else None
+        return llava_row(record, loc, source="llava_med_instruct", image_dir=image_dir,
+                         row_id=None if raw_id is None else f"llava_med_instruct-{raw_id}",
+                         image_required=True,
+                         meta={k: record[k] for k in INSTRUCT_META if k in record} if isinstance(record, dict) else {})
+
+    yield from convert_records(path, row_of)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from medvl.data.converters._common import (
     Reject,
     Row,
-    iter_records,
+    convert_records,
     join_image,
     missing,
     split_file,
@@ -34,33 +35,27 @@ FILES = {
 def convert_pathvqa(root: Path, split: str, *, file: str | None = None,
                     image_dir: str = "") -> Iterator[Row | Reject]:
     path = split_file(root, split, FILES, file, "pathvqa")
-    for n, item in enumerate(iter_records(path)):
-        if isinstance(item, Reject):
-            yield item
-            continue
-        loc, record = item
+
+    def row_of(n: int, loc: str, record: Any) -> Row | Reject:
         if not isinstance(record, dict):
-            yield Reject(loc, "malformed_row", f"expected an object, got {type(record).__name__}",
-                         raw=record)
-            continue
+            return Reject(loc, "malformed_row", f"expected an object, got {type(record).__name__}", raw=record)
         image = record.get("image") if record.get("image") is not None else record.get("image_path")
         absent = missing(record, ("question", "answer"))
         if image is None:
             absent.insert(0, "image/image_path")
         if absent:
-            yield Reject(loc, "missing_field", f"missing {', '.join(absent)}", raw=record)
-            continue
+            return Reject(loc, "missing_field", f"missing {', '.join(absent)}", raw=record)
         if not isinstance(image, str) or not image.strip():
             # The HF export holds image bytes here; that copy needs its images written out first.
-            yield Reject(loc, "bad_value", f"image is not a path: {str(image)[:80]!r}", raw=record)
-            continue
+            return Reject(loc, "bad_value", f"image is not a path: {str(image)[:80]!r}", raw=record)
         qa = text_fields(record, loc)
         if isinstance(qa, Reject):
-            yield qa
-            continue
+            return qa
         meta = {"row": n}
         for key in ("question_type", "answer_type"):
             if key in record:
                 meta[f"heuristic_{key}"] = record[key]
-        yield make_row(f"pathvqa-{split}-{n}", join_image(image_dir, image.strip()), *qa,
-                       source="pathvqa", meta=meta)
+        return make_row(f"pathvqa-{split}-{n}", join_image(image_dir, image.strip()), *qa,
+                        source="pathvqa", meta=meta)
+
+    yield from convert_records(path, row_of)

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from medvl.data.converters._common import (
     Reject,
     Row,
     check_record,
-    image_field,
-    iter_records,
+    convert_records,
     join_image,
     split_file,
-    text_fields,
+    text_and_image,
 )
 from medvl.data.format import make_row
 
@@ -39,32 +39,25 @@ def convert_slake(root: Path, split: str, *, lang: str = "en", file: str | None 
     if lang not in LANGS:
         raise ValueError(f"slake: lang must be one of {LANGS}, got {lang!r}")
     path = split_file(root, split, FILES, file, "slake")
-    for item in iter_records(path):
-        if isinstance(item, Reject):
-            yield item
-            continue
-        loc, record = item
+
+    def row_of(_: int, loc: str, record: Any) -> Row | Reject:
         problem = check_record(loc, record, REQUIRED + (("q_lang",) if lang != "all" else ()))
         if problem:
-            yield problem
-            continue
+            return problem
         if lang != "all" and record["q_lang"] != lang:
-            yield Reject(loc, "lang_filtered", f"q_lang {record['q_lang']!r} is not {lang!r}",
-                         raw=record)
-            continue
-        qa = text_fields(record, loc)
-        if isinstance(qa, Reject):
-            yield qa
-            continue
-        image = image_field(loc, record, "img_name")
-        if isinstance(image, Reject):
-            yield image
-            continue
-        yield make_row(
+            return Reject(loc, "lang_filtered", f"q_lang {record['q_lang']!r} is not {lang!r}", raw=record)
+        fields = text_and_image(loc, record, "img_name")
+        if isinstance(fields, Reject):
+            return fields
+        question, answer, image = fields
+        return make_row(
             f"slake-{split}-{record['qid']}",
             join_image(image_dir, image),
-            *qa,
+            question,
+            answer,
             answer_type=record.get("answer_type"),
             source="slake",
             meta={k: record[k] for k in META_KEYS if k in record},
         )
+
+    yield from convert_records(path, row_of)

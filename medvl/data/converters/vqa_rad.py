@@ -11,16 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from medvl.data.converters._common import (
     Reject,
     Row,
     check_record,
-    image_field,
-    iter_records,
+    convert_records,
     join_image,
     split_file,
-    text_fields,
+    text_and_image,
 )
 from medvl.data.format import make_row
 
@@ -35,28 +35,23 @@ REQUIRED = ("qid", "image_name", "question", "answer")
 def convert_vqa_rad(root: Path, split: str, *, file: str | None = None,
                     image_dir: str = "images") -> Iterator[Row | Reject]:
     path = split_file(root, split, FILES, file, "vqa_rad")
-    for item in iter_records(path):
-        if isinstance(item, Reject):
-            yield item
-            continue
-        loc, record = item
+
+    def row_of(_: int, loc: str, record: Any) -> Row | Reject:
         problem = check_record(loc, record, REQUIRED)
         if problem:
-            yield problem
-            continue
-        qa = text_fields(record, loc)
-        if isinstance(qa, Reject):
-            yield qa
-            continue
-        image = image_field(loc, record, "image_name")
-        if isinstance(image, Reject):
-            yield image
-            continue
-        yield make_row(
+            return problem
+        fields = text_and_image(loc, record, "image_name")
+        if isinstance(fields, Reject):
+            return fields
+        question, answer, image = fields
+        return make_row(
             f"vqa_rad-{split}-{record['qid']}",
             join_image(image_dir, image),
-            *qa,
+            question,
+            answer,
             answer_type=record.get("answer_type"),
             source="vqa_rad",
             meta={k: record[k] for k in META_KEYS if k in record},
         )
+
+    yield from convert_records(path, row_of)
