@@ -338,8 +338,7 @@ def validate(cfg: DictConfig) -> None:
         ("lora.alpha", cfg.lora.alpha > 0, "must be a positive integer"),
         ("lora.dropout", 0.0 <= cfg.lora.dropout < 1.0, "must be in [0, 1)"),
         ("lora.scope", cfg.lora.scope in ("llm", "merger", "none"), "must be one of: auto, llm, merger"),
-        ("model.min_pixels", 0 < cfg.model.min_pixels <= cfg.model.max_pixels,
-         "must be positive and not above model.max_pixels"),
+        _pixels_check(cfg),
         ("data.max_length", cfg.data.max_length > 0, "must be a positive integer"),
         ("trainer.per_device_train_batch_size", cfg.trainer.per_device_train_batch_size > 0,
          "must be a positive integer"),
@@ -362,9 +361,13 @@ def validate_eval(cfg: DictConfig) -> None:
         ("batch_size", cfg.batch_size > 0, "must be a positive integer"),
         ("max_new_tokens", cfg.max_new_tokens > 0, "must be a positive integer"),
         ("bertscore.dtype", cfg.bertscore.dtype in ("float32", "bfloat16"), "must be float32 or bfloat16"),
-        ("model.min_pixels", 0 < cfg.model.min_pixels <= cfg.model.max_pixels,
-         "must be positive and not above model.max_pixels"),
+        _pixels_check(cfg),
     ])
+
+
+def _pixels_check(cfg: DictConfig) -> tuple[str, bool, str]:
+    return ("model.min_pixels", 0 < cfg.model.min_pixels <= cfg.model.max_pixels,
+            "must be positive and not above model.max_pixels")
 
 
 def _check(cfg: DictConfig, checks: list[tuple[str, bool, str]]) -> None:

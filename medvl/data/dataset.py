@@ -73,6 +73,20 @@ def segments(messages: list[dict[str, Any]], processor, with_answer: bool = True
             return
 
 
+def _checked_images(
+    row: dict[str, Any],
+    messages: list[dict[str, Any]],
+    image_root: str | Path,
+    images: Sequence[Image.Image] | None = None,
+) -> list[Image.Image]:
+    """The row's images (loaded unless given), one per ``<image>`` placeholder, or ValueError."""
+    images = [load_image(image_root, p) for p in image_paths(row)] if images is None else list(images)
+    n_expected = sum(1 for m in messages for c in m["content"] if c["type"] == "image")
+    if n_expected != len(images):
+        raise ValueError(f"row {row.get('id')}: {n_expected} <image> placeholders but {len(images)} images")
+    return images
+
+
 def encode(
     row: dict[str, Any],
     processor,
@@ -93,12 +107,7 @@ def encode(
     """
     tokenizer = processor.tokenizer
     messages = to_messages(row, system_prompt)
-    if images is None:
-        images = [load_image(image_root, p) for p in image_paths(row)]
-    images = list(images)
-    n_expected = sum(1 for m in messages for c in m["content"] if c["type"] == "image")
-    if n_expected != len(images):
-        raise ValueError(f"row {row.get('id')}: {n_expected} <image> placeholders but {len(images)} images")
+    images = _checked_images(row, messages, image_root, images)
 
     ids: list[int] = []
     labels: list[int] = []
@@ -145,10 +154,7 @@ def encode_prompts(
     pieces: list[list[tuple[str, list[Image.Image]]]] = []
     for row in rows:
         messages = to_messages(row, system_prompt)
-        images = [load_image(image_root, p) for p in image_paths(row)]
-        n_expected = sum(1 for m in messages for c in m["content"] if c["type"] == "image")
-        if n_expected != len(images):
-            raise ValueError(f"row {row.get('id')}: {n_expected} <image> placeholders but {len(images)} images")
+        images = _checked_images(row, messages, image_root)
         row_pieces, cursor = [], 0
         for _, text, n_img in segments(messages, processor, with_answer=False):
             row_pieces.append((text, images[cursor : cursor + n_img]))
