@@ -26,6 +26,18 @@ def test_tiny_build_is_deterministic(tmp_path, tiny_dir):
     assert (tiny_dir / "tokenizer.json").read_text() == (again / "tokenizer.json").read_text()
 
 
+def test_tiny_built_by_other_code_is_rebuilt(tmp_path, tiny_dir):
+    out = build_tiny(tmp_path / "tiny")
+    stamp = json.loads((out / "medvl_tiny.json").read_text())
+    assert stamp == json.loads((tiny_dir / "medvl_tiny.json").read_text())
+    config = (out / "config.json").read_text()
+    (out / "medvl_tiny.json").write_text(json.dumps({**stamp, "code": "older-builder"}))
+    (out / "config.json").write_text("{}")  # what the older code left there
+    build_tiny(out)
+    assert json.loads((out / "medvl_tiny.json").read_text()) == stamp
+    assert (out / "config.json").read_text() == config
+
+
 def test_tiny_is_small_and_loads_like_a_hub_model(tiny_dir, compose):
     cfg = compose(["model=tiny"])
     model = load_model(cfg.model)

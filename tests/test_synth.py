@@ -79,3 +79,13 @@ def test_ensure_synth_reuses_a_matching_dataset(tmp_path):
     ensure_synth(tmp_path, {"test": 20})
     assert (tmp_path / "test.jsonl").stat().st_mtime_ns == stamp
     assert json.loads((tmp_path / "spec.json").read_text())["sizes"] == {"test": 20}
+
+
+def test_ensure_synth_regenerates_data_made_by_other_code(tmp_path):
+    ensure_synth(tmp_path, {"test": 20})
+    spec = json.loads((tmp_path / "spec.json").read_text())
+    (tmp_path / "spec.json").write_text(json.dumps({**spec, "code": "older-generator"}))
+    (tmp_path / "test.jsonl").write_text("stale\n")
+    ensure_synth(tmp_path, {"test": 20})
+    assert json.loads((tmp_path / "spec.json").read_text()) == spec
+    assert len((tmp_path / "test.jsonl").read_text().splitlines()) == 20

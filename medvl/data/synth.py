@@ -9,6 +9,7 @@ the questions cover all 12 categories of :mod:`medvl.data.taxonomy`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,12 +171,21 @@ def generate_split(out_dir: str | Path, split: str, n_rows: int, *, image_size: 
     return path
 
 
+def source_digest(*paths: str | Path) -> str:
+    """A short hash of source files, stamped on cached builds so that a code change rebuilds them."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def ensure_synth(out_dir: str | Path, sizes: dict[str, int] | None = None, *, image_size: int = 56,
                  seed: int = 0) -> Path:
     """Generate the synthetic dataset into ``out_dir`` unless the same spec is already there."""
     out_dir = Path(out_dir)
     sizes = dict(sizes or DEFAULT_SIZES)
-    spec = {"sizes": sizes, "image_size": image_size, "seed": seed, "version": 1}
+    # The generator's own source is part of the spec: data cached by other code is regenerated.
+    spec = {"sizes": sizes, "image_size": image_size, "seed": seed, "code": source_digest(__file__)}
     stamp = out_dir / "spec.json"
     if stamp.exists() and json.loads(stamp.read_text()) == spec:
         return out_dir

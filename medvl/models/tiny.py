@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -79,11 +80,20 @@ def build_tiny(out_dir: str | Path, family: str = "qwen2_vl", seed: int = 0) -> 
     """Build the tiny model, tokenizer and processor into ``out_dir`` (once; later calls return it)."""
     from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
 
+    from medvl.data import synth
+
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # The tokenizer is trained on the synthetic data's text: both modules' sources are in the stamp,
+    # so a model cached by other code is rebuilt instead of silently reused.
+    stamp = {"family": family, "seed": seed, "code": synth.source_digest(__file__, synth.__file__)}
     with FileLock(str(out_dir) + ".lock"):
         if (out_dir / "config.json").exists():
-            return out_dir
+            built = out_dir / "medvl_tiny.json"
+            if built.exists() and json.loads(built.read_text()) == stamp:
+                return out_dir
+            log.warning("Rebuilding the tiny model in %s: it was built by other code", out_dir)
+            shutil.rmtree(out_dir)
         log.info("Building tiny %s model into %s", family, out_dir)
         tokenizer = build_tokenizer(_tokenizer_corpus())
         ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
@@ -117,6 +127,6 @@ def build_tiny(out_dir: str | Path, family: str = "qwen2_vl", seed: int = 0) -> 
         tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        (tmp / "medvl_tiny.json").write_text(json.dumps({"family": family, "seed": seed}))
+        (tmp / "medvl_tiny.json").write_text(json.dumps(stamp))
         tmp.rename(out_dir)
     return out_dir
