@@ -217,6 +217,28 @@ def load_runs(specs: Sequence[str | os.PathLike[str]]) -> list[Run]:
     return [Run(name, d, m, rows) for name, (d, m, rows) in zip(names, loaded)]
 
 
+def check_same_data(runs: Sequence[Run]) -> None:
+    """Refuse runs evaluated on different data or splits (as recorded in metrics.json ``run``).
+
+    Side-by-side bold "best" values and paired tests are meaningless across datasets, and ids may
+    coincide by accident (own LLaVA-format data numbered 0, 1, ...). Runs that do not record their
+    data are not checked.
+
+    Raises:
+        CompareError: two runs name different ``data`` or ``split``.
+    """
+    recorded = []
+    for run in runs:
+        meta = run.metrics.get("run")
+        if isinstance(meta, Mapping) and meta.get("data"):
+            recorded.append((run.name, str(meta["data"]), str(meta["split"]) if meta.get("split") else None))
+    datasets = {data for _, data, _ in recorded}
+    splits = {split for _, _, split in recorded if split is not None}
+    if len(datasets) > 1 or len(splits) > 1:
+        parts = ", ".join(f"{name}: {data}" + (f"/{split}" if split else "") for name, data, split in recorded)
+        raise CompareError(f"runs were evaluated on different data ({parts}); compare runs of one dataset and split")
+
+
 def default_out_dir(
     specs: Sequence[str | os.PathLike[str]],
     runs: Sequence[Run],
@@ -573,6 +595,114 @@ def mcnemar(reference_correct: Sequence[bool], other_correct: Sequence[bool]) ->
             "p_value": min(1.0, p_value)}
 
 
+#: Metrics whose table value is a corpus statistic that the paired bootstrap recomputes on each
+#: resample from per-row sufficient statistics (not the mean of per-sample scores).
+CORPUS_STATISTICS = ("bleu4", "perplexity")
+#: Corpus metrics whose statistic cannot be recomputed from what predictions.jsonl holds: METEOR's
+#: corpus score pools fragmentation statistics inside the Java scorer. No CI rather than the CI of
+#: a different quantity (the mean of sentence METEOR) beside the corpus value in the tables.
+NO_BOOTSTRAP = {"meteor": "corpus METEOR pools statistics inside the Java scorer; no resampled CI"}
+_BLEU_N = 4
+
+
+def _bleu_stats(prediction: object, reference: object) -> list[float]:
+    """[pred length, ref length, guess_1..4, correct_1..4] as pycocoevalcap's BleuScorer counts them.
+
+    Texts are tokenized as ``medvl.evaluation.metrics.bleu4`` tokenizes them (normalized words), and
+    with one reference, ``closest`` reference length is that reference's length.
+    """
+    from pycocoevalcap.bleu.bleu_scorer import cook_refs, cook_test
+
+    from medvl.evaluation.normalize import words
+
+    hyp, ref = " ".join(words(prediction)), " ".join(words(reference))
+    comps = cook_test(hyp, cook_refs([ref], n=_BLEU_N), eff="closest", n=_BLEU_N)
+    return [comps["testlen"], comps["reflen"], *comps["guess"], *comps["correct"]]
+
+
+def _bleu_from_stats(totals: np.ndarray) -> np.ndarray:
+    """Corpus BLEU-4 from summed :func:`_bleu_stats` (last axis), exactly as BleuScorer.compute_score."""
+    small, tiny = 1e-9, 1e-15
+    testlen, reflen = totals[..., 0], totals[..., 1]
+    guess, correct = totals[..., 2 : 2 + _BLEU_N], totals[..., 2 + _BLEU_N :]
+    bleu = np.prod((correct + tiny) / (guess + small), axis=-1) ** (1.0 / _BLEU_N)
+    ratio = (testlen + tiny) / (reflen + small)
+    penalty = np.where(ratio < 1, np.exp(1 - 1 / np.minimum(ratio, 1)), 1.0)
+    # medvl's bleu4 scores a corpus with no words on either side as 0 (CiderScorer-style guard).
+    return np.where((testlen > 0) & (reflen > 0), bleu * penalty, 0.0)
+
+
+def _perplexity_from_stats(totals: np.ndarray) -> np.ndarray:
+    """Corpus perplexity exp(total NLL / total tokens) from summed (nll, n_tokens)."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return np.exp(totals[..., 0] / totals[..., 1])
+
+
+def corpus_stats(run: Run, metric: str) -> dict[str, list[float]]:
+    """``{id: sufficient statistics}`` of a :data:`CORPUS_STATISTICS` metric for each usable row."""
+    out = {}
+    for row in run.rows:
+        if "id" not in row:
+            continue
+        if metric == "bleu4":
+            if "prediction" in row and "reference" in row:
+                out[str(row["id"])] = _bleu_stats(row["prediction"], row["reference"])
+        elif metric == "perplexity":
+            nll, n = row.get("nll"), row.get("n_tokens")
+            if _is_number(nll) and _is_number(n) and n > 0:
+                out[str(row["id"])] = [float(nll), float(n)]
+    return out
+
+
+_STATISTIC = {"bleu4": _bleu_from_stats, "perplexity": _perplexity_from_stats}
+
+
+def bootstrap_corpus_ci(
+    reference: Sequence[Sequence[float]],
+    other: Sequence[Sequence[float]],
+    statistic: Any,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, float | int | None]:
+    """Paired bootstrap percentile CI of ``statistic(sum(other)) - statistic(sum(reference))``.
+
+    ``reference[i]`` and ``other[i]`` are the two runs' sufficient statistics on the same item (a
+    corpus statistic of summed per-item counts, such as BLEU or corpus perplexity); each resample
+    draws items with replacement and recomputes the statistic of both runs on the same draw.
+    """
+    a = np.asarray(reference, dtype=float)
+    b = np.asarray(other, dtype=float)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"paired statistics must be two (n, k) arrays of equal shape, got {a.shape} and {b.shape}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be positive, got {n_boot}")
+    n = int(a.shape[0])
+    if n == 0:
+        return {"n": 0, "reference_mean": None, "other_mean": None, "diff": None, "low": None, "high": None}
+    ref_value, other_value = float(statistic(a.sum(axis=0))), float(statistic(b.sum(axis=0)))
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_boot)
+    chunk = max(1, 4_000_000 // n)
+    for start in range(0, n_boot, chunk):
+        stop = min(n_boot, start + chunk)
+        index = rng.integers(0, n, size=(stop - start, n))
+        diffs[start:stop] = statistic(b[index].sum(axis=1)) - statistic(a[index].sum(axis=1))
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(diffs, [tail, 100 - tail])
+    return {
+        "n": n,
+        "reference_mean": ref_value,
+        "other_mean": other_value,
+        "diff": other_value - ref_value,
+        "low": float(low),
+        "high": float(high),
+    }
+
+
 def sample_scores(run: Run, metric: str) -> dict[str, float]:
     """``{id: score}`` of one per-sample metric (``perplexity`` reads the row's own field)."""
     out = {}
@@ -620,8 +750,9 @@ def pairwise_significance(
 
     Returns:
         ``{"reference", "run", "n_reference", "n_run", "n_common", "bootstrap": {metric: ...},
-        "mcnemar": {...} | None, "note": str | None}``; ``note`` says why statistics are missing
-        (no predictions, or no ids in common).
+        "mcnemar": {...} | None, "note": str | None, "skipped": {metric: why}}``; ``note`` says why
+        statistics are missing (no predictions, or no ids in common). BLEU-4 and perplexity are
+        resampled as corpus statistics (see :data:`CORPUS_STATISTICS`), METEOR is skipped.
     """
     ref_ids, other_ids = _ids(reference), _ids(other)
     other_set = set(other_ids)
@@ -635,6 +766,7 @@ def pairwise_significance(
         "bootstrap": {},
         "mcnemar": None,
         "note": None,
+        "skipped": {},
     }
     missing = [run.name for run in (reference, other) if not run.has_predictions]
     if missing:
@@ -648,6 +780,18 @@ def pairwise_significance(
         return result
     names = list(metrics) if metrics is not None else sample_metrics([reference, other])
     for metric in names:
+        if metric in NO_BOOTSTRAP:
+            result["skipped"][metric] = NO_BOOTSTRAP[metric]
+            continue
+        if metric in CORPUS_STATISTICS:
+            ref_stats, other_stats = corpus_stats(reference, metric), corpus_stats(other, metric)
+            ids = [i for i in common if i in ref_stats and i in other_stats]
+            if ids:
+                result["bootstrap"][metric] = bootstrap_corpus_ci(
+                    [ref_stats[i] for i in ids], [other_stats[i] for i in ids], _STATISTIC[metric],
+                    n_boot=n_boot, seed=seed, confidence=confidence,
+                )
+            continue
         ref_scores, other_scores = sample_scores(reference, metric), sample_scores(other, metric)
         ids = [i for i in common if i in ref_scores and i in other_scores]
         if not ids:
@@ -701,8 +845,12 @@ def render_significance(
     lines += [
         f"Reference: **{_md_cell(results[0]['reference'])}**. Differences are run − reference, paired by id over "
         f"the ids both runs scored (and where both have the metric). {level} CIs: percentile paired bootstrap, "
-        f"{n_boot} resamples of ids, seed {seed}; for corpus metrics (BLEU, CIDEr, METEOR) this is the mean of "
-        "per-sample scores, not the corpus score in the tables. * marks a CI that excludes 0. McNemar on "
+        f"{n_boot} resamples of ids, seed {seed}. BLEU-4 and perplexity are corpus statistics: each resample "
+        "recomputes corpus BLEU-4 from the rows' summed n-gram counts and lengths, and exp(total NLL / total "
+        "tokens), so reference and run are the corpus values over the common ids. CIDEr is the mean of "
+        "per-sample CIDEr with document frequencies of each run's whole evaluation set (which is how the "
+        "corpus CIDEr is defined). METEOR has no CI: its corpus score pools statistics inside the Java "
+        "scorer. * marks a CI that excludes 0. McNemar on "
         f"{MCNEMAR_METRIC}: b = reference right & run wrong, c = reference wrong & run right; exact binomial test "
         f"when b + c < {EXACT_BELOW}, else chi-square with continuity correction.",
         "",
@@ -739,6 +887,8 @@ def render_significance(
                     f"[{ci['low']:+.4f}, {ci['high']:+.4f}]{star} |"
                 )
             lines.append("")
+        for metric, why in (result.get("skipped") or {}).items():
+            lines += [f"{_md_cell(metric)}: {_md_cell(why)}.", ""]
     return "\n".join(lines)
 
 
@@ -869,12 +1019,14 @@ def compare(
     """Load runs, tabulate them, test each against the reference and write the results.
 
     Raises:
-        CompareError: missing paths or metrics.json, an unknown reference or unknown metrics.
+        CompareError: missing paths or metrics.json, runs on different data, an unknown reference or
+            unknown metrics.
 
     Returns:
         ``{"runs", "reference_index", "table", "directions", "significance", "paths", "out_dir"}``.
     """
     runs = load_runs(specs)
+    check_same_data(runs)
     reference_index = select_reference(runs, reference)
     table_metrics = available_metrics(runs)
     per_sample = sample_metrics(runs)

@@ -90,9 +90,12 @@ def summarize_sweep(sweep_dir: Path) -> dict[str, Any]:
     (sweep_dir / "sweep_summary.md").write_text("\n".join(lines) + "\n")
     eval_dirs = [j["eval_dir"] for j in jobs if j["status"] == "ok" and j.get("eval_dir")]
     if eval_dirs:
-        from medvl.evaluation.compare import compare
+        from medvl.evaluation.compare import CompareError, compare
 
-        compare(eval_dirs, out_dir=sweep_dir)
+        try:
+            compare(eval_dirs, out_dir=sweep_dir)
+        except CompareError as error:  # e.g. a sweep over datasets: the summary above still stands
+            log.warning("No comparison tables for %s: %s", sweep_dir, error)
     log.info("Sweep summary: %d jobs, %d failed -> %s", len(jobs), len(summary["failed"]),
              sweep_dir / "sweep_summary.md")
     return summary
