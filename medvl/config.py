@@ -350,6 +350,10 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg, checks)
     if cfg.lora.name != "none" and not cfg.lora.targets:
         raise ConfigError(f"lora={cfg.lora.name} lists no targets")
+    if cfg.trainer.eval_steps > 0:  # a misspelt metric would otherwise surface after the model loads
+        from medvl.training.callbacks import validation_metrics
+
+        validation_metrics(list(cfg.trainer.eval_metrics), cfg.trainer.metric_for_best)
 
 
 def validate_eval(cfg: DictConfig) -> None:

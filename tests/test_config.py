@@ -88,6 +88,21 @@ def test_bad_override_is_one_line(override, expected):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("trainer.metric_for_best=closed_acc", "trainer.metric_for_best: unknown metric closed_acc; valid:"),
+        ("trainer.eval_metrics=[exact_match,blue]", "trainer.eval_metrics: unknown metric blue; valid:"),
+    ],
+)
+def test_unknown_validation_metric_is_one_line_at_start(override, expected, tmp_path):
+    proc = run_train("trainer.eval_steps=5", override, f"hydra.run.dir={tmp_path}/run")
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("medvl: ") and expected in lines[0]
+    assert not (tmp_path / "run").exists()  # refused before the run directory or the model
+
+
 def test_cfg_job_prints_without_loading_weights(tmp_path):
     # With the hub unreachable and an empty cache, loading weights would fail; printing must not try.
     proc = run_train("model=7b", "stage=align", "--cfg", "job", env_extra={"MEDVL_CACHE": str(tmp_path)})

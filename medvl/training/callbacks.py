@@ -34,11 +34,35 @@ def flatten(tables: dict[str, Any], prefix: str = "eval") -> dict[str, float]:
     return flat
 
 
+#: Validation values that come from the reference answer's likelihood, not from the generated text.
+PERPLEXITY_METRICS = ("perplexity", "perplexity_median")
+
+
+def validation_metrics(eval_metrics: list[str], metric_for_best: str | None) -> list[str]:
+    """The metrics validation computes: ``eval_metrics`` plus ``metric_for_best`` when it is not among them.
+
+    Raises:
+        ConfigError: a name that is neither a registered metric nor a perplexity (one line, at start-up
+            rather than at the first validation or, for ``metric_for_best``, never).
+    """
+    from medvl.config import ConfigError
+    from medvl.evaluation.metrics import METRICS
+
+    names = list(dict.fromkeys([*eval_metrics, *([metric_for_best] if metric_for_best else [])]))
+    valid = [*METRICS, *PERPLEXITY_METRICS]
+    for key, values in (("trainer.eval_metrics", eval_metrics), ("trainer.metric_for_best", [metric_for_best])):
+        unknown = [m for m in values if m and m not in valid]
+        if unknown:
+            raise ConfigError(f"{key}: unknown metric {', '.join(unknown)}; valid: {', '.join(valid)}")
+    return names
+
+
 class GenerationEvalCallback(TrainerCallback):
     """Every ``eval_steps`` optimizer steps: greedy answers on ``rows``, scored and logged.
 
     Args:
-        metric_for_best: an ``overall`` metric; each new best saves the model to ``best_dir``.
+        metric_for_best: an ``overall`` metric (computed even when not in ``metrics``; ``perplexity``
+            is lower-is-better); each new best saves the model to ``best_dir``.
     """
 
     def __init__(self, processor, rows: list[dict[str, Any]], image_root: str | Path, *, eval_steps: int,
@@ -53,7 +77,12 @@ class GenerationEvalCallback(TrainerCallback):
         self.max_new_tokens = max_new_tokens
         from medvl.config import BertScoreConfig
 
-        self.score_cfg = OmegaConf.create({"metrics": list(metrics), "bertscore": OmegaConf.structured(BertScoreConfig)})
+        names = validation_metrics(list(metrics), metric_for_best)
+        #: Perplexity needs the reference answer's NLL (logits only at the answer positions).
+        self.perplexity = any(m in PERPLEXITY_METRICS for m in names)
+        # An empty list would mean "every metric" (METEOR, BERTScore) to the scorer.
+        text_metrics = [m for m in names if m not in PERPLEXITY_METRICS] or ["exact_match"]
+        self.score_cfg = OmegaConf.create({"metrics": text_metrics, "bertscore": OmegaConf.structured(BertScoreConfig)})
         self.metric_for_best = metric_for_best
         self.best_dir = Path(best_dir)
         self.data_name = data_name
@@ -73,21 +102,39 @@ class GenerationEvalCallback(TrainerCallback):
 
     def run(self, model, step: int) -> dict[str, Any]:
         from medvl.data.format import answer_of, question_of
-        from medvl.evaluation.generate import generate
+        from medvl.evaluation.generate import generate, iter_batches
+        from medvl.evaluation.perplexity import answer_nll, perplexity
         from medvl.evaluation.run import score
 
         was_training = model.training
         preds = generate(model, self.processor, self.rows, self.image_root, system_prompt=self.system_prompt,
                          batch_size=self.batch_size, max_new_tokens=self.max_new_tokens)
+        nlls: list[tuple[float | None, int]] = [(None, 0)] * len(self.rows)
+        if self.perplexity:  # still in eval mode: no dropout in the likelihood
+            nlls = [pair for chunk in iter_batches(self.rows, self.batch_size)
+                    for pair in answer_nll(model, self.processor, chunk, self.image_root,
+                                           system_prompt=self.system_prompt)]
         if was_training:
             model.train()
         records = [{"id": r["id"], "question": question_of(r), "reference": answer_of(r), "prediction": p,
-                    "category": r.get("category"), "answer_type": r.get("answer_type"), "meta": r.get("meta", {})}
-                   for r, p in zip(self.rows, preds)]
+                    "category": r.get("category"), "answer_type": r.get("answer_type"), "meta": r.get("meta", {}),
+                    "nll": nll, "n_tokens": n, "perplexity": perplexity(nll, n) if nll is not None else None}
+                   for r, p, (nll, n) in zip(self.rows, preds, nlls)]
         tables = score(records, self.score_cfg, self.data_name)
         self.records = records
         self.history.append({"step": step, "overall": tables["overall"]})
         return tables
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # Resuming: the best so far is on disk; without it the first validation after the restart
+        # would replace a better adapter in best/ with a worse one.
+        path = self.best_dir / "best.json"
+        if self.metric_for_best and state.global_step > 0 and self.best is None and path.is_file():
+            saved = json.loads(path.read_text())
+            if saved.get("metric") == self.metric_for_best and saved.get("step", 0) <= state.global_step:
+                self.best = saved
+                log.info("Resuming with best %s=%.4f from step %d", saved["metric"], saved["value"], saved["step"])
+        return control
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         step = state.global_step
