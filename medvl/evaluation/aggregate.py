@@ -37,7 +37,7 @@ def aggregate(
     for index, row in enumerate(rows):
         category = row.get("category") or UNCATEGORIZED
         by_category.setdefault(str(category), []).append(index)
-        answer_type = _answer_type(row, category)
+        answer_type = row_answer_type(row, category)
         if answer_type == CLOSED:
             closed.append(index)
         elif answer_type == OPEN:
@@ -56,7 +56,9 @@ def aggregate(
     }
 
 
-def _answer_type(row: Mapping[str, Any], category: str) -> str | None:
+def row_answer_type(row: Mapping[str, Any], category: str | None = None) -> str | None:
+    """``CLOSED``/``OPEN`` from the row's ``answer_type``, else from its category's; ``None`` when neither says."""
+    category = category or row.get("category") or UNCATEGORIZED
     answer_type = row.get("answer_type")
     if isinstance(answer_type, str) and answer_type.strip().upper() in (CLOSED, OPEN):
         return answer_type.strip().upper()

@@ -21,6 +21,10 @@ class Checkpoint:
 
 
 def resolve_checkpoint(ckpt: str | Path) -> Checkpoint:
+    if not str(ckpt).strip():
+        # `+ckpt=$RUN` with $RUN unset: evaluating the base model instead would pass for the checkpoint's numbers.
+        raise CheckpointError("+ckpt= is empty; give a run, adapter or model directory, or leave +ckpt out "
+                              "to evaluate the base model")
     path = Path(ckpt).expanduser()
     if not path.exists():
         raise CheckpointError(f"+ckpt={ckpt} does not exist")

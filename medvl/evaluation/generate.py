@@ -8,12 +8,25 @@ from typing import Any
 
 import torch
 
-from medvl.data.dataset import Collator, encode_prompts
+from medvl.data.dataset import END_OF_TURN, Collator, encode_prompts
 
 
 def iter_batches(rows: list[dict[str, Any]], batch_size: int) -> Iterator[list[dict[str, Any]]]:
     for i in range(0, len(rows), batch_size):
         yield rows[i : i + batch_size]
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Token ids that end an answer: the end-of-turn token training labels, and the model's own eos ids.
+
+    A base checkpoint's tokenizer (Qwen2-VL-7B) has ``<|endoftext|>`` as eos, while a model fine-tuned
+    on the chat template ends its answers with ``<|im_end|>``: stopping on eos alone would run every
+    answer on to ``max_new_tokens``.
+    """
+    ids = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(END_OF_TURN)]
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += configured if isinstance(configured, list) else [configured]
+    return list(dict.fromkeys(i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id))
 
 
 @torch.inference_mode()
@@ -27,7 +40,7 @@ def generate_batch(model, processor, rows: list[dict[str, Any]], image_root: str
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
     out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_token_ids(model, tokenizer))
     new_tokens = out[:, batch["input_ids"].shape[1]:]
     return [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 

@@ -25,8 +25,13 @@ def _core(model):
 @torch.inference_mode()
 def answer_nll(model, processor, rows: list[dict[str, Any]], image_root: str | Path, *,
                system_prompt: str | None = None) -> list[tuple[float, int]]:
-    """(summed NLL in nats, number of scored tokens) of each row's reference answer(s)."""
-    items = [encode(r, processor, image_root, system_prompt=system_prompt) for r in rows]
+    """(summed NLL in nats, number of scored tokens) of each row's reference answer.
+
+    The reference is the first answer (``answer_of``, what generation answers): later turns of a
+    multi-turn row are left out, so the NLL is of the same answer the other metrics score.
+    """
+    items = [encode({**r, "conversations": r["conversations"][:2]}, processor, image_root,
+                    system_prompt=system_prompt) for r in rows]
     batch = Collator(processor.tokenizer.pad_token_id, padding_side="right")(items)
     device = next(model.parameters()).device
     labels = batch.pop("labels").to(device)

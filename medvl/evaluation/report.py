@@ -96,7 +96,8 @@ def plot_families(tables: dict[str, Any], out: Path) -> list[Path]:
         width = 0.8 / len(metrics)
         x = np.arange(len(cats))
         for i, m in enumerate(metrics):
-            vals = [tables["by_category"][c].get(m) or 0.0 for c in cats]
+            # A category without the metric gets no bar (NaN), not a bar at 0 that reads as a score.
+            vals = [np.nan if tables["by_category"][c].get(m) is None else tables["by_category"][c][m] for c in cats]
             ax.bar(x + i * width - 0.4 + width / 2, vals, width, label=m)
         ax.set_xticks(x, cats, rotation=35, ha="right", fontsize=8)
         ax.set_title(f"{family} by category")

@@ -31,6 +31,17 @@ BREAKDOWNS = {
     "gmai_mmbench": ["task", "department", "granularity", "modality"],
     "synth": ["modality"],
 }
+#: Breakdown keys whose value can list several labels ("ABN, POS"): such a row counts under each.
+MULTI_LABEL = {("vqa_rad", "question_type")}
+
+
+def breakdown_labels(data_name: str, key: str, value: object) -> list[str]:
+    """The breakdown groups a row's ``meta[key]`` puts it in (none for a missing or empty value)."""
+    if value in (None, ""):
+        return []
+    if (data_name, key) in MULTI_LABEL:
+        return list(dict.fromkeys(label.strip() for label in str(value).split(",") if label.strip()))
+    return [str(value)]
 
 
 def apply_run_config(cfg: DictConfig, ckpt: Checkpoint, overrides: list[str]) -> None:
@@ -71,9 +82,39 @@ def load_for_eval(cfg: DictConfig, ckpt: Checkpoint | None, device: str | None =
         return load_model(cfg.model, str(ckpt.path), device=device), load_processor(cfg.model, str(ckpt.path))
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(load_model(cfg.model, base, device=device), str(ckpt.path))
+    _warn_if_other_base(ckpt, base)
+    model = PeftModel.from_pretrained(_adapter_base(cfg, ckpt, base, device), str(ckpt.path))
     # Merged weights generate faster and give the same outputs.
     return model.merge_and_unload(), load_processor(cfg.model, base)
+
+
+def _warn_if_other_base(ckpt: Checkpoint, base: str) -> None:
+    """peft applies an adapter to any model whose module names match (a Qwen2-VL adapter to a Qwen2.5-VL
+    model, silently): say so when the adapter records another base than the one it is put on."""
+    recorded = json.loads((ckpt.path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not recorded or recorded == base:
+        return
+    if Path(recorded).exists() and Path(base).exists() and Path(recorded).resolve() == Path(base).resolve():
+        return
+    log.warning("The adapter in %s was trained on %s but is applied to %s; set model=... (or "
+                "model.name_or_path=...) if that is not the same model", ckpt.path, recorded, base)
+
+
+def _adapter_base(cfg: DictConfig, ckpt: Checkpoint, base: str, device: str):
+    """The weights the adapter was trained on: the base model, with the earlier stage's weights when the
+    run was trained on top of one (``init_from``), exactly as training built them."""
+    init_from = _init_from(ckpt)
+    if not init_from:
+        return load_model(cfg.model, base, device=device)
+    init_dir = Path(init_from)
+    if not init_dir.exists():
+        raise CheckpointError(f"{ckpt.path} was trained on top of init_from={init_from}, which does not exist "
+                              f"(relative paths are read from the current directory)")
+    if (init_dir / "model" / "config.json").exists():  # the earlier stage saved a whole model
+        return load_model(cfg.model, str(init_dir / "model"), device=device)
+    from medvl.models.lora import merge_init_from
+
+    return merge_init_from(load_model(cfg.model, base, device=device), init_dir)
 
 
 def fingerprint(cfg: DictConfig, ckpt: Checkpoint | None, split: str) -> dict[str, Any]:
@@ -85,7 +126,17 @@ def fingerprint(cfg: DictConfig, ckpt: Checkpoint | None, split: str) -> dict[st
     return {"ckpt": str(ckpt.path) if ckpt else None, "weights": weights, "model": str(cfg.model.name_or_path),
             "data": str(cfg.data.dir), "split": split, "system_prompt": cfg.prompt.system_prompt,
             "max_new_tokens": int(cfg.max_new_tokens), "min_pixels": int(cfg.model.min_pixels),
-            "max_pixels": int(cfg.model.max_pixels)}
+            "max_pixels": int(cfg.model.max_pixels), "dtype": str(cfg.model.dtype),
+            "attn_implementation": str(cfg.model.attn_implementation),
+            "init_from": _init_from(ckpt)}
+
+
+def _init_from(ckpt: Checkpoint | None) -> str | None:
+    """The earlier-stage run a checkpoint was trained on top of (part of its weights), if any."""
+    if ckpt is None or ckpt.run_config is None:
+        return None
+    init_from = OmegaConf.select(ckpt.run_config, "init_from")
+    return str(Path(init_from).resolve()) if init_from else None
 
 
 def check_resumable(out: Path, fp: dict[str, Any]) -> None:
@@ -126,11 +177,26 @@ def predict(model, processor, rows: list[dict[str, Any]], cfg: DictConfig, out: 
 
     path = out / "predictions.jsonl"
     done = read_done(path)
+    selected = {r["id"] for r in rows}
+    dropped = [i for i in done if i not in selected]
+    if dropped:
+        # Scoring the selection would rewrite predictions.jsonl without the other finished rows.
+        raise CheckpointError(f"{out} holds {len(done)} predicted rows, {len(dropped)} of them outside this "
+                              f"selection of {len(rows)} (data.max_eval_samples?); pass hydra.run.dir=<new dir> "
+                              "to evaluate a subset")
     todo = [r for r in rows if r["id"] not in done]
     if done:
         log.info("Resuming: %d of %d rows already predicted in %s", len(rows) - len(todo), len(rows), path)
     system_prompt = cfg.prompt.system_prompt
     model.eval()
+    if cfg.perplexity:
+        # Rows predicted earlier with perplexity=false get their NLL now (the predictions stay), so that the
+        # corpus perplexity covers every row; write_reports saves them.
+        missing = [r for r in rows if r["id"] in done and done[r["id"]].get("nll") is None]
+        for chunk in iter_batches(missing, cfg.batch_size):
+            for row, (nll, n) in zip(chunk, answer_nll(model, processor, chunk, cfg.data.root,
+                                                       system_prompt=system_prompt)):
+                done[row["id"]].update(nll=nll, n_tokens=n, perplexity=perplexity(nll, n))
     with open(path, "a", encoding="utf-8") as f, Progress(transient=True) as progress:
         task = progress.add_task("generating", total=len(todo))
         for chunk in iter_batches(todo, cfg.batch_size):
@@ -191,25 +257,41 @@ def score(records: list[dict[str, Any]], cfg: DictConfig, data_name: str) -> dic
     corpus_fn = make_corpus_fn(preds, refs, metrics=names)
     tables = aggregate(records, [r["metrics"] for r in records], corpus_fn)
     for group_rows, group in _groups(records, tables):
-        pairs = [(r["nll"], r["n_tokens"]) for r in group_rows if r.get("nll") is not None]
-        if pairs:
-            group.update(corpus_perplexity(pairs))
-        group.pop("nll_per_token", None)
+        _finish_group(group, group_rows)
     for key in BREAKDOWNS.get(data_name, []):
-        values = sorted({str(r["meta"][key]) for r in records if (r.get("meta") or {}).get(key) not in (None, "")})
-        if values:
-            tables[f"by_{key}"] = {
-                v: aggregate([r for r in records if str(r["meta"].get(key)) == v],
-                             [r["metrics"] for r in records if str(r["meta"].get(key)) == v])["overall"]
-                for v in values
-            }
+        by_value: dict[str, list[int]] = {}
+        for i, rec in enumerate(records):
+            for label in breakdown_labels(data_name, key, (rec.get("meta") or {}).get(key)):
+                by_value.setdefault(label, []).append(i)
+        if by_value:
+            # The same numbers as a category's: corpus BLEU/CIDEr/METEOR on the group's rows, corpus perplexity.
+            tables[f"by_{key}"] = {v: _breakdown(records, by_value[v], corpus_fn) for v in sorted(by_value)}
     return tables
 
 
+def _breakdown(records: list[dict[str, Any]], indices: list[int], corpus_fn) -> dict[str, Any]:
+    from medvl.evaluation.aggregate import aggregate
+
+    rows = [records[i] for i in indices]
+    group = aggregate(rows, [r["metrics"] for r in rows], lambda sub: corpus_fn([indices[j] for j in sub]))["overall"]
+    _finish_group(group, rows)
+    return group
+
+
+def _finish_group(group: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Corpus perplexity of the group (only when every row has its NLL) in place of the per-token mean."""
+    group.pop("nll_per_token", None)
+    pairs = [(r["nll"], r["n_tokens"]) for r in rows if r.get("nll") is not None]
+    if pairs and len(pairs) == len(rows):
+        group.update(corpus_perplexity(pairs))
+
+
 def _groups(records, tables):
+    from medvl.evaluation.aggregate import row_answer_type
+
     yield records, tables["overall"]
-    yield [r for r in records if r["answer_type"] == "CLOSED"], tables["closed"]
-    yield [r for r in records if r["answer_type"] == "OPEN"], tables["open"]
+    yield [r for r in records if row_answer_type(r) == "CLOSED"], tables["closed"]
+    yield [r for r in records if row_answer_type(r) == "OPEN"], tables["open"]
     for cat, group in tables["by_category"].items():
         yield [r for r in records if (r.get("category") or "uncategorized") == cat], group
 
@@ -221,7 +303,9 @@ def evaluate_one(cfg: DictConfig, ckpt: Checkpoint | None, out: Path, name: str)
     split = cfg.split or cfg.data.eval_split
     rows = load_split(cfg.data, split, cfg.data.max_eval_samples)
     if not rows:
-        raise ValueError(f"data={cfg.data.name}: the {split} split is empty")
+        from medvl.config import ConfigError  # medvl.eval prints it as one line
+
+        raise ConfigError(f"data={cfg.data.name}: the {split} split at {cfg.data.dir} is empty")
     n_filled = fill_categories(rows)
     if n_filled:
         log.warning("%d of %d rows had no category; assigned by the question rules in docs/taxonomy.md",
@@ -254,7 +338,9 @@ def evaluate(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> di
     torch.manual_seed(cfg.seed)
     out = Path(cfg.output_dir)
     ckpt_arg = cfg.get("ckpt")
-    ckpt = resolve_checkpoint(ckpt_arg) if ckpt_arg else None
+    ckpt = resolve_checkpoint(ckpt_arg) if ckpt_arg is not None else None
+    if cfg.compare_base and ckpt is None:
+        raise CheckpointError("compare_base=true compares the base model with a checkpoint: add +ckpt=<run dir>")
     if ckpt is not None:
         apply_run_config(cfg, ckpt, list(overrides))
     out.mkdir(parents=True, exist_ok=True)
