@@ -7,7 +7,9 @@
 Half the pairs are short Slake-like answers ("Right Lung", "Yes", "MRI"), half long LLaVA-Med-like
 answers of about 45 words, generated deterministically (seed 0) from the templates below. Prints
 each scorer's wall time inside the concurrent run, and the total; the target on the project's
-2-core CPU machines is 60 s.
+2-core CPU machines is 60 s. It also prints the floor that no exact float32 BERTScore can beat
+on the machine at hand: the FLOPs of its linear layers over a matrix-product rate measured in
+the same run (about 65 s on those 2 cores, before attention and the other scorers).
 """
 
 from __future__ import annotations
@@ -205,6 +207,39 @@ def bertscore_workload(predictions: list[str], references: list[str]) -> tuple[i
     return len(texts), sum(len(ids) for ids in tokenizer(texts)["input_ids"])
 
 
+def linear_floor(n_tokens: int, dtype: str, seconds: float = 2.0) -> tuple[float, float]:
+    """The least time BERTScore's linear layers alone can take on this machine, measured now.
+
+    Counts the multiply-adds of the default model's Q/K/V/output and feed-forward projections over
+    ``n_tokens`` tokens, and times ``torch.nn.functional.linear`` at those shapes (4096 token rows,
+    the size of one batch of long answers) for about ``seconds``. Returns (TFLOP, floor seconds).
+    Attention, layer norms, GELU, tokenization and matching come on top of this.
+    """
+    import torch
+    from transformers import AutoConfig
+
+    from medvl.evaluation.metrics import DEFAULT_BERTSCORE_LAYERS, default_bertscore_model
+
+    config = AutoConfig.from_pretrained(default_bertscore_model())
+    hidden, inner = config.hidden_size, config.intermediate_size
+    shapes = [(hidden, hidden)] * 4 + [(hidden, inner), (inner, hidden)]  # (in, out) per projection
+    flop = 2 * n_tokens * DEFAULT_BERTSCORE_LAYERS * sum(a * b for a, b in shapes)
+    torch_dtype = getattr(torch, dtype)
+    rows = 4096
+    layer = [(torch.randn(rows, a, dtype=torch_dtype), torch.randn(b, a, dtype=torch_dtype)) for a, b in shapes]
+    with torch.inference_mode():
+        for x, w in layer:  # warm-up
+            torch.nn.functional.linear(x, w)
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            for x, w in layer:
+                torch.nn.functional.linear(x, w)
+            done += 1
+        elapsed = time.perf_counter() - start
+    rate = done * 2 * rows * sum(a * b for a, b in shapes) / elapsed
+    return flop / 1e12, flop / rate
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=10_000)
@@ -233,6 +268,9 @@ def main() -> None:
 
     n_texts, n_tokens = bertscore_workload(predictions, references)
     print(f"BERTScore ({args.bertscore_dtype}) embedded {n_texts} distinct texts, {n_tokens} tokens")
+    tflop, floor = linear_floor(n_tokens, args.bertscore_dtype)
+    print(f"BERTScore's linear layers need {tflop:.1f} TFLOP here; at this machine's {args.bertscore_dtype} "
+          f"matrix-product rate (measured now) that alone takes {floor:.1f} s")
     print(f"{'scorer':<16} {'wall s':>7}  corpus value")
     for name, seconds in sorted(timings.items(), key=lambda item: -item[1]):
         print(f"{name:<16} {seconds:7.1f}  {corpus.get(name, float('nan')):.4f}")
