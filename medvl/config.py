@@ -265,9 +265,47 @@ def _slug(path: str) -> str:
     return "_".join(parts[-2:]).replace("=", "-").replace(",", "_") or "base"
 
 
+def _eval_name(ckpt: str, model: str, data: str, split: str, prompt: str) -> str:
+    """The default eval directory name, ``<model>_<data>_<split>_<prompt>_<checkpoint>``.
+
+    With ``+ckpt=<run>``, medvl.eval takes model and data from the run unless the command line
+    chooses them (:func:`medvl.evaluation.run.apply_run_config`); the name says the same, so
+    that an eval of a 7B Slake run is not filed under the defaults' ``tiny_synth``.
+    """
+    run = _run_config_of(ckpt)
+    if run is not None:
+        given = _command_line_keys()
+        if "model" not in given and OmegaConf.select(run, "model.name"):
+            model = run.model.name
+        if "data" not in given and OmegaConf.select(run, "data.name"):
+            data = run.data.name
+            if not given & {"split", "data.eval_split"}:
+                split = OmegaConf.select(run, "data.eval_split", default=split)
+    return f"{model}_{data}_{split}_{prompt}_{_slug(ckpt)}"
+
+
+def _run_config_of(ckpt: str) -> DictConfig | None:
+    if ckpt in ("", "None", "base"):
+        return None
+    from medvl.evaluation.checkpoint import resolve_checkpoint
+
+    try:
+        return resolve_checkpoint(ckpt).run_config
+    except ValueError:  # a bad +ckpt gets its one-line error when medvl.eval starts, not here
+        return None
+
+
+def _command_line_keys() -> set[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return set()
+    return {o.lstrip("+~").split("=", 1)[0] for o in HydraConfig.get().overrides.task}
+
+
 register_configs()
-if not OmegaConf.has_resolver("medvl_slug"):
-    OmegaConf.register_new_resolver("medvl_slug", _slug)
+if not OmegaConf.has_resolver("medvl_eval_name"):
+    OmegaConf.register_new_resolver("medvl_eval_name", _eval_name)
 SCHEMAS = {"train": TrainConfig, "eval": EvalConfig, "prepare": PrepareConfig, "export": ExportConfig}
 
 

@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -446,6 +447,21 @@ def _eval_proc(*args: str, cwd: Path, env_extra: dict | None = None) -> subproce
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "medvl.eval", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=180)
+
+
+def test_default_eval_dir_is_named_after_the_model_and_data_it_evaluates(cache_dir, run_dir, tmp_path):
+    # A run trained on "slake": without data=..., medvl.eval evaluates slake, and the folder must say so.
+    run = tmp_path / "runs" / "slake-run"
+    shutil.copytree(run_dir / "adapter", run / "adapter")
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    cfg.data.name, cfg.data.dir, cfg.data.eval_split = "slake", str(tmp_path / "no-data"), "validation"
+    OmegaConf.save(cfg, run / "config.yaml")
+    env = {"MEDVL_CACHE": str(cache_dir)}
+    for args in ([], ["data=vqa_rad", "prompt=custom"], ["split=train"]):
+        assert "split" in _one_line(_eval_proc(f"+ckpt={run}", *args, cwd=tmp_path, env_extra=env))
+    made = {p.name for p in (tmp_path / "outputs" / "eval").iterdir()}
+    assert made == {"tiny_slake_validation_default_runs_slake-run", "tiny_vqa_rad_test_custom_runs_slake-run",
+                    "tiny_slake_train_default_runs_slake-run"}
 
 
 def _one_line(proc: subprocess.CompletedProcess) -> str:
