@@ -1,7 +1,9 @@
 """Perplexity of the reference answer given the image and the question.
 
 The negative log-likelihood covers exactly the tokens training labels (the answer and its
-end-of-turn token), in float32. Logits are computed only at those positions: a full
+end-of-turn token). The output head and the log-softmax run in float32; the transformer below
+them runs in the model's dtype (float32 on CPU, bf16 on GPUs under ``model.dtype=auto``; set
+``model.dtype=float32`` for an all-float32 pass), as lm-evaluation-harness does. Logits are computed only at those positions: a full
 ``[batch, length, vocab]`` tensor for a 152k vocabulary is what runs other tools out of memory.
 """
 
