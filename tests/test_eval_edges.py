@@ -273,3 +273,22 @@ def test_a_category_without_a_metric_gets_no_bar_rather_than_a_zero(tmp_path, mo
     assert drawn["exact_match"] == [0.0, 0.5]  # a real zero stays a bar at 0
     assert drawn["perplexity"][0] == 3.0 and math.isnan(drawn["perplexity"][1])
     assert all(p.is_file() for p in paths)
+
+
+def test_closed_and_open_metrics_follow_the_answer_type_the_tables_use():
+    # No answer_type: the category says CLOSED (an "A or B?" question), although the reference is not yes/no.
+    records = [_record(0, None, "Left", "The left one.", 1.0, 1), _record(1, None, "yes", "Yes.", 1.0, 1)]
+    records[0].update(category="closed_location", answer_type=None)
+    records[1].update(category="mystery", answer_type=None)  # unknown category: yes/no reference -> CLOSED
+    tables = eval_run.score(records, _score_cfg(["closed_accuracy", "open_recall"]), "synth")
+    for record in records:
+        assert record["metrics"]["closed_accuracy"] == 1.0 and "open_recall" not in record["metrics"]
+    assert tables["closed"]["count"] == 2 and tables["closed"]["closed_accuracy"] == 1.0
+    assert tables["open"]["count"] == 0
+
+
+def test_a_lowercase_letter_reference_is_matched():
+    record = {**_record(0, None, "b", "(B) polyp", 1.0, 1), "answer_type": "CLOSED"}
+    record["meta"] = {"options": {"A": "mass", "B": "polyp"}}
+    eval_run.score([record], _score_cfg(["exact_match"]), "gmai_mmbench")
+    assert record["extracted_choice"] == "B" and record["metrics"]["choice_accuracy"] == 1.0

@@ -139,7 +139,7 @@ def test_soft_match_is_difflib_ratio_of_normalized_text() -> None:
     assert M.soft_match("Lung", "lungs") == pytest.approx(2 * 4 / 9)
     for pred, ref in zip(PREDS, REFS):
         pred_n, ref_n = normalize_answer(pred), normalize_answer(ref)
-        expected = difflib.SequenceMatcher(None, pred_n, ref_n).ratio() if pred_n and ref_n else 0.0
+        expected = difflib.SequenceMatcher(None, pred_n, ref_n, autojunk=False).ratio() if pred_n and ref_n else 0.0
         assert M.soft_match(pred, ref) == pytest.approx(expected, abs=TOL)
 
 
@@ -376,9 +376,10 @@ def test_make_corpus_fn_rescores_non_decomposable_corpus_metrics() -> None:
     corpus_fn = M.make_corpus_fn(PREDS, REFS)
     subset = [i for i, row in enumerate(ROWS) if row["dataset"] in ("vqa_rad", "llava_med")]
     result = corpus_fn(subset)
-    assert set(result) == {"bleu4", "cider", "meteor"}
+    # CIDEr is the mean of per-sample scores under the whole set's document frequencies.
+    assert set(result) == {"bleu4", "meteor"}
     preds, refs = [PREDS[i] for i in subset], [REFS[i] for i in subset]
     assert result["bleu4"] == pytest.approx(M.bleu4(preds, refs)[0], abs=TOL)
-    assert result["cider"] == pytest.approx(M.cider(preds, refs)[0], abs=TOL)
     assert result["meteor"] == pytest.approx(M.meteor(preds, refs)[0], abs=TOL)
-    assert M.make_corpus_fn(PREDS, REFS, metrics=["exact_match", "cider"])(subset).keys() == {"cider"}
+    assert M.make_corpus_fn(PREDS, REFS, metrics=["exact_match", "bleu4"])(subset).keys() == {"bleu4"}
+    assert M.make_corpus_fn(PREDS, REFS, metrics=["exact_match", "cider"])(subset) == {}

@@ -22,8 +22,7 @@ def aggregate(
     ``corpus_fn(indices)``, when given, returns corpus-level scores (BLEU, CIDEr, METEOR) re-computed
     on a group's rows; they replace the means of those metrics' per-sample scores.
 
-    A row's answer type is its ``answer_type`` or, failing that, its category's; rows with
-    neither count in ``overall`` only. Rows with no category are grouped as ``"uncategorized"``.
+    A row's answer type is :func:`row_answer_type`'s; rows without one count in ``overall`` only. Rows with no category are grouped as ``"uncategorized"``.
 
     Returns:
         ``{"overall": {...}, "closed": {...}, "open": {...}, "by_category": {category: {...}}}``,
@@ -57,12 +56,19 @@ def aggregate(
 
 
 def row_answer_type(row: Mapping[str, Any], category: str | None = None) -> str | None:
-    """``CLOSED``/``OPEN`` from the row's ``answer_type``, else from its category's; ``None`` when neither says."""
+    """``CLOSED``/``OPEN`` from the row's ``answer_type``, else from its category's, else (a row with a
+    ``reference``) as the metrics infer it: closed when the reference is yes/no. ``None`` otherwise."""
     category = category or row.get("category") or UNCATEGORIZED
     answer_type = row.get("answer_type")
     if isinstance(answer_type, str) and answer_type.strip().upper() in (CLOSED, OPEN):
         return answer_type.strip().upper()
-    return CATEGORIES[category][0] if category in CATEGORIES else None
+    if category in CATEGORIES:
+        return CATEGORIES[category][0]
+    if "reference" in row:
+        from medvl.evaluation.metrics import resolve_answer_type
+
+        return resolve_answer_type(None, row["reference"])
+    return None
 
 
 def _summarize(

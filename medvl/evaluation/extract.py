@@ -33,6 +33,11 @@ _ZH_PREFIXES = sorted(
 _ZH_ANYWHERE = (("不包含", NO), ("包含", YES), ("没有", NO), ("不是", NO))
 
 
+# "Yes and no", "yes or no", "Yes/No" answer neither way (LLaVA-Med's test credits them both ways).
+# Only where the pair ends a clause: in "Yes and no mass is seen" the "no" belongs to the mass.
+_HEDGE = re.compile(r"(?i)\b(?:yes\s*(?:/|\band\b|\bor\b)\s*no|no\s*(?:/|\band\b|\bor\b)\s*yes)\b\s*(?:$|[.,;:!?])")
+
+
 def extract_yes_no(prediction: object) -> str | None:
     """Return ``"yes"``, ``"no"`` or ``None`` for a generation answering a closed question.
 
@@ -41,6 +46,7 @@ def extract_yes_no(prediction: object) -> str | None:
     "normal" is not a "no" and "eyes" not a "yes", and when both occur the first one wins
     ("No, there is no sign of ..." is "no", "Yes, no mass is seen" is "yes"). Chinese answers are
     read by their opening word (是/否/不是/包含/...), else by the first unambiguous phrase in them.
+    A hedge ("Yes and no.", "yes or no", "Yes/No") is ``None``.
 
     >>> extract_yes_no("Yes, the liver is enlarged."), extract_yes_no("There is no effusion.")
     ('yes', 'no')
@@ -50,6 +56,8 @@ def extract_yes_no(prediction: object) -> str | None:
     text = normalize_answer(prediction)
     if text in (YES, NO):
         return text
+    if isinstance(prediction, str) and _HEDGE.search(unicodedata.normalize("NFKC", prediction)):
+        return None
     for prefix, answer in _ZH_PREFIXES:
         if text.startswith(prefix):
             return answer
@@ -68,6 +76,8 @@ _ANSWER_IS = re.compile(r"(?i:answer|option|choice)\s*(?i:is)?\s*[:(\[]?\s*([A-Z
 _ANSWER_IS_END = re.compile(r"(?i:answer|option|choice)\s*(?i:is)?\s*[:(\[]?\s*([A-Za-z])\s*[)\]]?\s*\.?\s*$")
 _LEADING_LETTER = re.compile(r"^\s*[(\[]?([A-Z])(?:[.:)\]]|\s*[)\]])")
 _PAREN_LETTER = re.compile(r"[(\[]([A-Z])[)\]]")
+# A second letter right after the first ("B or C", "A and B", "A/B", "A, B"): two answers, not one.
+_ALTERNATIVE = re.compile(r"\s*[)\].]?\s*(?:,|/|&|\bor\b|\band\b)\s*[(\[]?([A-Z])\b(?![-'])")
 
 
 def extract_choice(prediction: object, options: dict[str, str | None]) -> str | None:
@@ -75,7 +85,8 @@ def extract_choice(prediction: object, options: dict[str, str | None]) -> str | 
 
     Understands ``"B"``, ``"(B)"``, ``"Answer: B"``, ``"The answer is B."``, ``"B. polyp"``,
     ``"(B) polyp"`` and, failing a letter, the text of exactly one option (``"polyp"``). Only
-    letters that are keys of ``options`` with a non-empty text count.
+    letters that are keys of ``options`` with a non-empty text count; two of them offered as the
+    answer (``"B or C"``, ``"(A) polyp (B) mass"``) are no answer.
 
     >>> opts = {"A": "barrett's esophagus", "B": "polyp", "C": "high-grade dysplasia"}
     >>> extract_choice("Answer: B", opts), extract_choice("(C) high-grade dysplasia", opts)
@@ -94,12 +105,17 @@ def extract_choice(prediction: object, options: dict[str, str | None]) -> str | 
     if bare:
         letter = bare.group(1).upper()
         return letter if letter in valid else None
+    bracketed = {letter for letter in _PAREN_LETTER.findall(prediction) if letter in valid}
+    if len(bracketed) > 1:  # "(B) or (C)", or the options read back: "(A) polyp (B) mass"
+        return None
     for pattern in (_ANSWER_IS, _ANSWER_IS_END, _LEADING_LETTER):
         match = pattern.search(prediction)
         if match and match.group(1).upper() in valid:
+            other = _ALTERNATIVE.match(prediction, match.end())
+            if other and other.group(1) in valid and other.group(1) != match.group(1).upper():
+                return None  # "The answer is B or C", "Answer: A and B"
             return match.group(1).upper()
-    bracketed = {letter for letter in _PAREN_LETTER.findall(prediction) if letter in valid}
-    if len(bracketed) == 1:
+    if bracketed:
         return bracketed.pop()
     return _choice_by_text(prediction, {k.upper(): v for k, v in options.items() if k.upper() in valid})
 

@@ -45,7 +45,7 @@ class Metric:
         answer_type: ``"CLOSED"`` or ``"OPEN"`` when the metric only means something for rows of
             that type (closed_accuracy, open_recall); other rows get no value, not a zero.
         mean_of_samples: for a corpus metric, whether its corpus score is just the mean of its
-            per-sample scores (ROUGE-L, BERTScore), so a subset's score needs no re-scoring.
+            per-sample scores (CIDEr, ROUGE-L, BERTScore), so a subset's score needs no re-scoring.
     """
 
     name: str
@@ -86,8 +86,9 @@ def register_metric(
 
 @register_metric("exact_match")
 def exact_match(prediction: object, reference: object) -> float:
-    pred = normalize_answer(prediction)
-    return float(bool(pred) and pred == normalize_answer(reference))
+    """Normalized equality, word by word: a space between Chinese characters ("左 肺") does not count."""
+    pred = words(prediction)
+    return float(bool(pred) and pred == words(reference))
 
 
 @register_metric("substring_match")
@@ -105,11 +106,16 @@ def substring_match(prediction: object, reference: object) -> float:
 
 @register_metric("soft_match")
 def soft_match(prediction: object, reference: object) -> float:
-    """difflib's ``SequenceMatcher(None, pred, ref).ratio()`` on the normalized strings."""
+    """difflib's ``SequenceMatcher(None, pred, ref, autojunk=False).ratio()`` on the normalized strings.
+
+    difflib's default ``autojunk`` treats every character that fills more than 1% of a reference of
+    200+ characters (most letters and the space) as junk, a speed heuristic that scores two
+    unrelated long answers 0.0 and lowers the mean on long (LLaVA-Med-like) answers by about a tenth.
+    """
     pred, ref = normalize_answer(prediction), normalize_answer(reference)
     if not pred or not ref:
         return 0.0
-    return difflib.SequenceMatcher(None, pred, ref).ratio()
+    return difflib.SequenceMatcher(None, pred, ref, autojunk=False).ratio()
 
 
 @register_metric("word_jaccard")
@@ -167,15 +173,32 @@ def closed_accuracy(prediction: object, reference: object) -> float:
 
     A yes/no reference is compared with :func:`~medvl.evaluation.extract.extract_yes_no` of the
     prediction. Any other closed reference ("Left", "Liver", an option of an "A or B?" question)
-    counts when its words appear, in order, in the prediction: LLaVA-Med's ``gt in pred``.
+    counts when its words appear, in order, in the prediction: LLaVA-Med's ``gt in pred``, except
+    that an occurrence right after a negation ("not normal", 不正常) does not count.
     """
     ref = normalize_answer(reference)
     if not ref:
         return 0.0
     if ref in (YES, NO):
         return float(extract_yes_no(prediction) == ref)
-    pred = " ".join(words(prediction))
-    return float(bool(pred) and f" {' '.join(words(ref))} " in f" {pred} ")
+    return float(_contains_unnegated(words(prediction), words(ref)))
+
+
+# A closed answer preceded by one of these is denied, not given: "not normal" for "Normal",
+# 不正常 for 正常 (Chinese words are single characters here).
+_NEGATIONS = frozenset(
+    {"not", "no", "non", "never", "without", "isnt", "arent", "wasnt", "werent", "doesnt", "dont", "cannot"}
+    | set("不没无非未")
+)
+
+
+def _contains_unnegated(pred: Sequence[str], ref: Sequence[str]) -> bool:
+    """Whether ``ref`` occurs in ``pred`` as consecutive words not directly after a negation."""
+    n = len(ref)
+    return bool(ref) and any(
+        list(pred[i : i + n]) == list(ref) and (i == 0 or pred[i - 1] not in _NEGATIONS)
+        for i in range(len(pred) - n + 1)
+    )
 
 
 @register_metric("open_recall", answer_type=OPEN)
@@ -222,7 +245,11 @@ def bleu4(predictions: Sequence[object], references: Sequence[object]) -> tuple[
     return float(score[3]), _zero_if_empty(scores[3], hyps, refs)
 
 
-@register_metric("cider", level="corpus", mean_of_samples=False)
+# CIDEr's corpus score is the mean of its per-sample scores; only the document frequencies need
+# the corpus. A subset (closed, a category) is scored with the whole evaluated set's frequencies,
+# as COCO does per image: re-scoring it alone would take IDF from the subset, which gives 0 to a
+# perfect answer in a one-row category or in a group whose references are all "yes".
+@register_metric("cider", level="corpus", mean_of_samples=True)
 def cider(predictions: Sequence[object], references: Sequence[object]) -> tuple[float, list[float]]:
     """pycocoevalcap's CIDEr (n=4, sigma=6; document frequencies from this corpus' references)."""
     from pycocoevalcap.cider.cider_scorer import CiderScorer
@@ -257,7 +284,9 @@ def rouge_l(predictions: Sequence[object], references: Sequence[object]) -> tupl
         _ROUGE["scorer"] = RougeScorer(["rougeL"], tokenizer=_WordsTokenizer())
     scorer = _ROUGE["scorer"]
     scores = [
-        scorer.score(_as_text(ref), _as_text(pred))["rougeL"].fmeasure if words(pred) and words(ref) else 0.0
+        scorer.score(normalize_answer(ref), normalize_answer(pred))["rougeL"].fmeasure
+        if words(pred) and words(ref)
+        else 0.0
         for pred, ref in zip(predictions, references)
     ]
     return _mean(scores), scores
@@ -476,10 +505,6 @@ def _autocast(device: str, dtype: str) -> Any:
 # Running many metrics.
 
 
-def _as_text(value: object) -> str:
-    return value if isinstance(value, str) else ""
-
-
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
@@ -496,6 +521,8 @@ class MetricError(ValueError):
 
 
 def _selected(metrics: Sequence[str] | None) -> list[str]:
+    if isinstance(metrics, str):  # one name, not its letters ("unknown metrics ['b', 'l', ...]")
+        metrics = [metrics]
     names = list(METRICS) if metrics is None else list(metrics)
     unknown = [name for name in names if name not in METRICS]
     if unknown:
@@ -670,8 +697,9 @@ def make_corpus_fn(
     """A ``corpus_fn`` for :func:`medvl.evaluation.aggregate.aggregate`.
 
     It re-scores a subset of rows (given by index) with the corpus metrics whose score is not a
-    mean of per-sample scores (BLEU-4, CIDEr, METEOR); the mean-decomposable ones (ROUGE-L,
-    BERTScore) are averaged by ``aggregate`` from the per-sample values without re-running a model.
+    mean of per-sample scores (BLEU-4, METEOR); the mean-decomposable ones (CIDEr with the whole
+    set's document frequencies, ROUGE-L, BERTScore) are averaged by ``aggregate`` from the
+    per-sample values without re-running a model.
     """
     predictions, references = list(predictions), list(references)
     names = [

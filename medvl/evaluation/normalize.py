@@ -24,6 +24,8 @@ NO_ALIASES = frozenset({"no", "n", "nope", "false", "incorrect", "否", "不是"
 
 # Apostrophes are deleted rather than spaced so that "don't" and "dont" agree.
 _APOSTROPHES = re.compile(r"['\u2018\u2019`]")
+# A thousands separator goes, so "1,000" and "1000" agree; "1,2" (a list) keeps its comma.
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 # Punctuation and symbols become spaces, except a period between digits: "2.5 cm" keeps its value.
 _PUNCT = re.compile(r"(?!(?<=\d)\.(?=\d))[^\w\s]|_")
 # Han ideographs (basic, extensions A-F, compatibility) and kana: scripts written without spaces.
@@ -35,7 +37,8 @@ def normalize_answer(text: object) -> str:
     """Canonical form of an answer for comparison.
 
     Lowercases (after Unicode NFKC, so full-width Chinese punctuation and digits fold to ASCII),
-    turns punctuation and symbols into spaces (keeping decimal points), collapses whitespace, and
+    drops thousands separators (``"1,000"`` -> ``"1000"``), turns punctuation and symbols into
+    spaces (keeping decimal points), collapses whitespace, and
     maps a whole answer that is a yes/no alias (``"Y"``, ``"True."``, ``"是的"``, ``"否"``) to
     ``"yes"`` / ``"no"``. An integer is read as its digits; anything else that is not a string
     (``None``, a float NaN from pandas, a list) normalizes to ``""``, which every metric scores
@@ -58,6 +61,7 @@ def _normalize(text: str) -> str:
     # Metrics normalize the same prediction once per metric; the cache makes that free.
     text = unicodedata.normalize("NFKC", text).lower()
     text = _APOSTROPHES.sub("", text)
+    text = _THOUSANDS.sub("", text)
     text = " ".join(_PUNCT.sub(" ", text).split())
     if text in YES_ALIASES:
         return YES

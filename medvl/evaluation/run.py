@@ -234,14 +234,15 @@ def fill_categories(rows: list[dict[str, Any]]) -> int:
 
 def score(records: list[dict[str, Any]], cfg: DictConfig, data_name: str) -> dict[str, Any]:
     """Per-sample metrics into ``records`` and the aggregated tables."""
-    from medvl.evaluation.aggregate import aggregate
+    from medvl.evaluation.aggregate import aggregate, row_answer_type
     from medvl.evaluation.extract import extract_choice
     from medvl.evaluation.metrics import compute_metrics, make_corpus_fn
 
     preds = [r["prediction"] for r in records]
     refs = [r["reference"] for r in records]
     names = list(cfg.metrics) or None
-    per_sample, _ = compute_metrics(preds, refs, [r["answer_type"] for r in records], metrics=names,
+    # The answer type the tables group rows by, so that closed_accuracy is scored on the "closed" rows.
+    per_sample, _ = compute_metrics(preds, refs, [row_answer_type(r) for r in records], metrics=names,
                                     bertscore_model=cfg.bertscore.model,
                                     bertscore_num_layers=cfg.bertscore.num_layers,
                                     bertscore_dtype=cfg.bertscore.dtype)
@@ -250,7 +251,7 @@ def score(records: list[dict[str, Any]], cfg: DictConfig, data_name: str) -> dic
         if options:
             # Multiple choice: the letter is extracted first, then compared (strict exact match stays too).
             rec["extracted_choice"] = extract_choice(rec["prediction"], options)
-            scores["choice_accuracy"] = float(rec["extracted_choice"] == str(rec["reference"]).strip())
+            scores["choice_accuracy"] = float(rec["extracted_choice"] == str(rec["reference"]).strip().upper())
         if rec.get("perplexity") is not None:
             scores["nll_per_token"] = rec["nll"] / rec["n_tokens"]
         rec["metrics"] = scores
