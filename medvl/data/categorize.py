@@ -77,7 +77,11 @@ GMAI_TASK: dict[str, tuple[str, str]] = {
         "Disease Diagnosis",
         "Image Quality Grading",
         "Microorganism Recognition",
+        # VLMEvalKit's GMAI-MMBench_VAL names these two without "Recognition" (its per-task results
+        # columns); the paper's longer names are kept for copies that use them.
+        "Muscle",
         "Muscle Recognition",
+        "Nervous Tissue",
         "Nervous Tissue Recognition",
         "Organ Recognition - Abdomen",
         "Organ Recognition - Head and Neck",

@@ -42,7 +42,7 @@ from PIL import Image
 
 from medvl.data.converters import CONVERTERS, FILTER_REASONS, SPLITS, Reject, Row, convert
 from medvl.data.dataset import Collator, VQADataset, to_messages
-from medvl.data.format import image_paths
+from medvl.data.format import image_paths, read_jsonl
 from medvl.data.taxonomy import CATEGORIES
 from medvl.data.token_length import token_length
 from medvl.data.validate_rows import (
@@ -506,13 +506,14 @@ class SplitResult:
                 "by_reason": dict(sorted(self.by_reason.items())), "tokens": token_stats(self.lengths)}
 
 
-def write_split(split: str, items: list[Row | Reject], verdicts: Iterable[Verdict], root: Path, out_dir: Path,
+def write_split(split: str, items: list[Row | Reject], verdicts: Iterable[Verdict], root: Path, kept_path: Path,
                 rejects_file, type_mapping: dict[str, Any]) -> SplitResult:
-    """Write kept rows and rejects of a split in input order; duplicate ids are settled here, last."""
+    """Write kept rows (to ``kept_path``) and rejects of a split in input order; duplicate ids are settled here,
+    last."""
     result = SplitResult(split)
     duplicate = make_duplicate_id_check()
     verdicts = iter(verdicts)
-    with open(out_dir / f"{split}.jsonl", "w", encoding="utf-8") as kept_file:
+    with open(kept_path, "w", encoding="utf-8") as kept_file:
         for k, item in enumerate(items):
             result.input += 1
             if isinstance(item, Reject):
@@ -571,9 +572,14 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     results: dict[str, SplitResult] = {}
     type_mapping: dict[str, Any] = {}
     check_seconds = 0.0
+    # Every output is written next to its final name and moved into place only once the whole run has
+    # succeeded, so a run that fails (a missing split, Ctrl-C, a full disk) leaves the previous outputs as
+    # they were; records of splits this run does not process are carried over from them.
+    staged = _Staged(out_dir)
     checking = Checking(spec, int(cfg.workers), checker)
     try:
-        with open(out_dir / "rejects.jsonl", "w", encoding="utf-8") as rejects_file, _progress(console) as progress:
+        with open(staged.path("rejects.jsonl"), "w", encoding="utf-8") as rejects_file, \
+                _progress(console) as progress:
             for split in requested or SPLITS:
                 items = read_split(data.format, root, split, options, required=bool(requested))
                 if items is None:
@@ -584,13 +590,23 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 verdicts = checking.run(rows, split in EVAL_SPLITS, lambda n, t=task: progress.advance(t, n))
                 check_seconds += time.perf_counter() - t0
-                results[split] = write_split(split, items, verdicts, root, out_dir, rejects_file, type_mapping)
+                results[split] = write_split(split, items, verdicts, root, staged.path(f"{split}.jsonl"),
+                                             rejects_file, type_mapping)
+            if not results:
+                raise FileNotFoundError(f"data={data.name}: no split of {SPLITS} found in {root}")
+            kept_over = _previous_splits(out_dir, results, rejects_file, type_mapping)
+    except BaseException:
+        staged.discard()
+        raise
     finally:
         checking.close()
-    if not results:
-        raise FileNotFoundError(f"data={data.name}: no split of {SPLITS} found in {root}")
 
     splits = {s: r.summary() for s, r in results.items()}
+    splits.update({s: summary for s, (summary, _) in kept_over.items()})
+    splits = {s: splits[s] for s in sorted(splits, key=_split_order)}
+    categories = {s: r.categories for s, r in results.items()} | {s: c for s, (_, c) in kept_over.items()}
+    lengths = [n for r in results.values() for n in r.lengths]
+    lengths += [n for s in kept_over for n in _kept_lengths(out_dir / f"{s}.jsonl")]
     n_input = sum(s["input"] for s in splits.values())
     report = {
         "mode": "full" if cfg.full else "fast",
@@ -602,21 +618,101 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
         "workers": int(cfg.workers),
         "splits": splits,
         "total": {"input": n_input, "kept": sum(s["kept"] for s in splits.values()),
-                  "tokens": token_stats([n for r in results.values() for n in r.lengths]),
+                  "tokens": token_stats(lengths),
                   "rejected": sum(s["rejected"] for s in splits.values()),
-                  "by_reason": dict(sorted(sum((r.by_reason for r in results.values()), Counter()).items()))},
+                  "by_reason": dict(sorted(sum((Counter(s["by_reason"]) for s in splits.values()),
+                                               Counter()).items()))},
         "seconds": {"check": round(check_seconds, 3), "total": round(time.perf_counter() - start, 3)},
     }
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out_dir / "type_mapping.json").write_text(json.dumps(type_mapping, indent=1, ensure_ascii=False) + "\n",
-                                               encoding="utf-8")
-    (out_dir / "categories.md").write_text(
-        f"# Categories of {data.name} (kept rows)\n\n" + category_table({s: r.categories for s, r in results.items()}),
-        encoding="utf-8")
+    if kept_over:
+        report["kept_from_previous_run"] = sorted(kept_over, key=_split_order)
+    try:
+        staged.path("report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n",
+                                              encoding="utf-8")
+        staged.path("type_mapping.json").write_text(json.dumps(type_mapping, indent=1, ensure_ascii=False) + "\n",
+                                                    encoding="utf-8")
+        staged.path("categories.md").write_text(
+            f"# Categories of {data.name} (kept rows)\n\n"
+            + category_table({s: categories[s] for s in splits}), encoding="utf-8")
+    except BaseException:
+        staged.discard()
+        raise
+    staged.commit()
     console.print(summary_table(report))
     log.info("Wrote %s", ", ".join(str(out_dir / f) for f in [*(f"{s}.jsonl" for s in splits), "rejects.jsonl",
                                                                  "report.json", "type_mapping.json", "categories.md"]))
     return report
+
+
+class _Staged:
+    """Output files written under temporary names in ``out_dir`` and renamed into place together."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = out_dir
+        self.files: dict[str, Path] = {}
+
+    def path(self, name: str) -> Path:
+        if name not in self.files:
+            self.files[name] = self.out_dir / f".{name}.{os.getpid()}.tmp"
+        return self.files[name]
+
+    def commit(self) -> None:
+        # report.json last: while the renames run, it still describes the previous outputs.
+        for name in sorted(self.files, key=lambda n: n == "report.json"):
+            os.replace(self.files[name], self.out_dir / name)
+        self.files.clear()
+
+    def discard(self) -> None:
+        for tmp in self.files.values():
+            tmp.unlink(missing_ok=True)
+        self.files.clear()
+
+
+def _split_order(split: str) -> int:
+    return SPLITS.index(split) if split in SPLITS else len(SPLITS)
+
+
+def _kept_lengths(path: Path) -> list[int]:
+    return [row["meta"]["n_tokens"] for row in read_jsonl(path)]
+
+
+def _previous_splits(out_dir: Path, results: dict[str, SplitResult], rejects_file,
+                     type_mapping: dict[str, Any]) -> dict[str, tuple[dict[str, Any], Counter]]:
+    """Carry over the records of splits the previous run wrote and this one did not process.
+
+    Their ``<split>.jsonl`` stays as it was, so their rejects, type_mapping entries, report counts and
+    category counts stay too (appended to ``rejects_file`` / ``type_mapping``). Returns split -> (report
+    entry, category counts of its kept rows).
+    """
+    try:
+        previous = json.loads((out_dir / "report.json").read_text(encoding="utf-8"))["splits"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    others = [s for s in previous if s not in results and (out_dir / f"{s}.jsonl").is_file()]
+    if not others:
+        return {}
+    if (out_dir / "rejects.jsonl").is_file():
+        with open(out_dir / "rejects.jsonl", encoding="utf-8") as f:
+            for line in f:
+                try:
+                    keep = json.loads(line).get("split") in others
+                except (ValueError, AttributeError):
+                    keep = False
+                if keep:
+                    rejects_file.write(line if line.endswith("\n") else line + "\n")
+    try:
+        old_mapping = json.loads((out_dir / "type_mapping.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        old_mapping = {}
+    for row_id, entry in old_mapping.items():
+        if isinstance(entry, dict) and entry.get("split") in others:
+            type_mapping.setdefault(row_id, entry)
+    out = {}
+    for split in others:
+        categories = Counter(row.get("category") for row in read_jsonl(out_dir / f"{split}.jsonl"))
+        out[split] = (previous[split], categories)
+        log.info("%s: not processed in this run; its records from the previous run are kept", split)
+    return out
 
 
 def _progress(console):

@@ -119,6 +119,9 @@ def iter_records(path: Path) -> Iterator[tuple[str, Any] | Reject]:
             yield Reject(f"{name}:line {e.lineno}", "malformed_json",
                          f"file is not a valid JSON list: {e.msg} (line {e.lineno}, column {e.colno})")
             return
+        except UnicodeDecodeError as e:
+            yield Reject(f"{name}:byte {e.start}", "malformed_json", f"file is not UTF-8: {e.reason}")
+            return
         for i, record in enumerate(data):
             yield f"{name}:row {i}", record
         return
@@ -127,11 +130,18 @@ def iter_records(path: Path) -> Iterator[tuple[str, Any] | Reject]:
         yield Reject(f"{name}:line 1", "malformed_json",
                      "the file holds one JSON object, not a JSON list or JSONL of rows")
         return
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
+    # Bytes, decoded line by line: one line in another encoding is one Reject, not the end of the run.
+    with open(path, "rb") as f:
+        for lineno, data in enumerate(f, start=1):
+            loc = f"{name}:line {lineno}"
+            try:
+                line = data.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                yield Reject(loc, "malformed_json", f"not UTF-8: {e.reason} at byte {e.start}",
+                             raw=data.decode("utf-8", "replace").rstrip("\r\n"))
+                continue
             if not line.strip():
                 continue
-            loc = f"{name}:line {lineno}"
             try:
                 yield loc, json.loads(line)
             except json.JSONDecodeError as e:
@@ -148,7 +158,7 @@ def convert_records(path: Path, row_of: Callable[[int, str, Any], Row | Reject])
 def _first_line(path: Path) -> str:
     """The first non-blank line, or just its first character when the file is a JSON list (a
     minified 500K-row list is a single line of hundreds of megabytes)."""
-    with open(path, encoding="utf-8-sig") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         while (char := f.read(1)) and char.isspace():
             pass
         return char if char != "{" else char + f.readline()
@@ -165,7 +175,7 @@ def _parses(text: str) -> bool:
 def _is_one_object(path: Path) -> bool:
     try:
         return isinstance(json.loads(path.read_text(encoding="utf-8-sig")), dict)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return False
 
 

@@ -50,7 +50,7 @@ def _given_labels(record: dict, loc: str) -> tuple[str | None, str | None] | Rej
                           f"{record['answer_type']!r}", raw=record)
     if category is None:
         return answer_type, None
-    if category not in CATEGORIES:
+    if not isinstance(category, str) or category not in CATEGORIES:
         return Reject(loc, "bad_category", f"unknown category {category!r}", raw=record)
     if answer_type is not None and answer_type_of(category) != answer_type:
         return Reject(loc, "bad_category",
