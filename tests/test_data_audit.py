@@ -106,3 +106,16 @@ def test_gmai_task_names_as_the_tsv_spells_them(task: str) -> None:
     answer_type, category, rule = categorize(row)
     assert (answer_type, category) == ("CLOSED", "closed_general")
     assert rule.endswith(f"category=gmai_mmbench.task={task}"), rule
+
+
+def test_type_mapping_keeps_rows_whose_ids_repeat_across_splits(cache_dir, user_data, tmp_path) -> None:
+    # Users' own data is often numbered 0..N in each split.
+    (user_data / "validation.jsonl").write_text(_lines([_row("0", answer="yes"), _row("1")]))
+    (user_data / "test.jsonl").write_text(_lines([_row("0", answer="left lung")]))
+    out = tmp_path / "out"
+    _prepare(cache_dir, user_data, out)
+    mapping = json.loads((out / "type_mapping.json").read_text())
+    assert sorted(mapping) == ["test", "validation"] and sorted(mapping["validation"]) == ["0", "1"]
+    assert mapping["validation"]["0"]["answer_type"] == "CLOSED" and mapping["test"]["0"]["answer_type"] == "OPEN"
+    _prepare(cache_dir, user_data, out, "splits=[test]")  # validation's entries are carried over
+    assert json.loads((out / "type_mapping.json").read_text())["validation"] == mapping["validation"]

@@ -287,7 +287,9 @@ def test_type_mapping_and_category_table(runs) -> None:
     out = runs["out"] / "fast"
     test_rows = read_jsonl(out / "test.jsonl")
     mapping = json.loads((out / "type_mapping.json").read_text())
-    assert set(mapping) == {r["id"] for r in test_rows}  # evaluation splits, every kept row
+    assert set(mapping) <= {"validation", "test"}  # evaluation splits only
+    mapping = mapping["test"]
+    assert set(mapping) == {r["id"] for r in test_rows}  # every kept row
     for row in test_rows:
         entry = mapping[row["id"]]
         assert entry["category"] == row["category"] in CATEGORIES
@@ -362,7 +364,7 @@ def test_command_line(cache_dir, tiny_dir, tmp_path) -> None:
     assert report["splits"]["test"]["kept"] == 6 and "validation" not in report["splits"]
     assert report["data"]["lang"] == "en"
     rows = read_jsonl(tmp_path / "out" / "test.jsonl")
-    mapping = json.loads((tmp_path / "out" / "type_mapping.json").read_text())
+    mapping = json.loads((tmp_path / "out" / "type_mapping.json").read_text())["test"]
     assert [mapping[r["id"]]["labels"]["content_type"] for r in rows] == [t["content_type"] for t in test]
     assert all(r["image"].startswith("imgs/") and r["meta"]["n_tokens"] > 0 for r in rows)
 

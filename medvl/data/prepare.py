@@ -538,7 +538,7 @@ def write_split(split: str, items: list[Row | Reject], verdicts: Iterable[Verdic
             result.lengths.append(n_tokens)
             result.categories[item.get("category")] += 1
             if split in EVAL_SPLITS:
-                type_mapping[item["id"]] = type_entry(item, split)
+                type_mapping.setdefault(split, {})[item["id"]] = type_entry(item, split)
     return result
 
 
@@ -704,9 +704,9 @@ def _previous_splits(out_dir: Path, results: dict[str, SplitResult], rejects_fil
         old_mapping = json.loads((out_dir / "type_mapping.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         old_mapping = {}
-    for row_id, entry in old_mapping.items():
-        if isinstance(entry, dict) and entry.get("split") in others:
-            type_mapping.setdefault(row_id, entry)
+    for split in others:  # {split: {id: entry}}; ids may repeat across splits (user data numbered 0..N each)
+        if isinstance(old_mapping.get(split), dict):
+            type_mapping[split] = old_mapping[split]
     out = {}
     for split in others:
         categories = Counter(row.get("category") for row in read_jsonl(out_dir / f"{split}.jsonl"))
