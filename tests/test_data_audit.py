@@ -119,3 +119,15 @@ def test_type_mapping_keeps_rows_whose_ids_repeat_across_splits(cache_dir, user_
     assert mapping["validation"]["0"]["answer_type"] == "CLOSED" and mapping["test"]["0"]["answer_type"] == "OPEN"
     _prepare(cache_dir, user_data, out, "splits=[test]")  # validation's entries are carried over
     assert json.loads((out / "type_mapping.json").read_text())["validation"] == mapping["validation"]
+
+
+def test_every_reject_line_has_the_documented_fields(cache_dir, user_data, tmp_path) -> None:
+    (user_data / "train.jsonl").write_text(_lines([_row("t1"), {"id": "t2", "image": "imgs/a.jpg"}]) + "{oops\n")
+    out = tmp_path / "out"
+    _prepare(cache_dir, user_data, out)
+    rejects = read_jsonl(out / "rejects.jsonl")
+    fields = {"split", "source", "id", "reason", "message", "n_tokens", "raw"}
+    assert rejects and all(set(r) == fields for r in rejects)
+    by_source = {r["source"]: r for r in rejects}
+    assert by_source["train.jsonl:line 2"]["id"] == "t2"  # a converter reject names the row's own id
+    assert by_source["train.jsonl:line 3"]["id"] is None and by_source["train.jsonl:line 3"]["reason"] == "malformed_json"

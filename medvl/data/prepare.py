@@ -518,7 +518,10 @@ def write_split(split: str, items: list[Row | Reject], verdicts: Iterable[Verdic
             result.input += 1
             if isinstance(item, Reject):
                 result.by_reason[item.reason] += 1
-                rejects_file.write(json.dumps({"split": split, **item.to_dict()}, ensure_ascii=False) + "\n")
+                # The same fields as a check reject; the id as the input file has it, where it has one.
+                record = {"split": split, "source": item.source, "id": _input_id(item.raw), "reason": item.reason,
+                          "message": item.message, "n_tokens": None, "raw": item.raw}
+                rejects_file.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
                 continue
             reason, message, n_tokens = next(verdicts)
             if reason is None:
@@ -540,6 +543,13 @@ def write_split(split: str, items: list[Row | Reject], verdicts: Iterable[Verdic
             if split in EVAL_SPLITS:
                 type_mapping.setdefault(split, {})[item["id"]] = type_entry(item, split)
     return result
+
+
+def _input_id(raw: Any) -> Any:
+    """A rejected input row's own id (``id``; Slake and VQA-RAD ``qid``; GMAI-MMBench ``index``), else None."""
+    if isinstance(raw, dict):
+        return next((raw[key] for key in ("id", "qid", "index") if raw.get(key) not in (None, "")), None)
+    return None
 
 
 def prepare(cfg: DictConfig) -> dict[str, Any]:
