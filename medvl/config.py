@@ -385,6 +385,8 @@ def validate(cfg: DictConfig) -> None:
     ]
     lr = cfg.trainer.learning_rate
     checks.append(("trainer.learning_rate", lr is None or lr > 0, "must be positive"))
+    # transformers 5 reads warmup_steps below 1 as a ratio and from 1 up as a step count.
+    checks.append(("trainer.warmup_ratio", 0 <= cfg.trainer.warmup_ratio < 1, "must be in [0, 1)"))
     _check(cfg, checks)
     if cfg.lora.name != "none" and not cfg.lora.targets:
         raise ConfigError(f"lora={cfg.lora.name} lists no targets")

@@ -16,11 +16,18 @@ def main(cfg: DictConfig) -> dict:
     from medvl.training.run import train
     from medvl.training.sweep import in_multirun, run_sweep_job
 
+    from medvl.config import ConfigError
+    from medvl.models.loading import ModelLoadError
+
     if in_multirun():
         # Hydra's sweeper re-raises the first failure after the batch and skips the sweep's
         # end-of-run summary; a failed job is recorded instead and the others go on.
         return run_sweep_job(train, cfg)
-    return train(cfg)
+    try:
+        return train(cfg)
+    except (ConfigError, ModelLoadError, FileNotFoundError) as exc:
+        # What the user can fix (a model that cannot load, a path that does not exist) is one line.
+        sys.exit(f"medvl: {exc}")
 
 
 if __name__ == "__main__":

@@ -75,6 +75,7 @@ def run_train(*args: str, env_extra: dict | None = None) -> subprocess.Completed
         ("model=13b", "invalid choice model=13b; valid choices for model: 2b, 32b, 7b, 7b_base, tiny, tiny25"),
         ("stage=foo", "invalid choice stage=foo; valid choices for stage: align, instruct"),
         ("lora.r=-1", "lora.r=-1 is invalid: must be a positive integer"),
+        ("trainer.warmup_ratio=3", "trainer.warmup_ratio=3.0 is invalid: must be in [0, 1)"),
         ("trainer.lerning_rate=1", "unknown key trainer.lerning_rate; valid keys in trainer:"),
         ("trainer.max_steps=abc", "trainer.max_steps:"),
     ],

@@ -23,6 +23,8 @@ class ModelLoadError(RuntimeError):
 def resolve_model_path(model_cfg: Any) -> str:
     """Return what to pass to ``from_pretrained``: a local dir (built if tiny) or a hub id."""
     path = str(model_cfg.name_or_path)
+    if path.startswith("~"):
+        path = str(Path(path).expanduser())
     if model_cfg.build_tiny:
         from medvl.models.tiny import build_tiny
 
@@ -39,9 +41,17 @@ def _torch_dtype(name: str) -> torch.dtype | str:
     return getattr(torch, name)
 
 
+def _is_local_path(path: str) -> bool:
+    """Whether ``path`` can only mean a directory: a hub id is ``name`` or ``org/name``."""
+    return path.startswith(("/", ".", "~")) or path.count("/") > 1 or "\\" in path
+
+
 def _explain(path: str, exc: Exception) -> ModelLoadError:
     if Path(path).exists():
         return ModelLoadError(f"cannot load model from {path}: {str(exc).splitlines()[0]}")
+    if _is_local_path(path):
+        return ModelLoadError(f"cannot load '{path}': no such directory; set model.name_or_path to a local "
+                              f"model directory or a hub id such as Qwen/Qwen2-VL-7B-Instruct")
     return ModelLoadError(
         f"cannot load '{path}': it is not a local directory and the Hugging Face hub cannot be reached "
         f"(offline?); download it where there is network (huggingface-cli download {path} --local-dir DIR) "
@@ -71,6 +81,8 @@ def check_available(path: str) -> None:
     """
     if Path(path).exists():
         return
+    if _is_local_path(path):
+        raise _explain(path, FileNotFoundError(path))
     from huggingface_hub import snapshot_download
 
     try:

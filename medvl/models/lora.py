@@ -21,8 +21,13 @@ COMPONENTS = {
     "qwen2_vl": {"vision": "model.visual.blocks", "merger": "model.visual.merger", "llm": "model.language_model"},
     "qwen2_5_vl": {"vision": "model.visual.blocks", "merger": "model.visual.merger", "llm": "model.language_model"},
 }
-#: Parameters that belong to the LLM side but sit outside ``language_model`` (the output head).
-LLM_EXTRA = ("lm_head",)
+#: Modules a component trains in full (``full``, or ``lora`` with ``lora=none``): the vision encoder is
+#: everything in ``model.visual`` but the merger (its patch embedding too), the LLM includes the output head.
+FULL_MODULES = {
+    "vision": ("model.visual.patch_embed", "model.visual.blocks"),
+    "merger": ("model.visual.merger",),
+    "llm": ("model.language_model", "lm_head"),
+}
 ALL_LINEAR = "all-linear"
 
 
@@ -72,8 +77,26 @@ def full_components(cfg: Any) -> list[str]:
     return out
 
 
-def _in_component(name: str, prefix: str, comp: str) -> bool:
-    return name.startswith(prefix + ".") or (comp == "llm" and name.split(".")[0] in LLM_EXTRA)
+def _modules_to_save(model: torch.nn.Module, full: list[str]) -> list[str]:
+    """Full names of the modules peft keeps trainable copies of beside the adapters.
+
+    peft cannot wrap a ``ModuleList`` (the vision blocks), so those are listed block by block; a head
+    tied to the input embeddings is left out (training the embeddings trains it).
+    """
+    modules = dict(model.named_modules())
+    out = []
+    for prefix in (p for c in full for p in FULL_MODULES[c]):
+        module = modules.get(prefix)
+        if module is None:
+            continue
+        if prefix == "lm_head" and any(module.weight is m.weight for m in modules.values()
+                                       if isinstance(m, torch.nn.Embedding)):
+            continue
+        if isinstance(module, (torch.nn.ModuleList, torch.nn.ModuleDict)):
+            out += [f"{prefix}.{child}" for child, _ in module.named_children()]
+        else:
+            out.append(prefix)
+    return out
 
 
 def apply_training_setup(model: torch.nn.Module, cfg: Any) -> torch.nn.Module:
@@ -83,7 +106,6 @@ def apply_training_setup(model: torch.nn.Module, cfg: Any) -> torch.nn.Module:
     model.requires_grad_(False)
     targets = target_modules(model, cfg)
     full = full_components(cfg)
-    prefixes = COMPONENTS[_family(cfg)]
     if targets:
         peft_cfg = LoraConfig(
             r=int(cfg.lora.r),
@@ -91,13 +113,13 @@ def apply_training_setup(model: torch.nn.Module, cfg: Any) -> torch.nn.Module:
             lora_dropout=float(cfg.lora.dropout),
             # An exact alternation of full names: nothing outside the scoped component can match.
             target_modules="^(" + "|".join(re.escape(n) for n in targets) + ")$",
-            modules_to_save=[prefixes[c] for c in full] or None,
+            modules_to_save=_modules_to_save(model, full) or None,
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, peft_cfg)
+        return get_peft_model(model, peft_cfg)
+    prefixes = tuple(p + "." for c in full for p in FULL_MODULES[c])
     for name, param in model.named_parameters():
-        bare = name.removeprefix("base_model.model.")
-        if any(_in_component(bare, prefixes[c], c) for c in full) and not targets:
+        if name.startswith(prefixes):
             param.requires_grad_(True)
     return model
 
@@ -106,13 +128,53 @@ def trainable_parameter_names(model: torch.nn.Module) -> set[str]:
     return {n for n, p in model.named_parameters() if p.requires_grad}
 
 
-def merge_init_from(model: torch.nn.Module, init_from: str | Path) -> torch.nn.Module:
-    """Merge an earlier stage's adapter into the base weights (stage chaining)."""
+def merge_init_from(model: torch.nn.Module, init_from: str | Path, _seen: tuple[Path, ...] = ()) -> torch.nn.Module:
+    """Merge an earlier stage's adapter into the base weights (stage chaining).
+
+    When that earlier run was itself trained on top of another (its ``config.yaml`` names an
+    ``init_from``), the weights it was trained on are rebuilt first, recursively: otherwise a
+    third stage would silently lose the first stage's weights.
+    """
     from peft import PeftModel
 
     adapter = resolve_adapter_dir(init_from)
+    if adapter.resolve() in _seen:
+        raise ValueError(f"init_from chain loops back to {adapter}")
+    earlier = earlier_init_from(init_from)
+    if earlier is not None:
+        if (earlier / "model" / "config.json").exists():  # that stage saved a whole model
+            model = _load_like(model, earlier / "model")
+        else:
+            model = merge_init_from(model, earlier, (*_seen, adapter.resolve()))
     log.info("Merging the adapter in %s into the base weights", adapter)
     return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+
+
+def earlier_init_from(run: str | Path) -> Path | None:
+    """The ``init_from`` recorded in a run directory's ``config.yaml`` (None when there is none)."""
+    from omegaconf import OmegaConf
+
+    run = Path(run)
+    candidates = [run / "config.yaml"]
+    if run.name == "adapter":
+        candidates.append(run.parent / "config.yaml")
+    for cfg_file in candidates:
+        if cfg_file.is_file():
+            value = OmegaConf.select(OmegaConf.load(cfg_file), "init_from")
+            if not value:
+                return None
+            earlier = Path(str(value)).expanduser()
+            if not earlier.exists():
+                raise FileNotFoundError(f"{run} was trained on top of init_from={value}, which does not exist")
+            return earlier
+    return None
+
+
+def _load_like(model: torch.nn.Module, path: Path) -> torch.nn.Module:
+    """``path``'s weights in a model of ``model``'s class, dtype, attention and device."""
+    loaded = type(model).from_pretrained(str(path), dtype=model.dtype, use_safetensors=True,
+                                         attn_implementation=model.config._attn_implementation)
+    return loaded.to(model.device)
 
 
 def resolve_adapter_dir(path: str | Path) -> Path:

@@ -15,7 +15,7 @@ from medvl.config import validate
 from medvl.data.dataset import Collator, VQADataset
 from medvl.data.splits import ensure_data, load_split
 from medvl.models.loading import load_model, load_processor, resolve_model_path
-from medvl.models.lora import apply_training_setup, merge_init_from, trainable_parameter_names
+from medvl.models.lora import apply_training_setup, merge_init_from, resolve_adapter_dir, trainable_parameter_names
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +47,27 @@ def ensure_data_once(cfg: DictConfig) -> None:
         ensure_data(cfg.data)
 
 
+def training_model_config(cfg: DictConfig) -> DictConfig:
+    """``cfg.model`` as training loads it: ``dtype=auto`` means float32 when ``trainer.bf16`` is off
+    (``auto`` alone would load bf16 weights on a bf16 GPU, and the run would not be float32)."""
+    model_cfg = cfg.model
+    if str(model_cfg.dtype) == "auto" and not cfg.trainer.bf16:
+        model_cfg = OmegaConf.create({**OmegaConf.to_container(model_cfg, resolve=True, enum_to_str=True),
+                                      "dtype": "float32"})
+    return model_cfg
+
+
 def build_model(cfg: DictConfig):
     """Processor and model ready for training: stage chaining merged, adapters added, freezing applied."""
     base = resolve_model_path(cfg.model)
     processor = load_processor(cfg.model, base)
+    model_cfg = training_model_config(cfg)
     init_dir = Path(cfg.init_from) if cfg.init_from else None
     if init_dir is not None and (init_dir / "model" / "config.json").exists():
         # The earlier stage trained without LoRA and saved a whole model: start from it.
-        model = load_model(cfg.model, str(init_dir / "model"))
+        model = load_model(model_cfg, str(init_dir / "model"))
     else:
-        model = load_model(cfg.model, base)
+        model = load_model(model_cfg, base)
         if init_dir is not None:
             model = merge_init_from(model, init_dir)
     model = apply_training_setup(model, cfg)
@@ -207,16 +218,24 @@ def plot_loss(history: list[dict[str, Any]], path: Path) -> None:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train one stage as configured; return the final training metrics (and eval metrics if asked)."""
     validate(cfg)
+    if cfg.init_from:
+        # config.yaml records it; eval, export and later stages read it from another directory.
+        cfg.init_from = str(Path(cfg.init_from).expanduser().resolve())
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.trainer.seed)
     log.info("Run %s -> %s", cfg.run_name, out)
+    # Everything a path can get wrong fails here, before minutes of loading weights.
+    if cfg.init_from and not (Path(cfg.init_from) / "model" / "config.json").exists():
+        resolve_adapter_dir(cfg.init_from)
+    resume_from = resume_checkpoint(cfg, out)
+    ensure_data_once(cfg)
+    rows = load_split(cfg.data, cfg.data.train_split, cfg.data.max_train_samples)
+
     processor, model = build_model(cfg)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("Trainable parameters: %d in %d tensors", n_train, len(trainable_parameter_names(model)))
 
-    ensure_data_once(cfg)
-    rows = load_split(cfg.data, cfg.data.train_split, cfg.data.max_train_samples)
     dataset = VQADataset(rows, processor, cfg.data.root, system_prompt=cfg.prompt.system_prompt,
                          max_length=cfg.data.max_length)
     from medvl.training.loggers import logger_callbacks
@@ -234,7 +253,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     for cb in callbacks:
         cb.trainer = trainer
-    result = trainer.train(resume_from_checkpoint=resume_checkpoint(cfg, out))
+    result = trainer.train(resume_from_checkpoint=resume_from)
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
     save_outputs(trainer.model, processor, trainer, cfg, out)
     best = getattr(callbacks[0], "best", None) if callbacks else None
