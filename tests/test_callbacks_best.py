@@ -27,6 +27,9 @@ class FakeModel:
     def train(self, mode: bool = True):
         self.training = mode
 
+    def parameters(self):
+        return iter(())
+
     def save_pretrained(self, path, **kwargs):
         Path(path).mkdir(parents=True, exist_ok=True)
         (Path(path) / "adapter_model.safetensors").write_text("weights")

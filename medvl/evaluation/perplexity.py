@@ -45,9 +45,10 @@ def answer_nll(model, processor, rows: list[dict[str, Any]], image_root: str | P
     mask = targets != IGNORE_INDEX
     # The head runs in float32 too: bf16 logits would round the log-probabilities of a 152k vocabulary.
     head = core.lm_head
-    logits = F.linear(hidden[:, :-1][mask].float(), head.weight.float(),
-                      None if head.bias is None else head.bias.float())
-    token_nll = F.cross_entropy(logits, targets[mask], reduction="none")
+    with torch.autocast(device_type=device.type, enabled=False):  # float32 even inside a caller's autocast
+        logits = F.linear(hidden[:, :-1][mask].float(), head.weight.float(),
+                          None if head.bias is None else head.bias.float())
+        token_nll = F.cross_entropy(logits, targets[mask], reduction="none")
     out, start = [], 0
     for n in mask.sum(dim=1).tolist():
         out.append((float(token_nll[start : start + n].sum()), int(n)))

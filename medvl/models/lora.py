@@ -124,6 +124,24 @@ def apply_training_setup(model: torch.nn.Module, cfg: Any) -> torch.nn.Module:
     return model
 
 
+def upcast_trainable(model: torch.nn.Module) -> int:
+    """Trainable bf16/fp16 parameters to float32, in place; returns how many elements were upcast.
+
+    A model loaded in bf16 (``model.dtype=auto`` on a GPU) would otherwise be trained in bf16 by the
+    optimizer, which rounds away any update smaller than about 1/256 of a weight: the merger of stage
+    ``align`` or any ``full`` component would barely move. The forward still runs in bf16 under the
+    Trainer's mixed precision (``trainer.bf16``). peft already keeps LoRA weights in float32; this covers
+    fully trained modules (``modules_to_save`` copies included). Runs under DeepSpeed skip it: DeepSpeed
+    keeps float32 master weights of its own.
+    """
+    n = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype in (torch.bfloat16, torch.float16):
+            param.data = param.data.float()
+            n += param.numel()
+    return n
+
+
 def trainable_parameter_names(model: torch.nn.Module) -> set[str]:
     return {n for n, p in model.named_parameters() if p.requires_grad}
 

@@ -57,6 +57,24 @@ def validation_metrics(eval_metrics: list[str], metric_for_best: str | None) -> 
     return names
 
 
+def mixed_precision(model):
+    """Autocast to the model's half dtype when its weights mix it with float32, else a no-op.
+
+    Training keeps trainable weights in float32 beside frozen bf16 ones
+    (:func:`medvl.models.lora.upcast_trainable`) and runs the forward under the Trainer's autocast;
+    validation runs between steps, outside it, where a float32 merger would meet bf16 activations.
+    """
+    import contextlib
+
+    import torch
+
+    dtypes = {p.dtype for p in model.parameters()}
+    half = next((d for d in (torch.bfloat16, torch.float16) if d in dtypes), None)
+    if half is None or torch.float32 not in dtypes:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=next(model.parameters()).device.type, dtype=half)
+
+
 class GenerationEvalCallback(TrainerCallback):
     """Every ``eval_steps`` optimizer steps: greedy answers on ``rows``, scored and logged.
 
@@ -107,13 +125,14 @@ class GenerationEvalCallback(TrainerCallback):
         from medvl.evaluation.run import score
 
         was_training = model.training
-        preds = generate(model, self.processor, self.rows, self.image_root, system_prompt=self.system_prompt,
-                         batch_size=self.batch_size, max_new_tokens=self.max_new_tokens)
-        nlls: list[tuple[float | None, int]] = [(None, 0)] * len(self.rows)
-        if self.perplexity:  # still in eval mode: no dropout in the likelihood
-            nlls = [pair for chunk in iter_batches(self.rows, self.batch_size)
-                    for pair in answer_nll(model, self.processor, chunk, self.image_root,
-                                           system_prompt=self.system_prompt)]
+        with mixed_precision(model):
+            preds = generate(model, self.processor, self.rows, self.image_root, system_prompt=self.system_prompt,
+                             batch_size=self.batch_size, max_new_tokens=self.max_new_tokens)
+            nlls: list[tuple[float | None, int]] = [(None, 0)] * len(self.rows)
+            if self.perplexity:  # still in eval mode: no dropout in the likelihood
+                nlls = [pair for chunk in iter_batches(self.rows, self.batch_size)
+                        for pair in answer_nll(model, self.processor, chunk, self.image_root,
+                                               system_prompt=self.system_prompt)]
         if was_training:
             model.train()
         records = [{"id": r["id"], "question": question_of(r), "reference": answer_of(r), "prediction": p,

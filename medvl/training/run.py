@@ -15,7 +15,13 @@ from medvl.config import validate
 from medvl.data.dataset import Collator, VQADataset
 from medvl.data.splits import ensure_data, load_split
 from medvl.models.loading import load_model, load_processor, resolve_model_path
-from medvl.models.lora import apply_training_setup, merge_init_from, resolve_adapter_dir, trainable_parameter_names
+from medvl.models.lora import (
+    apply_training_setup,
+    merge_init_from,
+    resolve_adapter_dir,
+    trainable_parameter_names,
+    upcast_trainable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +63,11 @@ def training_model_config(cfg: DictConfig) -> DictConfig:
     return model_cfg
 
 
+def mixed_precision_bf16(cfg: DictConfig) -> bool:
+    """Whether the Trainer runs in bf16 mixed precision: ``trainer.bf16`` on a GPU that supports it."""
+    return bool(cfg.trainer.bf16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
 def build_model(cfg: DictConfig):
     """Processor and model ready for training: stage chaining merged, adapters added, freezing applied."""
     base = resolve_model_path(cfg.model)
@@ -71,6 +82,10 @@ def build_model(cfg: DictConfig):
         if init_dir is not None:
             model = merge_init_from(model, init_dir)
     model = apply_training_setup(model, cfg)
+    if mixed_precision_bf16(cfg) and not cfg.deepspeed.config:  # the forward runs under bf16 autocast
+        upcast = upcast_trainable(model)
+        if upcast:
+            log.info("Trainable weights kept in float32 (%d parameters loaded in half precision)", upcast)
     if cfg.trainer.gradient_checkpointing:
         model.enable_input_require_grads()
     return processor, model
@@ -143,7 +158,7 @@ def training_arguments(cfg: DictConfig, output_dir: Path):
     from transformers import TrainingArguments
 
     t = cfg.trainer
-    use_bf16 = bool(t.bf16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    use_bf16 = mixed_precision_bf16(cfg)
     ds = OmegaConf.to_container(cfg.deepspeed.config, resolve=True) if cfg.deepspeed.config else None
     return TrainingArguments(
         output_dir=str(output_dir),
