@@ -175,7 +175,8 @@ def time_reference_libraries(
     clock(
         "difflib",
         lambda: [
-            difflib.SequenceMatcher(None, normalize_answer(predictions[i]), normalize_answer(references[i])).ratio()
+            difflib.SequenceMatcher(None, normalize_answer(predictions[i]), normalize_answer(references[i]),
+                                    autojunk=False).ratio()
             for i in keep
         ],
     )
