@@ -455,6 +455,30 @@ _FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "
                      "--config-path", "-cp", "--experimental-rerun"}
 
 
+def _secret_override_keys(argv: list[str]) -> list[str]:
+    """Secret-named keys among the overrides: their own keys, and keys inside dict values, every
+    value of a sweep included (``-m '+extra={api_key:...},{}'``), which no composed config shows
+    before Hydra writes multirun.yaml."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    keys = []
+    for arg in argv:
+        if "=" not in arg or arg.startswith("-"):
+            continue
+        key = arg.lstrip("+~").partition("=")[0]
+        if is_secret_key(key.rpartition(".")[2]):
+            keys.append(key)
+            continue
+        try:
+            override = parser.parse_override(arg)
+            values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+        except Exception:  # noqa: BLE001 - a malformed override gets Hydra's own error
+            continue
+        keys += [f"{key}.{path}" for value in values for path in secret_keys(value)]
+    return keys
+
+
 def preflight(config_name: str, argv: list[str]) -> None:
     """Compose ``config_name`` with the command-line overrides and validate it, or exit with one line.
 
@@ -466,8 +490,7 @@ def preflight(config_name: str, argv: list[str]) -> None:
 
     # Before Hydra writes .hydra/ (and, for -m, multirun.yaml) with the overrides in them.
     try:
-        _refuse_secrets([k for k in (a.lstrip("+~").partition("=")[0] for a in argv if "=" in a)
-                         if not k.startswith("-") and is_secret_key(k.rpartition(".")[2])])
+        _refuse_secrets(_secret_override_keys(argv))
     except ConfigError as exc:
         sys.exit(f"medvl: {exc}")
     if any(a in ("-m", "--multirun", "--help", "-h", "--hydra-help", "--info") or a.startswith("--info")

@@ -296,3 +296,17 @@ def test_cli_compares_a_sweep(tmp_path: Path) -> None:
     assert "medvl: warning: other_data vs lora: no ids in common" in proc.stderr
     assert (sweep / "model_comparison_tables.md").is_file()
     assert "no ids in common" in (sweep / "significance.md").read_text()
+
+
+def test_nll_is_lower_is_better_and_a_zero_width_ci_is_not_starred() -> None:
+    from medvl.evaluation.compare import render_significance
+
+    assert metric_directions(["nll_per_token"]) == {"nll_per_token": False}
+    ci = {"n": 3, "reference_mean": 0.5, "other_mean": 0.5, "diff": 0.0}
+    result = {"reference": "A", "run": "B", "n_reference": 3, "n_run": 3, "n_common": 3, "note": None,
+              "mcnemar": None, "skipped": {},
+              "bootstrap": {"bleu4": {**ci, "low": 1e-17, "high": 2e-16},  # round-off of identical corpora
+                            "exact_match": {**ci, "diff": 0.2, "low": 0.1, "high": 0.3}}}
+    lines = render_significance([result], {"bleu4": True, "exact_match": True}).splitlines()
+    assert any(line.startswith("| bleu4 ") and line.endswith("[+0.0000, +0.0000] |") for line in lines)
+    assert any(line.startswith("| exact_match ") and line.endswith("[+0.1000, +0.3000] * |") for line in lines)

@@ -217,7 +217,11 @@ def test_secret_in_config_is_refused_before_anything_is_written(compose, tmp_pat
 
 
 @pytest.mark.parametrize("argv", [[f"+logger.api_key={SECRET}"], ["-m", "trainer.seed=1,2", f"+hf_token={SECRET}"],
-                                  [f"++deepspeed.config.wandbApiKey={SECRET}"]])
+                                  [f"++deepspeed.config.wandbApiKey={SECRET}"],
+                                  # Inside a dict value, and inside one value of a sweep: multirun.yaml would
+                                  # hold them before any job composes its config.
+                                  ["-m", f"+extra={{api_key:{SECRET}}}"],
+                                  ["-m", f"+extra={{a:1}},{{wandb:{{api_key:{SECRET}}}}}"]])
 def test_preflight_refuses_secret_overrides_before_hydra_writes_them(argv):
     with pytest.raises(SystemExit) as err:
         preflight("train", argv)

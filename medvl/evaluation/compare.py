@@ -293,9 +293,13 @@ def select_reference(runs: Sequence[Run], reference: str | int | None) -> int:
 # Direction of metrics.
 
 
+#: A CI bound within this of 0 is 0 (float round-off of identical corpus statistics, shown as +0.0000).
+_ZERO = 1e-12
+
+
 def _default_higher_is_better(metric: str) -> bool:
     lowered = metric.lower()
-    return not ("perplexity" in lowered or "loss" in lowered)
+    return not any(word in lowered for word in ("perplexity", "loss", "nll"))
 
 
 def metric_directions(
@@ -880,7 +884,7 @@ def render_significance(
                 "|---|---:|---:|---:|---:|---|",
             ]
             for metric, ci in result["bootstrap"].items():
-                star = " *" if ci["low"] > 0 or ci["high"] < 0 else ""
+                star = " *" if ci["low"] > _ZERO or ci["high"] < -_ZERO else ""
                 lines.append(
                     f"| {_md_cell(metric)} {_arrow(directions.get(metric, True))} | {ci['n']} | "
                     f"{ci['reference_mean']:.4f} | {ci['other_mean']:.4f} | {ci['diff']:+.4f} | "

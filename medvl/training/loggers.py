@@ -85,10 +85,12 @@ def wandb_init_kwargs(cfg: DictConfig, out: Path) -> dict[str, Any]:
     A ``WANDB_MODE`` the user set (``online``, ``offline``, ``disabled``) is left to wandb.
     """
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    group = sweep_group()
     kwargs: dict[str, Any] = {
         "project": cfg.logger.project,
-        "name": cfg.run_name,
-        "group": cfg.logger.group or sweep_group(),
+        # A sweep's jobs share run_name: the job's directory (``<num>_<overrides>``) tells them apart.
+        "name": cfg.run_name if group is None else f"{cfg.run_name}-{out.name}",
+        "group": cfg.logger.group or group,
         "tags": list(cfg.logger.tags) or None,
         "dir": str(out),
         # One key: HF's WandbCallback adds TrainingArguments (``deepspeed``, ``run_name``, ...) at the top level.

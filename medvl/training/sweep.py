@@ -40,7 +40,16 @@ def run_sweep_job(fn, cfg: DictConfig) -> dict[str, Any]:
         return {"status": "ok", "metrics": fn(cfg)}
     except Exception as exc:  # noqa: BLE001 - any failure of one job must not stop the sweep
         log.exception("Sweep job failed")
+        _finish_wandb_run()
         return {"status": "failed", "error": _one_line(exc)}
+
+
+def _finish_wandb_run() -> None:
+    """Close a failed job's W&B run as failed: left active, the next job's ``wandb.init`` would return it
+    (wandb's default ``reinit``) and log that job into the failed job's run and directory."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.run.finish(exit_code=1)
 
 
 class SweepSummary(Callback):
