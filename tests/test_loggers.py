@@ -304,3 +304,20 @@ def test_monitor_logs_gpu_memory_on_gpu(compose, tmp_path, small_synth):
     train(compose(train_overrides(small_synth, "logger=tensorboard", "trainer.eval_steps=0"), output_dir=out))
     peaks = read_scalars(out)["train/gpu_mem_peak_gb"]
     assert [s for s, _ in peaks] == [2, 4] and all(v > 0 for _, v in peaks)
+
+
+def test_evaluation_after_training_reaches_the_wandb_run(compose, tmp_path, small_synth, no_wandb_login):
+    import wandb
+
+    out = tmp_path / "run"
+    cfg = compose(train_overrides(small_synth, "logger=wandb", "trainer.eval_steps=0", "eval_after_train=true"),
+                  output_dir=out)
+    metrics = train(cfg)
+    wandb.teardown()
+    assert wandb.run is None  # finished after the evaluation
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    rows = history_rows(wandb_records(run_dir))
+    final = [r for r in rows if "final_eval/overall/exact_match" in r]
+    assert len(final) == 1
+    assert final[0]["final_eval/overall/exact_match"] == pytest.approx(metrics["eval"]["exact_match"])
+    assert any(k.startswith("final_eval/closed/") for k in final[0])

@@ -42,8 +42,10 @@ def logger_callbacks(cfg: DictConfig, processor, out: Path) -> list:
             import wandb  # noqa: F401
         except ImportError as exc:
             raise ImportError("logger=wandb needs the wandb package: pip install wandb") from exc
+        from medvl.training.run import wants_eval_after_train
+
         callbacks.append(WandbRun(wandb_init_kwargs(cfg, out), image_root=cfg.data.root,
-                                  max_rows=cfg.logger.log_predictions))
+                                  max_rows=cfg.logger.log_predictions, keep_open=wants_eval_after_train(cfg)))
     log.info("Logger %s: %s", cfg.logger.name, ", ".join(type(cb).__name__ for cb in callbacks))
     return callbacks
 
@@ -116,18 +118,22 @@ def _staging_in(folder: Path):
 
 class WandbRun(TrainerCallback):
     """Owns the W&B run of one training: started in ``on_init_end`` (before HF's ``WandbCallback`` starts
-    one of its own in ``on_train_begin``), a predictions table after each validation, finished at the end.
+    one of its own in ``on_train_begin``), a predictions table after each validation, finished at the end
+    of training or, with ``keep_open``, after the evaluation that follows it (:meth:`log_final_eval`).
 
     Args:
         init_kwargs: from :func:`wandb_init_kwargs`.
         image_root: the data root that rows' image paths are relative to.
         max_rows: validation rows in the table (0: no table).
+        keep_open: leave the run open at the end of training for :meth:`log_final_eval`.
     """
 
-    def __init__(self, init_kwargs: dict[str, Any], *, image_root: str | Path, max_rows: int):
+    def __init__(self, init_kwargs: dict[str, Any], *, image_root: str | Path, max_rows: int,
+                 keep_open: bool = False):
         self.init_kwargs = init_kwargs
         self.image_root = image_root
         self.max_rows = max_rows
+        self.keep_open = keep_open
         self.trainer = None  # set by train(): the validation callback is found through it
         self.run = None
         self._thumbnails: dict[str, Any] = {}
@@ -154,6 +160,23 @@ class WandbRun(TrainerCallback):
             self.run.log({"eval/predictions": table, "train/global_step": state.global_step})
 
     def on_train_end(self, args, state, control, **kwargs):
+        if self.run is not None and not self.keep_open:  # kept open for the evaluation after training
+            self.finish()
+
+    def log_final_eval(self, tables: dict[str, Any]) -> None:
+        """The evaluation after training (``eval_after_train``) into this run, as ``final_eval/<group>/<metric>``
+        in its history and summary; then the run is finished."""
+        if self.run is None:
+            return
+        from medvl.training.callbacks import flatten
+
+        values = {key.replace("final_eval_", "final_eval/", 1): value
+                  for key, value in flatten(tables, prefix="final_eval").items()}
+        self.run.log(values)
+        self.run.summary.update(values)
+        self.finish()
+
+    def finish(self) -> None:
         if self.run is not None:
             self.run.finish()
             self.run = None

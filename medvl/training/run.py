@@ -284,7 +284,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
         unset_hf_deepspeed_config()
-        metrics["eval"] = evaluate_run(cfg, out)["ckpt"]["overall"]
+        tables = evaluate_run(cfg, out)["ckpt"]
+        metrics["eval"] = tables["overall"]
+        for cb in callbacks:
+            if hasattr(cb, "log_final_eval"):  # W&B: the sweep's dashboards get the final numbers too
+                cb.log_final_eval(tables)
     return metrics
 
 
