@@ -107,6 +107,8 @@ def test_export_merges_and_reloads(tmp_path, cache_dir, tiny_dir):
     proc = medvl("export", f"+ckpt={run}", f"save_dir={out}", f"hydra.run.dir={tmp_path / 'export'}", cache=cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "model.safetensors").exists() and not (out / "adapter_config.json").exists()
+    provenance = json.loads((out / "medvl_export.json").read_text())
+    assert provenance["ckpt"] == str(run / "adapter") and provenance["init_from"] == []
 
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText

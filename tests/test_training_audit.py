@@ -250,3 +250,14 @@ def test_without_mixed_precision_a_bf16_model_trains_as_loaded(compose, tiny_dir
     validate(cfg)
     _, model = build_model(cfg)
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+
+
+def test_stage_chain_lists_every_earlier_stage_nearest_first(compose, tmp_path, tiny_dir):
+    from medvl.models.lora import stage_chain
+
+    align = _fake_stage(compose, tmp_path, "align", ["stage=align"], None)
+    instruct = _fake_stage(compose, tmp_path, "instruct", ["stage=instruct"], str(align))
+    third = _fake_stage(compose, tmp_path, "third", ["stage=instruct"], str(instruct))
+    assert stage_chain(third) == [str(instruct.resolve()), str(align.resolve())]
+    assert stage_chain(third / "adapter") == stage_chain(third)
+    assert stage_chain(align) == []

@@ -29,6 +29,10 @@ def export(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> Path
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
-    (out / "medvl_export.json").write_text(json.dumps({"ckpt": str(ckpt.path), "base": cfg.model.name_or_path}))
+    from medvl.models.lora import stage_chain
+
+    # Provenance: the adapter, the base, and the earlier stages merged in beneath it (nearest first).
+    provenance = {"ckpt": str(ckpt.path), "base": cfg.model.name_or_path, "init_from": stage_chain(ckpt.path)}
+    (out / "medvl_export.json").write_text(json.dumps(provenance, indent=2))
     log.info("Merged %s into %s -> %s", ckpt.path, cfg.model.name_or_path, out)
     return out

@@ -168,6 +168,16 @@ def merge_init_from(model: torch.nn.Module, init_from: str | Path, _seen: tuple[
     return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
 
 
+def stage_chain(run: str | Path) -> list[str]:
+    """The earlier stages a run (or adapter dir) was trained on top of, nearest first, as absolute paths."""
+    chain: list[str] = []
+    earlier = earlier_init_from(run)
+    while earlier is not None and str(earlier.resolve()) not in chain:
+        chain.append(str(earlier.resolve()))
+        earlier = earlier_init_from(earlier)
+    return chain
+
+
 def earlier_init_from(run: str | Path) -> Path | None:
     """The ``init_from`` recorded in a run directory's ``config.yaml`` (None when there is none)."""
     from omegaconf import OmegaConf
