@@ -13,11 +13,10 @@ from medvl.training.distributed import rank_argv
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
-    from medvl.training.run import train
-    from medvl.training.sweep import in_multirun, run_sweep_job
-
     from medvl.config import ConfigError
     from medvl.models.loading import ModelLoadError
+    from medvl.training.run import train
+    from medvl.training.sweep import in_multirun, run_sweep_job
 
     if in_multirun():
         # Hydra's sweeper re-raises the first failure after the batch and skips the sweep's

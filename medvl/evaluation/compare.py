@@ -541,30 +541,42 @@ def bootstrap_ci(
     b = np.asarray(other, dtype=float)
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"paired scores must be two 1-d sequences of equal length, got {a.shape} and {b.shape}")
+    _check_bootstrap(n_boot, confidence)
+    n = int(a.size)
+    if n == 0:
+        return dict(_NO_PAIRS)
+    deltas = b - a
+    low, high = _percentile_ci(n, lambda index: deltas[index].mean(axis=1), n_boot=n_boot, seed=seed,
+                               confidence=confidence)
+    return {"n": n, "reference_mean": float(a.mean()), "other_mean": float(b.mean()), "diff": float(deltas.mean()),
+            "low": low, "high": high}
+
+
+_NO_PAIRS = {"n": 0, "reference_mean": None, "other_mean": None, "diff": None, "low": None, "high": None}
+
+
+def _check_bootstrap(n_boot: int, confidence: float) -> None:
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     if n_boot < 1:
         raise ValueError(f"n_boot must be positive, got {n_boot}")
-    n = int(a.size)
-    if n == 0:
-        return {"n": 0, "reference_mean": None, "other_mean": None, "diff": None, "low": None, "high": None}
-    deltas = b - a
+
+
+def _percentile_ci(n: int, diff_of: Any, *, n_boot: int, seed: int, confidence: float) -> tuple[float, float]:
+    """Percentile CI of ``diff_of(index)`` over ``n_boot`` resamples of ``n`` paired items.
+
+    ``diff_of`` gets a ``(resamples, n)`` matrix of item indices, drawn with replacement by
+    ``numpy.random.default_rng(seed)``, and returns one difference per resample.
+    """
     rng = np.random.default_rng(seed)
-    means = np.empty(n_boot)
+    diffs = np.empty(n_boot)
     chunk = max(1, 4_000_000 // n)  # bound the (chunk x n) index matrix to ~32 MB
     for start in range(0, n_boot, chunk):
         stop = min(n_boot, start + chunk)
-        means[start:stop] = deltas[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+        diffs[start:stop] = diff_of(rng.integers(0, n, size=(stop - start, n)))
     tail = 100 * (1 - confidence) / 2
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return {
-        "n": n,
-        "reference_mean": float(a.mean()),
-        "other_mean": float(b.mean()),
-        "diff": float(deltas.mean()),
-        "low": float(low),
-        "high": float(high),
-    }
+    low, high = np.percentile(diffs, [tail, 100 - tail])
+    return float(low), float(high)
 
 
 def mcnemar(reference_correct: Sequence[bool], other_correct: Sequence[bool]) -> dict[str, Any]:
@@ -680,31 +692,17 @@ def bootstrap_corpus_ci(
     b = np.asarray(other, dtype=float)
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"paired statistics must be two (n, k) arrays of equal shape, got {a.shape} and {b.shape}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be positive, got {n_boot}")
+    _check_bootstrap(n_boot, confidence)
     n = int(a.shape[0])
     if n == 0:
-        return {"n": 0, "reference_mean": None, "other_mean": None, "diff": None, "low": None, "high": None}
+        return dict(_NO_PAIRS)
     ref_value, other_value = float(statistic(a.sum(axis=0))), float(statistic(b.sum(axis=0)))
-    rng = np.random.default_rng(seed)
-    diffs = np.empty(n_boot)
-    chunk = max(1, 4_000_000 // n)
-    for start in range(0, n_boot, chunk):
-        stop = min(n_boot, start + chunk)
-        index = rng.integers(0, n, size=(stop - start, n))
-        diffs[start:stop] = statistic(b[index].sum(axis=1)) - statistic(a[index].sum(axis=1))
-    tail = 100 * (1 - confidence) / 2
-    low, high = np.percentile(diffs, [tail, 100 - tail])
-    return {
-        "n": n,
-        "reference_mean": ref_value,
-        "other_mean": other_value,
-        "diff": other_value - ref_value,
-        "low": float(low),
-        "high": float(high),
-    }
+    low, high = _percentile_ci(
+        n, lambda index: statistic(b[index].sum(axis=1)) - statistic(a[index].sum(axis=1)),
+        n_boot=n_boot, seed=seed, confidence=confidence,
+    )
+    return {"n": n, "reference_mean": ref_value, "other_mean": other_value, "diff": other_value - ref_value,
+            "low": low, "high": high}
 
 
 def sample_scores(run: Run, metric: str) -> dict[str, float]:
