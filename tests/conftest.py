@@ -75,3 +75,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def validation_steps(monkeypatch) -> list[int]:
+    """The steps at which GenerationEvalCallback.run is called, in order (the real run still runs)."""
+    from medvl.training.callbacks import GenerationEvalCallback
+
+    calls: list[int] = []
+    original = GenerationEvalCallback.run
+
+    def counting_run(self, model, step):
+        calls.append(step)
+        return original(self, model, step)
+
+    monkeypatch.setattr(GenerationEvalCallback, "run", counting_run)
+    return calls

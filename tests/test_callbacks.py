@@ -22,15 +22,9 @@ def read_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
-def test_validation_runs_once_per_eval_step_logs_and_keeps_best(compose, tmp_path, small_synth, monkeypatch):
-    calls = []
-    original = callbacks.GenerationEvalCallback.run
-
-    def counting_run(self, model, step):
-        calls.append(step)
-        return original(self, model, step)
-
-    monkeypatch.setattr(callbacks.GenerationEvalCallback, "run", counting_run)
+def test_validation_runs_once_per_eval_step_logs_and_keeps_best(compose, tmp_path, small_synth, monkeypatch,
+                                                                validation_steps):
+    calls = validation_steps
 
     def no_trainer_evaluate(*args, **kwargs):  # full-vocabulary logits would be gathered there
         raise AssertionError("Trainer.evaluate must not run")

@@ -10,7 +10,6 @@ import pytest
 
 from medvl.config import ConfigError
 from medvl.data.format import make_row
-from medvl.training import callbacks
 from medvl.training.callbacks import GenerationEvalCallback
 from medvl.training.run import train
 
@@ -92,15 +91,8 @@ def test_lower_perplexity_is_better_and_a_resume_keeps_the_best(tmp_path: Path, 
     assert json.loads((tmp_path / "best" / "best.json").read_text())["step"] == 5
 
 
-def test_validation_perplexity_selects_the_lowest(compose, tmp_path, small_synth, monkeypatch) -> None:
-    calls = []
-    original = callbacks.GenerationEvalCallback.run
-
-    def counting_run(self, model, step):
-        calls.append(step)
-        return original(self, model, step)
-
-    monkeypatch.setattr(callbacks.GenerationEvalCallback, "run", counting_run)
+def test_validation_perplexity_selects_the_lowest(compose, tmp_path, small_synth, validation_steps) -> None:
+    calls = validation_steps
     out = tmp_path / "run"
     # eval_steps coincides with save_steps and with the last step: still one validation per step.
     cfg = compose(["trainer.max_steps=4", "trainer.eval_steps=2", "trainer.save_steps=2", "trainer.eval_samples=8",
