@@ -91,7 +91,15 @@ class DataConfig:
     #: Cap the number of rows read per split (0 = all); handy for smoke runs.
     max_train_samples: int = 0
     max_eval_samples: int = 0
-    max_length: int = 1024
+    #: Longest training row in tokens; ``null``: derived from the model's pixel budget, the largest image
+    #: it allows plus ``text_tokens`` (:func:`medvl.data.token_length.resolve_max_length`). Evaluation rows are
+    #: never dropped or cut for their length.
+    max_length: int | None = None
+    #: Tokens allowed for the text of a row (system prompt, template, question, answer) in a derived max_length.
+    text_tokens: int = 512
+    #: Accept image paths that reach outside ``root`` through symbolic links inside it (shared datasets
+    #: are often linked in); ``..`` and absolute paths in rows are refused either way.
+    follow_symlinks: bool = False
     lang: str = "en"
     #: Extra keyword options for the converter (``file``, ``image_dir``, ...), see docs/prepare.md.
     options: dict[str, Any] = field(default_factory=dict)
@@ -377,7 +385,9 @@ def validate(cfg: DictConfig) -> None:
         ("lora.dropout", 0.0 <= cfg.lora.dropout < 1.0, "must be in [0, 1)"),
         ("lora.scope", cfg.lora.scope in ("llm", "merger", "none"), "must be one of: auto, llm, merger"),
         _pixels_check(cfg),
-        ("data.max_length", cfg.data.max_length > 0, "must be a positive integer"),
+        ("data.max_length", cfg.data.max_length is None or cfg.data.max_length > 0,
+         "must be a positive integer, or null (derived from the model's pixel budget)"),
+        ("data.text_tokens", cfg.data.text_tokens > 0, "must be a positive integer"),
         ("trainer.per_device_train_batch_size", cfg.trainer.per_device_train_batch_size > 0,
          "must be a positive integer"),
         ("trainer.gradient_accumulation_steps", cfg.trainer.gradient_accumulation_steps > 0,

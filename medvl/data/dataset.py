@@ -218,13 +218,17 @@ class VQADataset(torch.utils.data.Dataset):
     """Rows in the unified format, encoded on the fly."""
 
     def __init__(self, rows: list[dict[str, Any]], processor, image_root: str | Path, *,
-                 system_prompt: str | None = None, max_length: int | None = None):
+                 system_prompt: str | None = None, max_length: int | None = None,
+                 lengths: list[int] | None = None):
+        """``lengths``: each row's token length when already known (the start-up length check measures them)."""
         self.rows = rows
         self.processor = processor
         self.image_root = Path(image_root)
         self.system_prompt = system_prompt
         self.max_length = max_length
-        self._lengths: list[int] | None = None
+        if lengths is not None and len(lengths) != len(rows):
+            raise ValueError(f"{len(lengths)} lengths for {len(rows)} rows")
+        self._lengths: list[int] | None = list(lengths) if lengths is not None else None
 
     def __len__(self) -> int:
         return len(self.rows)

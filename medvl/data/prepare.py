@@ -43,8 +43,9 @@ from PIL import Image
 from medvl.data.converters import CONVERTERS, FILTER_REASONS, SPLITS, Reject, Row, convert
 from medvl.data.dataset import Collator, VQADataset, to_messages
 from medvl.data.format import image_paths, read_jsonl
+from medvl.data.splits import eval_split_names
 from medvl.data.taxonomy import CATEGORIES
-from medvl.data.token_length import token_length
+from medvl.data.token_length import describe_max_length, max_image_tokens, resolve_max_length, token_length
 from medvl.data.validate_rows import (
     Check,
     Problem,
@@ -58,8 +59,6 @@ from medvl.data.validate_rows import (
 
 log = logging.getLogger(__name__)
 
-#: Splits whose rows are evaluated per category, so each must carry one.
-EVAL_SPLITS = ("validation", "test")
 #: Row ``meta`` keys that hold a dataset's own labels; copied into type_mapping.json.
 SOURCE_LABEL_KEYS = ("answer_type", "content_type", "question_type", "task", "label",
                      "heuristic_answer_type", "heuristic_question_type")
@@ -255,6 +254,7 @@ class CheckSpec:
     system_prompt: str | None
     max_length: int
     full: bool
+    follow_symlinks: bool = False
 
 
 class RowChecker:
@@ -275,7 +275,8 @@ class RowChecker:
     def checks(self, require_category: bool) -> list[Check]:
         """The row checks without the duplicate-id check, which runs in input order in the main process."""
         if require_category not in self._checks:
-            checks = default_checks(require_category=require_category, decode_images=False)[:-1]
+            checks = default_checks(require_category=require_category, decode_images=False,
+                                    follow_symlinks=self.spec.follow_symlinks)[:-1]
             self._checks[require_category] = [*checks, check_template_images,
                                                make_special_token_check(self.processor.tokenizer)]
         return self._checks[require_category]
@@ -497,19 +498,28 @@ class SplitResult:
         self.by_reason: Counter = Counter()
         self.lengths: list[int] = []
         self.categories: Counter = Counter()
+        #: (id, n_tokens) of evaluation rows kept although longer than max_length.
+        self.long_kept: list[tuple[Any, int]] = []
 
     def summary(self) -> dict[str, Any]:
         rejected = sum(self.by_reason.values())
         assert self.kept + rejected == self.input, "kept + rejected must equal the rows read"
         return {"input": self.input, "kept": self.kept, "rejected": rejected,
                 "filtered": sum(n for r, n in self.by_reason.items() if r in FILTER_REASONS),
-                "by_reason": dict(sorted(self.by_reason.items())), "tokens": token_stats(self.lengths)}
+                "by_reason": dict(sorted(self.by_reason.items())), "tokens": token_stats(self.lengths),
+                "kept_over_max_length": {"count": len(self.long_kept),
+                                         "ids": [row_id for row_id, _ in self.long_kept[:LONG_IDS_LISTED]]}}
+
+
+#: Ids of long evaluation rows listed in report.json (all are counted).
+LONG_IDS_LISTED = 20
 
 
 def write_split(split: str, items: list[Row | Reject], verdicts: Iterable[Verdict], root: Path, kept_path: Path,
-                rejects_file, type_mapping: dict[str, Any]) -> SplitResult:
+                rejects_file, type_mapping: dict[str, Any], *, scored: bool = False) -> SplitResult:
     """Write kept rows (to ``kept_path``) and rejects of a split in input order; duplicate ids are settled here,
-    last."""
+    last. A ``scored`` split (evaluation, validation) keeps rows longer than max_length, counted in the
+    report: generation and perplexity do not truncate, and a benchmark must not shrink."""
     result = SplitResult(split)
     duplicate = make_duplicate_id_check()
     verdicts = iter(verdicts)
@@ -524,6 +534,9 @@ def write_split(split: str, items: list[Row | Reject], verdicts: Iterable[Verdic
                 rejects_file.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
                 continue
             reason, message, n_tokens = next(verdicts)
+            long_kept = scored and reason == "too_long"
+            if long_kept:
+                reason = None
             if reason is None:
                 problem = duplicate(item, root)
                 if problem is not None:
@@ -540,7 +553,9 @@ def write_split(split: str, items: list[Row | Reject], verdicts: Iterable[Verdic
             result.kept += 1
             result.lengths.append(n_tokens)
             result.categories[item.get("category")] += 1
-            if split in EVAL_SPLITS:
+            if long_kept:
+                result.long_kept.append((item.get("id"), n_tokens))
+            if scored:
                 type_mapping.setdefault(split, {})[item["id"]] = type_entry(item, split)
     return result
 
@@ -569,12 +584,14 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
         raise FileNotFoundError(f"data.root={root} is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = resolve_model_path(cfg.model)  # builds a tiny model once, before workers start
-    log.info("Processor from %s (pixels %d..%d); rows from %s (%s) -> %s", model_path, cfg.model.min_pixels,
-             cfg.model.max_pixels, root, data.format, out_dir)
+    max_length, length_rule = resolve_max_length(cfg.model, data), describe_max_length(cfg.model, data)
+    log.info("Processor from %s (pixels %d..%d); max_length %d, %s; rows from %s (%s) -> %s", model_path,
+             cfg.model.min_pixels, cfg.model.max_pixels, max_length, length_rule, root, data.format, out_dir)
     spec = CheckSpec(model_path=model_path, min_pixels=int(cfg.model.min_pixels),
                      max_pixels=int(cfg.model.max_pixels), trust_remote_code=bool(cfg.model.trust_remote_code),
-                     root=str(root), system_prompt=cfg.prompt.system_prompt, max_length=int(data.max_length),
-                     full=bool(cfg.full))
+                     root=str(root), system_prompt=cfg.prompt.system_prompt, max_length=max_length,
+                     full=bool(cfg.full), follow_symlinks=bool(data.follow_symlinks))
+    scored_splits = eval_split_names(data)
     # Loaded here too, so that a model that cannot load fails before any worker starts.
     checker = RowChecker(spec)
 
@@ -598,10 +615,11 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
                 rows = [item for item in items if not isinstance(item, Reject)]
                 task = progress.add_task(f"{split} ({'full' if cfg.full else 'fast'})", total=len(rows))
                 t0 = time.perf_counter()
-                verdicts = checking.run(rows, split in EVAL_SPLITS, lambda n, t=task: progress.advance(t, n))
+                scored = split in scored_splits
+                verdicts = checking.run(rows, scored, lambda n, t=task: progress.advance(t, n))
                 check_seconds += time.perf_counter() - t0
                 results[split] = write_split(split, items, verdicts, root, staged.path(f"{split}.jsonl"),
-                                             rejects_file, type_mapping)
+                                             rejects_file, type_mapping, scored=scored)
             if not results:
                 raise FileNotFoundError(f"data={data.name}: no split of {SPLITS} found in {root}")
             kept_over = _previous_splits(out_dir, results, rejects_file, type_mapping)
@@ -620,10 +638,14 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     n_input = sum(s["input"] for s in splits.values())
     report = {
         "mode": "full" if cfg.full else "fast",
-        "data": {"name": data.name, "format": data.format, "root": str(root), "dir": str(out_dir), **options},
+        # root absolute: medvl.train and medvl.eval find the images from data.dir alone (splits.resolve_image_root).
+        "data": {"name": data.name, "format": data.format, "root": str(root.absolute()), "dir": str(out_dir),
+                 "follow_symlinks": spec.follow_symlinks, **options},
+        # What lengths were measured with: training with another model or budget re-checks its rows.
         "model": {"name": cfg.model.name, "path": model_path, "min_pixels": spec.min_pixels,
-                  "max_pixels": spec.max_pixels},
+                  "max_pixels": spec.max_pixels, "max_image_tokens": max_image_tokens(cfg.model)},
         "max_length": spec.max_length,
+        "max_length_rule": length_rule,
         "system_prompt": spec.system_prompt,
         "workers": int(cfg.workers),
         "splits": splits,
@@ -636,6 +658,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     }
     if kept_over:
         report["kept_from_previous_run"] = sorted(kept_over, key=_split_order)
+    report["warnings"] = length_warnings(report, out_dir)
     try:
         staged.path("report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n",
                                               encoding="utf-8")
@@ -649,6 +672,9 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
         raise
     staged.commit()
     console.print(summary_table(report))
+    for line in report["warnings"]:
+        console.print(f"[yellow]{line}[/yellow]", highlight=False)
+        log.warning(line)
     log.info("Wrote %s", ", ".join(str(out_dir / f) for f in [*(f"{s}.jsonl" for s in splits), "rejects.jsonl",
                                                                  "report.json", "type_mapping.json", "categories.md"]))
     return report
@@ -730,6 +756,23 @@ def _progress(console):
 
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("rows"), TimeElapsedColumn(), console=console)
+
+
+def length_warnings(report: dict[str, Any], out_dir: Path) -> list[str]:
+    """One line per split whose rows' length mattered: training rows dropped, evaluation rows kept."""
+    lines = []
+    for split, s in report["splits"].items():
+        dropped = s["by_reason"].get("too_long", 0)
+        if dropped:
+            lines.append(f"{split}: {dropped} of {s['input']} rows dropped as too_long (longer than max_length="
+                         f"{report['max_length']}, {report['max_length_rule']}); each is in "
+                         f"{out_dir / 'rejects.jsonl'}; raise data.max_length (or data.text_tokens) to keep them")
+        long_kept = (s.get("kept_over_max_length") or {}).get("count", 0)
+        if long_kept:
+            lines.append(f"{split}: {long_kept} rows longer than max_length={report['max_length']} kept (an "
+                         f"evaluation split is never cut; generation and perplexity read them whole); ids in "
+                         f"report.json")
+    return lines
 
 
 def summary_table(report: dict[str, Any]):

@@ -17,6 +17,33 @@ from medvl.data.format import image_paths
 from medvl.data.validate_rows import no_pixel_limit
 
 
+#: Pixels per image token of each model family: 14x14 patches, merged 2x2 (Qwen2-VL and Qwen2.5-VL).
+PIXELS_PER_TOKEN = {"qwen2_vl": 28 * 28, "qwen2_5_vl": 28 * 28}
+
+
+def max_image_tokens(model_cfg: Any) -> int:
+    """Tokens of the largest image ``model.max_pixels`` allows: the processor resizes every image to a
+    multiple of 28 on each side with at most ``max_pixels`` pixels, so no image gets more."""
+    family = str(getattr(model_cfg.family, "value", model_cfg.family))
+    return int(model_cfg.max_pixels) // PIXELS_PER_TOKEN[family]
+
+
+def resolve_max_length(model_cfg: Any, data_cfg: Any) -> int:
+    """``data.max_length`` as prepare and training apply it: the configured number, or (``null``) the
+    largest image the model's pixel budget allows plus ``data.text_tokens`` for the text."""
+    if data_cfg.max_length is not None:
+        return int(data_cfg.max_length)
+    return max_image_tokens(model_cfg) + int(data_cfg.text_tokens)
+
+
+def describe_max_length(model_cfg: Any, data_cfg: Any) -> str:
+    """How the limit came about, for logs and prepare's report."""
+    if data_cfg.max_length is not None:
+        return f"data.max_length={int(data_cfg.max_length)} (set)"
+    return (f"derived: {max_image_tokens(model_cfg)} image tokens (model.max_pixels={int(model_cfg.max_pixels)}) "
+            f"+ data.text_tokens={int(data_cfg.text_tokens)}")
+
+
 def image_token_count(width: int, height: int, image_processor) -> int:
     """Image tokens the processor produces for an image of this size (after its resize)."""
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize

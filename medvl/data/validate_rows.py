@@ -17,6 +17,7 @@ size.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,33 +165,63 @@ def check_placeholders(row: Row, root: Path) -> Problem | None:
     return None
 
 
-def resolve_image(root: Path, rel: str) -> Path | None:
-    """The image's real path if it lies inside root (after ``..`` and symlinks), else None."""
+def resolve_image(root: Path, rel: str, *, follow_symlinks: bool = False) -> Path | None:
+    """The image's real path if it lies inside root, else None.
+
+    By default "inside" is judged after ``..`` and symbolic links are resolved. With ``follow_symlinks``
+    links inside root may lead anywhere (shared datasets are often laid out as folders of links), so the
+    path as written must stay inside root: no ``..`` at all, and an absolute path only below root.
+    """
     real_root = root.resolve()
     candidate = Path(rel) if Path(rel).is_absolute() else real_root / rel
+    if follow_symlinks and not _written_inside(root, rel):
+        return None
     try:
         real = candidate.resolve()
     except (OSError, RuntimeError, ValueError):  # symlink loops, NUL bytes
         return None
-    return real if real.is_relative_to(real_root) else None
+    return real if follow_symlinks or real.is_relative_to(real_root) else None
 
 
-def check_image_files(row: Row, root: Path) -> Problem | None:
-    """Every image path stays inside root and names an existing file."""
-    for rel in image_paths(row):
-        real = resolve_image(root, rel)
-        if real is None:
-            return Problem("image_outside_root", f"{rel!r} resolves outside {root}")
-        if not real.is_file():
-            return Problem("image_missing", f"{rel!r} does not exist below {root}")
-    return None
+def _written_inside(root: Path, rel: str) -> bool:
+    path = Path(rel)
+    if ".." in path.parts:
+        return False
+    return not path.is_absolute() or path.is_relative_to(root.absolute()) or path.is_relative_to(root.resolve())
+
+
+def _outside_root_message(rel: str, root: Path) -> str:
+    if _written_inside(root, rel):
+        return (f"{rel!r} leads outside {root} through a symbolic link; set data.follow_symlinks=true "
+                f"if the linked folder is meant")
+    return f"{rel!r} resolves outside {root} ('..' or an absolute path)"
+
+
+def make_image_files_check(follow_symlinks: bool = False) -> Check:
+    """Every image path stays inside root (see :func:`resolve_image`) and names an existing file."""
+
+    def check_image_files(row: Row, root: Path) -> Problem | None:
+        for rel in image_paths(row):
+            real = resolve_image(root, rel, follow_symlinks=follow_symlinks)
+            if real is None:
+                return Problem("image_outside_root", _outside_root_message(rel, root))
+            if not real.is_file():
+                return Problem("image_missing", f"{rel!r} does not exist below {root}")
+        return None
+
+    return check_image_files
+
+
+#: The default: symbolic links must stay inside root.
+check_image_files = make_image_files_check()
 
 
 def check_images_decode(row: Row, root: Path) -> Problem | None:
-    """Every image decodes and converts to RGB through :func:`load_rgb`, the loader training uses."""
+    """Every image decodes and converts to RGB through :func:`load_rgb`, the loader training uses.
+    Runs after the image-files check, which has vouched for the paths."""
     for rel in image_paths(row):
         try:
-            load_rgb(resolve_image(root, rel))
+            load_rgb(Path(root) / rel)
         except UnsupportedMode as e:
             return Problem("image_mode_unsupported", f"{rel!r}: {e}")
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
@@ -223,17 +254,20 @@ def make_duplicate_id_check() -> Check:
     return check_duplicate_id
 
 
-def default_checks(*, require_category: bool = False, decode_images: bool = True) -> list[Check]:
+def default_checks(*, require_category: bool = False, decode_images: bool = True,
+                   follow_symlinks: bool = False) -> list[Check]:
     """The checks of one split, in order (a fresh duplicate-id memory each call).
 
     Args:
         require_category: also require a category (validation and test splits).
         decode_images: decode every image; off, only paths and existence are checked.
+        follow_symlinks: accept images reached through symbolic links that leave root
+            (``data.follow_symlinks``).
     """
     checks: list[Check] = [check_fields, check_roles, check_text, check_placeholders]
     if require_category:
         checks.append(make_category_check())
-    checks.append(check_image_files)
+    checks.append(make_image_files_check(follow_symlinks) if follow_symlinks else check_image_files)
     if decode_images:
         checks.append(check_images_decode)
     checks.append(make_duplicate_id_check())

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from medvl.data.format import answer_of, question_of
-from medvl.data.splits import load_split
+from medvl.data.splits import load_split, resolve_image_root
 from medvl.evaluation.checkpoint import Checkpoint, CheckpointError, resolve_checkpoint
 from medvl.evaluation.generate import generate_batch, iter_batches
 from medvl.evaluation.perplexity import answer_nll, corpus_perplexity, perplexity
@@ -344,6 +344,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> di
         raise CheckpointError("compare_base=true compares the base model with a checkpoint: add +ckpt=<run dir>")
     if ckpt is not None:
         apply_run_config(cfg, ckpt, list(overrides))
+    resolve_image_root(cfg.data)  # without data.root, the folder prepare recorded for data.dir
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     if ckpt is None:

@@ -13,7 +13,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from medvl.config import validate
 from medvl.data.dataset import Collator, VQADataset
-from medvl.data.splits import ensure_data, load_split
+from medvl.data.splits import check_train_lengths, ensure_data, load_split
+from medvl.data.token_length import resolve_max_length
 from medvl.models.loading import load_model, load_processor, resolve_model_path
 from medvl.models.lora import (
     apply_training_setup,
@@ -246,13 +247,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resume_from = resume_checkpoint(cfg, out)
     ensure_data_once(cfg)
     rows = load_split(cfg.data, cfg.data.train_split, cfg.data.max_train_samples)
+    # A row too long for this model would stop training when the sampler reaches it: refused here instead.
+    lengths = check_train_lengths(rows, cfg.data, cfg.model, cfg.prompt.system_prompt, cfg.data.train_split)
 
     processor, model = build_model(cfg)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("Trainable parameters: %d in %d tensors", n_train, len(trainable_parameter_names(model)))
 
     dataset = VQADataset(rows, processor, cfg.data.root, system_prompt=cfg.prompt.system_prompt,
-                         max_length=cfg.data.max_length)
+                         max_length=resolve_max_length(cfg.model, cfg.data), lengths=lengths)
     from medvl.training.loggers import logger_callbacks
 
     callbacks = []
