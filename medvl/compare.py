@@ -3,10 +3,13 @@
     python -m medvl.compare outputs/eval/run_a outputs/eval/run_b --reference run_a
     python -m medvl.compare 'outputs/eval/*' --metrics exact_match,closed_accuracy
     python -m medvl.compare multirun/2025-01-01/12-00-00          # a sweep: one column per job
+    python -m medvl.compare evals/gmai_* --metrics choice_accuracy   # model x task/department tables
 
 Writes model_comparison_tables.md, model_comparison.csv, model_comparison.json and significance.md
 into --out (default: the sweep directory, else the runs' common parent, else
-outputs/compare/<timestamp>). argparse, not Hydra: the arguments are paths, not an experiment.
+outputs/compare/<timestamp>). Runs evaluated on different data, or with a different max_new_tokens,
+decoding or BERTScore model, are refused (--allow-mixed-settings compares them with the differences
+marked); a different prompt is marked. argparse, not Hydra: the arguments are paths, not an experiment.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--metrics", default=None, help="comma-separated metrics to keep (default: all)")
     parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default: 2000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    parser.add_argument("--allow-mixed-settings", action="store_true",
+                        help="compare runs evaluated with different max_new_tokens, decoding or BERTScore model "
+                             "(marked in the outputs) instead of refusing them")
     args = parser.parse_args(argv)
     if args.n_boot < 1:
         parser.error(f"--n-boot must be positive, got {args.n_boot}")
@@ -37,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     try:
         result = compare(args.paths, reference=args.reference, out_dir=args.out, metrics=metrics,
-                         n_boot=args.n_boot, seed=args.seed)
+                         n_boot=args.n_boot, seed=args.seed, allow_mixed_settings=args.allow_mixed_settings)
     except CompareError as error:
         print(f"medvl: {error}", file=sys.stderr)
         return 2
@@ -47,6 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for table in console_tables(result["table"], [run.name for run in result["runs"]], result["directions"],
                                 result["significance"]):
         console.print(table)
+    for setting, values in result["settings_differ"].items():
+        shown = ", ".join(f"{name}={value}" for name, value in values.items())
+        print(f"medvl: warning: runs were evaluated with different {setting}: {shown}", file=sys.stderr)
     for pair in result["significance"]:
         if pair["note"]:
             print(f"medvl: warning: {pair['run']} vs {pair['reference']}: {pair['note']}", file=sys.stderr)

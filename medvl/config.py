@@ -111,6 +111,13 @@ class DataConfig:
     seed: int = 0
 
 
+#: One generation length for validation, the evaluation after training and medvl.eval, so that a sweep's
+#: tables and a later ``medvl.eval`` of the same run agree. Greedy decoding stops at the end-of-turn token,
+#: so short answers (Slake, VQA-RAD: a few tokens) end early, while 64 tokens hold all but the
+#: longest free-text answers (LLaVA-Med, PathVQA open questions) before they are cut.
+DEFAULT_MAX_NEW_TOKENS = 64
+
+
 @dataclass
 class PromptConfig:
     name: str = "default"
@@ -187,7 +194,8 @@ class TrainConfig:
     eval_after_train: bool | None = None
     #: ``auto``: continue from the newest checkpoint in the run directory; or a checkpoint path.
     resume: str | None = None
-    max_new_tokens: int = 16
+    #: Generation length of validation and of the evaluation after training (as medvl.eval's).
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     run_name: str = "${stage.name}-${model.name}-${lora.name}"
 
 
@@ -221,7 +229,7 @@ class EvalConfig(_ModelDataConfig):
     #: Also evaluate the base model and report both.
     compare_base: bool = False
     batch_size: int = 32
-    max_new_tokens: int = 64
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     #: Metric names from the registry; empty: all of them.
     metrics: list[str] = field(default_factory=list)
     perplexity: bool = True
@@ -276,8 +284,8 @@ def _slug(path: str) -> str:
 def _eval_name(ckpt: str, model: str, data: str, split: str, prompt: str) -> str:
     """The default eval directory name, ``<model>_<data>_<split>_<prompt>_<checkpoint>``.
 
-    With ``+ckpt=<run>``, medvl.eval takes model and data from the run unless the command line
-    chooses them (:func:`medvl.evaluation.run.apply_run_config`); the name says the same, so
+    With ``+ckpt=<run>``, medvl.eval takes model, data and prompt from the run unless the command
+    line chooses them (:func:`medvl.evaluation.run.apply_run_config`); the name says the same, so
     that an eval of a 7B Slake run is not filed under the defaults' ``tiny_synth``.
     """
     run = _run_config_of(ckpt)
@@ -289,6 +297,8 @@ def _eval_name(ckpt: str, model: str, data: str, split: str, prompt: str) -> str
             data = run.data.name
             if not given & {"split", "data.eval_split"}:
                 split = OmegaConf.select(run, "data.eval_split", default=split)
+        if not given & {"prompt", "prompt.name"} and OmegaConf.select(run, "prompt.name"):
+            prompt = run.prompt.name
     return f"{model}_{data}_{split}_{prompt}_{_slug(ckpt)}"
 
 

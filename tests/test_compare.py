@@ -160,9 +160,11 @@ def test_comparison_table_is_tidy_with_counts_and_categories(tmp_path: Path) -> 
     a = make_eval_dir(tmp_path / "a", "A", rows, by_category=by_category)
     b = make_eval_dir(tmp_path / "b", "B", rows, by_category={"closed_yes_no": {"exact_match": 0.0, "count": 1}})
     table = comparison_table(load_runs([a, b]), ["exact_match"])
-    assert {"run": "A", "group": "open_location", "metric": "exact_match", "value": 0.0, "count": 1} in table
+    assert {"run": "A", "breakdown": "category", "group": "open_location", "metric": "exact_match", "value": 0.0,
+            "count": 1} in table
     assert not any(r["run"] == "B" and r["group"] == "open_location" for r in table)
-    assert {"run": "A", "group": "open", "metric": "exact_match", "value": None, "count": 0} in table
+    assert {"run": "A", "breakdown": "answer_type", "group": "open", "metric": "exact_match", "value": None,
+            "count": 0} in table
     markdown = render_markdown(table, ["A", "B"], {"exact_match": True})
     assert "| closed_yes_no | exact_match ↑ | **1.0000** | 0.0000 |" in markdown
     assert "| open_location | exact_match ↑ | 0.0000 | — |" in markdown
@@ -230,7 +232,8 @@ def test_pairwise_significance_pairs_by_id(tmp_path: Path) -> None:
     result = pairwise_significance(reference, other, n_boot=100)
     assert (result["n_reference"], result["n_run"], result["n_common"]) == (7, 7, 6)
     # closed q1..q5: ref right on q2, q4; run right on all -> b = 0, c = 3.
-    assert (result["mcnemar"]["n"], result["mcnemar"]["b"], result["mcnemar"]["c"]) == (5, 0, 3)
+    closed = result["mcnemar"]["closed_accuracy"]
+    assert (closed["n"], closed["b"], closed["c"]) == (5, 0, 3)
     f1 = result["bootstrap"]["word_f1"]
     assert f1["n"] == 6 and f1["diff"] == pytest.approx((5 * 0.25 + 0) / 6)
     assert result["bootstrap"]["closed_accuracy"]["n"] == 5  # null on the open row
@@ -241,7 +244,7 @@ def test_disjoint_ids_are_stated(tmp_path: Path) -> None:
     b = make_eval_dir(tmp_path / "b", "B", [_row(1, True, 1.0)])
     result = pairwise_significance(*load_runs([a, b]))
     assert result["note"].startswith("no ids in common")
-    assert result["bootstrap"] == {} and result["mcnemar"] is None
+    assert result["bootstrap"] == {} and result["mcnemar"] == {}
 
 
 def test_compare_writes_all_outputs(tmp_path: Path) -> None:
@@ -253,12 +256,12 @@ def test_compare_writes_all_outputs(tmp_path: Path) -> None:
     assert names == ["model_comparison.csv", "model_comparison.json", "model_comparison_tables.md", "significance.md"]
     with (tmp_path / "out" / "model_comparison.csv").open() as handle:
         records = list(csv.DictReader(handle))
-    assert records[0].keys() == {"run", "group", "metric", "value", "count"}
+    assert records[0].keys() == {"run", "breakdown", "group", "metric", "value", "count", "best"}
     assert {r["metric"] for r in records} == {"exact_match"}  # closed_accuracy is per-sample only here
     document = json.loads((tmp_path / "out" / "model_comparison.json").read_text())
     assert document["reference"] == "A"
     pair = document["significance"]["results"][0]
-    assert pair["mcnemar"]["b"] == pair["mcnemar"]["c"] == 0
+    assert pair["mcnemar"]["closed_accuracy"]["b"] == pair["mcnemar"]["closed_accuracy"]["c"] == 0
     assert set(pair["bootstrap"]) == {"exact_match", "closed_accuracy"}
     assert "## B vs A" in (tmp_path / "out" / "significance.md").read_text()
     assert result["out_dir"] == tmp_path / "out"
@@ -304,7 +307,7 @@ def test_nll_is_lower_is_better_and_a_zero_width_ci_is_not_starred() -> None:
     assert metric_directions(["nll_per_token"]) == {"nll_per_token": False}
     ci = {"n": 3, "reference_mean": 0.5, "other_mean": 0.5, "diff": 0.0}
     result = {"reference": "A", "run": "B", "n_reference": 3, "n_run": 3, "n_common": 3, "note": None,
-              "mcnemar": None, "skipped": {},
+              "mcnemar": {}, "skipped": {},
               "bootstrap": {"bleu4": {**ci, "low": 1e-17, "high": 2e-16},  # round-off of identical corpora
                             "exact_match": {**ci, "diff": 0.2, "low": 0.1, "high": 0.3}}}
     lines = render_significance([result], {"bleu4": True, "exact_match": True}).splitlines()

@@ -1,10 +1,13 @@
 """Compare evaluation runs: side-by-side tables, paired bootstrap CIs and McNemar's test.
 
-Each run is an eval directory written by ``python -m medvl.eval`` (``metrics.json`` and
-``predictions.jsonl``). The tables come from the runs' ``metrics.json``; the paired statistics
-come from their ``predictions.jsonl``, pairing rows by ``id`` and keeping only the ids both runs
-scored. Every function here is pure except :func:`load_runs` (reads) and :func:`write_outputs`
-(writes); :func:`compare` chains them for ``python -m medvl.compare``.
+Each run is an eval directory written by ``python -m medvl.eval`` (``metrics.json``,
+``predictions.jsonl`` and ``eval_fingerprint.json``). The tables come from the runs' ``metrics.json``
+(overall, closed/open and every ``by_*`` breakdown: category, GMAI-MMBench's task, department,
+granularity and modality, Slake's modality and content type, VQA-RAD's question type, ...); the paired
+statistics come from their ``predictions.jsonl``, pairing rows by ``id`` and keeping only the ids both
+runs scored. Runs evaluated on different data, or with different generation or scoring settings
+(``eval_fingerprint.json``), are refused. Every function here is pure except :func:`load_runs` (reads)
+and :func:`write_outputs` (writes); :func:`compare` chains them for ``python -m medvl.compare``.
 """
 
 from __future__ import annotations
@@ -25,10 +28,16 @@ import numpy as np
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.jsonl"
+FINGERPRINT_FILE = "eval_fingerprint.json"
 ANSWER_TYPE_GROUPS = ("closed", "open")
 OVERALL = "overall"
-#: Per-sample metric that McNemar's test is run on (1.0 = correct, null on open rows).
-MCNEMAR_METRIC = "closed_accuracy"
+#: The breakdown (table) that the closed and open groups belong to.
+ANSWER_TYPE = "answer_type"
+#: metrics.json keys ``by_<breakdown>`` hold ``{value: {metric: number, "count": n}}`` tables.
+BREAKDOWN_PREFIX = "by_"
+#: Per-sample accuracies that McNemar's test is run on (1.0 = correct; null where they do not apply:
+#: closed accuracy on open rows, choice accuracy on rows without options).
+MCNEMAR_METRICS = ("closed_accuracy", "choice_accuracy")
 #: Below this many discordant pairs McNemar's test is the exact binomial test.
 EXACT_BELOW = 25
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -47,12 +56,14 @@ class Run:
         path: the directory holding ``metrics.json``.
         metrics: the parsed ``metrics.json``.
         rows: the parsed ``predictions.jsonl`` (empty when the file is absent).
+        fingerprint: the parsed ``eval_fingerprint.json`` (empty when the file is absent).
     """
 
     name: str
     path: Path
     metrics: dict[str, Any]
     rows: list[dict[str, Any]] = field(default_factory=list)
+    fingerprint: dict[str, Any] = field(default_factory=dict)
 
     @property
     def has_predictions(self) -> bool:
@@ -212,9 +223,10 @@ def load_runs(specs: Sequence[str | os.PathLike[str]]) -> list[Run]:
         metrics = _read_json(d / METRICS_FILE)
         predictions = d / PREDICTIONS_FILE
         rows = _read_jsonl(predictions) if predictions.is_file() else []
-        loaded.append((d, metrics, rows))
-    names = unique_names([_base_name(m, d) for d, m, _ in loaded], [d for d, _, _ in loaded])
-    return [Run(name, d, m, rows) for name, (d, m, rows) in zip(names, loaded)]
+        fingerprint = _read_json(d / FINGERPRINT_FILE) if (d / FINGERPRINT_FILE).is_file() else {}
+        loaded.append((d, metrics, rows, fingerprint))
+    names = unique_names([_base_name(m, d) for d, m, _, _ in loaded], [d for d, _, _, _ in loaded])
+    return [Run(name, d, m, rows, fp) for name, (d, m, rows, fp) in zip(names, loaded)]
 
 
 def check_same_data(runs: Sequence[Run]) -> None:
@@ -237,6 +249,88 @@ def check_same_data(runs: Sequence[Run]) -> None:
     if len(datasets) > 1 or len(splits) > 1:
         parts = ", ".join(f"{name}: {data}" + (f"/{split}" if split else "") for name, data, split in recorded)
         raise CompareError(f"runs were evaluated on different data ({parts}); compare runs of one dataset and split")
+
+
+#: Evaluation settings and where eval_fingerprint.json (``fingerprint``) or metrics.json (``run``) record
+#: them, first found wins (older eval dirs kept max_new_tokens and system_prompt at the fingerprint's top).
+SETTING_SOURCES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "max_new_tokens": (("fingerprint", "generation", "max_new_tokens"), ("fingerprint", "max_new_tokens")),
+    "do_sample": (("fingerprint", "generation", "do_sample"),),
+    "num_beams": (("fingerprint", "generation", "num_beams"),),
+    "bertscore": (("fingerprint", "scoring", "bertscore"),),
+    "prompt": (("fingerprint", "prompt", "name"), ("run", "prompt")),
+    "system_prompt": (("fingerprint", "prompt", "system_prompt"), ("fingerprint", "system_prompt"),
+                      ("run", "system_prompt")),
+}
+#: Settings under which the same model scores differently (answers cut at another length or decoded
+#: otherwise, the same answers scored by another BERTScore model): a difference in the tables would measure
+#: the settings, not the models. Refused unless ``allow_mixed_settings``, then marked.
+STRICT_SETTINGS = ("max_new_tokens", "do_sample", "num_beams", "bertscore")
+#: The prompt is often what is compared (a prompt ablation, a sweep over ``prompt=...``): marked, not refused.
+NOT_RECORDED = "not recorded"
+
+
+_ABSENT = object()
+
+
+def eval_settings(run: Run) -> dict[str, Any]:
+    """``{setting: value}`` of :data:`SETTING_SOURCES` the run records (absent ones are left out)."""
+    document = {"fingerprint": run.fingerprint, "run": run.metrics.get("run")}
+    out = {}
+    for setting, sources in SETTING_SOURCES.items():
+        for path in sources:
+            node: Any = document
+            for key in path:
+                node = node.get(key, _ABSENT) if isinstance(node, Mapping) else _ABSENT
+            if node is not _ABSENT:
+                out[setting] = node
+                break
+    return out
+
+
+def _setting_text(value: Any) -> str:
+    if value is _ABSENT:
+        return NOT_RECORDED
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def differing_settings(runs: Sequence[Run]) -> dict[str, dict[str, str]]:
+    """``{setting: {run name: value as text}}`` for each evaluation setting the runs do not share.
+
+    A run that does not record a setting (an eval dir from an older medvl) shows ``not recorded``.
+    """
+    settings = [eval_settings(run) for run in runs]
+    out = {}
+    for setting in SETTING_SOURCES:
+        texts = {run.name: _setting_text(recorded.get(setting, _ABSENT)) for run, recorded in zip(runs, settings)}
+        if len(set(texts.values())) > 1:
+            out[setting] = texts
+    return out
+
+
+def check_same_settings(runs: Sequence[Run], *, allow_mixed: bool = False) -> dict[str, dict[str, str]]:
+    """Refuse runs evaluated with different :data:`STRICT_SETTINGS`; return every setting that differs.
+
+    Runs that do not record a setting are not refused for it (it is marked ``not recorded``), as
+    :func:`check_same_data` does with unrecorded data.
+
+    Raises:
+        CompareError: two runs record different values of a strict setting and ``allow_mixed`` is false.
+    """
+    differ = differing_settings(runs)
+    refused = {s: v for s, v in differ.items() if s in STRICT_SETTINGS
+               and len({text for text in v.values() if text != NOT_RECORDED}) > 1}
+    if refused and not allow_mixed:
+        parts = "; ".join(f"{s}: " + ", ".join(f"{name}={text}" for name, text in v.items())
+                          for s, v in refused.items())
+        raise CompareError(f"runs were evaluated with different settings ({parts}); evaluate them alike, or pass "
+                           "--allow-mixed-settings to compare them with the differences marked")
+    return differ
+
+
+def mixed_strict_settings(differ: Mapping[str, Mapping[str, str]]) -> list[str]:
+    """The strict settings among ``differ`` (the ones only ``--allow-mixed-settings`` lets through)."""
+    return [s for s in differ if s in STRICT_SETTINGS]
 
 
 def default_out_dir(
@@ -334,15 +428,24 @@ def _is_number(value: Any) -> bool:
 # Tables.
 
 
-def groups_of(metrics: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
-    """``[(group, {metric: value, "count": n})]`` of one metrics.json: overall, closed, open, categories."""
+def groups_of(metrics: Mapping[str, Any]) -> list[tuple[str, str, Mapping[str, Any]]]:
+    """``[(breakdown, group, {metric: value, "count": n})]`` of one metrics.json.
+
+    ``("overall", "overall")``, ``("answer_type", "closed" | "open")``, then one entry per value of
+    every ``by_<breakdown>`` table in file order: ``("category", "closed_yes_no")``,
+    ``("task", "Disease Diagnosis")``, ``("question_type", "ABN")``, ...
+    """
     out = []
-    for group in (OVERALL, *ANSWER_TYPE_GROUPS):
+    if isinstance(metrics.get(OVERALL), Mapping):
+        out.append((OVERALL, OVERALL, metrics[OVERALL]))
+    for group in ANSWER_TYPE_GROUPS:
         if isinstance(metrics.get(group), Mapping):
-            out.append((group, metrics[group]))
-    by_category = metrics.get("by_category")
-    if isinstance(by_category, Mapping):
-        out.extend((str(c), values) for c, values in by_category.items() if isinstance(values, Mapping))
+            out.append((ANSWER_TYPE, group, metrics[group]))
+    for key, table in metrics.items():
+        if key.startswith(BREAKDOWN_PREFIX) and isinstance(table, Mapping):
+            breakdown = key.removeprefix(BREAKDOWN_PREFIX)
+            out.extend((breakdown, str(value), values) for value, values in table.items()
+                       if isinstance(values, Mapping))
     return out
 
 
@@ -350,7 +453,7 @@ def available_metrics(runs: Sequence[Run]) -> list[str]:
     """Numeric metric names in the runs' metrics.json groups, in first-seen order (``count`` excluded)."""
     names: dict[str, None] = {}
     for run in runs:
-        for _, values in groups_of(run.metrics):
+        for _, _, values in groups_of(run.metrics):
             for key, value in values.items():
                 if key != "count" and _is_number(value):
                     names.setdefault(key, None)
@@ -358,23 +461,27 @@ def available_metrics(runs: Sequence[Run]) -> list[str]:
 
 
 def comparison_table(runs: Sequence[Run], metrics: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Tidy records ``{"run", "group", "metric", "value", "count"}`` of every run's metrics.json.
+    """Tidy records ``{"run", "breakdown", "group", "metric", "value", "count"}`` of every run's metrics.json.
 
-    ``group`` is ``overall``, ``closed``, ``open`` or a category id; ``value`` is None where a run
-    lacks the metric for that group; ``count`` is the group's number of rows in that run. Groups run
-    overall, closed, open, then categories in first-seen order; metrics in ``metrics`` order (all
-    numeric ones by default).
+    ``breakdown`` and ``group`` are as :func:`groups_of` gives them (``overall``/``overall``,
+    ``answer_type``/``closed``, ``category``/``closed_yes_no``, ``task``/``Disease Diagnosis``, ...);
+    ``value`` is None where a run lacks the metric for that group; ``count`` is the group's number of
+    rows in that run. Breakdowns and their groups come in first-seen order (overall, closed, open,
+    then metrics.json's ``by_*`` tables); metrics in ``metrics`` order (all numeric ones by default).
     """
     metrics = list(metrics) if metrics is not None else available_metrics(runs)
-    group_order: dict[str, None] = {}
+    order: dict[tuple[str, str], None] = {}
     for run in runs:
-        for group, _ in groups_of(run.metrics):
-            group_order.setdefault(group, None)
-    run_groups = [dict(groups_of(run.metrics)) for run in runs]
+        for breakdown, group, _ in groups_of(run.metrics):
+            order.setdefault((breakdown, group), None)
+    # Grouped by breakdown, so that a breakdown only some runs have still reads as one table.
+    breakdowns = list(dict.fromkeys(breakdown for breakdown, _ in order))
+    keys = [key for breakdown in breakdowns for key in order if key[0] == breakdown]
+    run_groups = [{(b, g): values for b, g, values in groups_of(run.metrics)} for run in runs]
     records = []
-    for group in group_order:
+    for key in keys:
         for run, groups in zip(runs, run_groups):
-            values = groups.get(group)
+            values = groups.get(key)
             if values is None:
                 continue
             count = values.get("count")
@@ -382,7 +489,8 @@ def comparison_table(runs: Sequence[Run], metrics: Sequence[str] | None = None) 
                 value = values.get(metric)
                 records.append({
                     "run": run.name,
-                    "group": group,
+                    "breakdown": key[0],
+                    "group": key[1],
                     "metric": metric,
                     "value": float(value) if _is_number(value) else None,
                     "count": int(count) if _is_number(count) else None,
@@ -407,11 +515,14 @@ def best_runs(values: Mapping[str, float | None], higher_is_better: bool) -> lis
     return [run for run, v in present.items() if math.isclose(v, best, rel_tol=1e-12, abs_tol=0.0)]
 
 
-def pivot(table: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """``{group: {metric: {run: value}, "count": {run: count}}}`` from tidy records, order kept."""
-    out: dict[str, dict[str, dict[str, Any]]] = {}
+Key = tuple[str, str]  # (breakdown, group)
+
+
+def pivot(table: Sequence[Mapping[str, Any]]) -> dict[Key, dict[str, dict[str, Any]]]:
+    """``{(breakdown, group): {metric: {run: value}, "count": {run: count}}}`` from tidy records, order kept."""
+    out: dict[Key, dict[str, dict[str, Any]]] = {}
     for record in table:
-        group = out.setdefault(record["group"], {})
+        group = out.setdefault((record["breakdown"], record["group"]), {})
         group.setdefault(record["metric"], {})[record["run"]] = record["value"]
         group.setdefault("count", {})[record["run"]] = record["count"]
     for group in out.values():  # "count" last
@@ -421,14 +532,20 @@ def pivot(table: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, A
 
 def best_cells(
     table: Sequence[Mapping[str, Any]], directions: Mapping[str, bool]
-) -> dict[str, dict[str, list[str]]]:
-    """``{group: {metric: [best runs]}}`` for every row of the comparison tables."""
-    out: dict[str, dict[str, list[str]]] = {}
-    for group, rows in pivot(table).items():
+) -> dict[str, dict[str, dict[str, list[str]]]]:
+    """``{breakdown: {group: {metric: [best runs]}}}`` for every row of the comparison tables."""
+    out: dict[str, dict[str, dict[str, list[str]]]] = {}
+    for (breakdown, group), rows in pivot(table).items():
         for metric, values in rows.items():
             if metric != "count":
-                out.setdefault(group, {})[metric] = best_runs(values, directions.get(metric, True))
+                out.setdefault(breakdown, {}).setdefault(group, {})[metric] = best_runs(
+                    values, directions.get(metric, True))
     return out
+
+
+def is_best(best: Mapping[str, Mapping[str, Mapping[str, Sequence[str]]]], record: Mapping[str, Any]) -> bool:
+    """Whether a tidy record holds the best value of its row (as bold in the markdown tables)."""
+    return record["run"] in best.get(record["breakdown"], {}).get(record["group"], {}).get(record["metric"], ())
 
 
 def _shown(rows: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, Mapping[str, Any]]]:
@@ -471,17 +588,42 @@ def _markdown_rows(
     return lines
 
 
+def _breakdown_title(breakdown: str) -> str:
+    """``answer_type`` -> ``Answer type``, ``content_type`` -> ``Content type``."""
+    return breakdown.replace("_", " ").capitalize()
+
+
+def render_settings(differ: Mapping[str, Mapping[str, str]], run_names: Sequence[str]) -> list[str]:
+    """Markdown lines marking the evaluation settings the runs do not share (none when they share all)."""
+    if not differ:
+        return []
+    mixed = mixed_strict_settings(differ)
+    lines = ["## Evaluation settings that differ", ""]
+    if mixed:
+        lines += [f"**Warning: the runs were not evaluated alike ({', '.join(mixed)}); differences in the tables "
+                  "below measure these settings as well as the models.**", ""]
+    lines += ["| Setting | " + " | ".join(_md_cell(n) for n in run_names) + " |",
+              "|---|" + "---|" * len(run_names)]
+    for setting, texts in differ.items():
+        lines.append(f"| {setting} | " + " | ".join(_md_cell(str(texts.get(n, NOT_RECORDED))) for n in run_names)
+                     + " |")
+    return [*lines, ""]
+
+
 def render_markdown(
     table: Sequence[Mapping[str, Any]],
     run_names: Sequence[str],
     directions: Mapping[str, bool],
     *,
     runs: Sequence[Run] = (),
+    differ: Mapping[str, Mapping[str, str]] | None = None,
 ) -> str:
     """Markdown tables, one column per run, best value of each row in bold.
 
-    An overall table (rows: metrics), a closed/open table and a per-category table (rows:
-    group x metric), each with the groups' row counts. ``runs``, when given, adds a legend of paths.
+    An overall table (rows: metrics), a closed/open table and one table per breakdown (category,
+    task, department, modality, ...; rows: group x metric), each with the groups' row counts.
+    ``runs``, when given, adds a legend of paths; ``differ`` (:func:`differing_settings`) a section
+    marking the evaluation settings the runs do not share.
     """
     pivoted = pivot(table)
     best = best_cells(table, directions)
@@ -492,27 +634,27 @@ def render_markdown(
             details = ", ".join(f"{key}={meta[key]}" for key in ("model", "ckpt", "data", "prompt") if meta.get(key))
             lines.append(f"- **{_md_cell(run.name)}**: `{run.path}`" + (f" ({_md_cell(details)})" if details else ""))
         lines.append("")
+    lines += render_settings(differ or {}, run_names)
     lines += ["↑ higher is better, ↓ lower is better; the best value of each row is in **bold** (ties: all, "
               "all equal: none).", ""]
 
-    def group_rows(group: str, with_group: bool) -> list[tuple[list[str], Mapping[str, Any], list[str]]]:
+    def group_rows(key: Key, with_group: bool) -> list[tuple[list[str], Mapping[str, Any], list[str]]]:
         rows = []
-        for metric, values in _shown(pivoted[group]):
+        for metric, values in _shown(pivoted[key]):
             label = "count" if metric == "count" else f"{metric} {_arrow(directions.get(metric, True))}"
-            bold = [] if metric == "count" else best[group].get(metric, [])
-            rows.append(([group, label] if with_group else [label], values, bold))
+            bold = [] if metric == "count" else best[key[0]][key[1]].get(metric, [])
+            rows.append(([key[1], label] if with_group else [label], values, bold))
         return rows
 
-    if OVERALL in pivoted:
-        lines += ["## Overall", "", *_markdown_rows(["Metric"], group_rows(OVERALL, False), run_names), ""]
-    answer_groups = [g for g in ANSWER_TYPE_GROUPS if g in pivoted]
-    if answer_groups:
-        rows = [row for g in answer_groups for row in group_rows(g, True)]
-        lines += ["## Closed / open", "", *_markdown_rows(["Answer type", "Metric"], rows, run_names), ""]
-    categories = [g for g in pivoted if g != OVERALL and g not in ANSWER_TYPE_GROUPS]
-    if categories:
-        rows = [row for g in categories for row in group_rows(g, True)]
-        lines += ["## By category", "", *_markdown_rows(["Category", "Metric"], rows, run_names), ""]
+    breakdowns = list(dict.fromkeys(breakdown for breakdown, _ in pivoted))
+    for breakdown in breakdowns:
+        keys = [key for key in pivoted if key[0] == breakdown]
+        if breakdown == OVERALL:
+            lines += ["## Overall", "", *_markdown_rows(["Metric"], group_rows(keys[0], False), run_names), ""]
+            continue
+        title = "Closed / open" if breakdown == ANSWER_TYPE else f"By {_breakdown_title(breakdown).lower()}"
+        rows = [row for key in keys for row in group_rows(key, True)]
+        lines += [f"## {title}", "", *_markdown_rows([_breakdown_title(breakdown), "Metric"], rows, run_names), ""]
     return "\n".join(lines)
 
 
@@ -746,13 +888,15 @@ def pairwise_significance(
     seed: int = 0,
     confidence: float = 0.95,
 ) -> dict[str, Any]:
-    """Bootstrap CIs of each per-sample metric's difference and McNemar on closed accuracy.
+    """Bootstrap CIs of each per-sample metric's difference and McNemar on closed and multiple-choice accuracy.
 
     Rows are paired by id; a metric's pairs are the shared ids where both runs have a value.
+    McNemar's test runs on each of :data:`MCNEMAR_METRICS` that ``metrics`` selects (all by default)
+    and both runs score on some shared id.
 
     Returns:
         ``{"reference", "run", "n_reference", "n_run", "n_common", "bootstrap": {metric: ...},
-        "mcnemar": {...} | None, "note": str | None, "skipped": {metric: why}}``; ``note`` says why
+        "mcnemar": {metric: ...}, "note": str | None, "skipped": {metric: why}}``; ``note`` says why
         statistics are missing (no predictions, or no ids in common). BLEU-4 and perplexity are
         resampled as corpus statistics (see :data:`CORPUS_STATISTICS`), METEOR is skipped.
     """
@@ -766,7 +910,7 @@ def pairwise_significance(
         "n_run": len(other_ids),
         "n_common": len(common),
         "bootstrap": {},
-        "mcnemar": None,
+        "mcnemar": {},
         "note": None,
         "skipped": {},
     }
@@ -802,10 +946,13 @@ def pairwise_significance(
             [ref_scores[i] for i in ids], [other_scores[i] for i in ids],
             n_boot=n_boot, seed=seed, confidence=confidence,
         )
-    ref_acc, other_acc = sample_scores(reference, MCNEMAR_METRIC), sample_scores(other, MCNEMAR_METRIC)
-    closed_ids = [i for i in common if i in ref_acc and i in other_acc]
-    if closed_ids:
-        result["mcnemar"] = mcnemar([ref_acc[i] >= 0.5 for i in closed_ids], [other_acc[i] >= 0.5 for i in closed_ids])
+    for metric in MCNEMAR_METRICS:
+        if metrics is not None and metric not in metrics:
+            continue
+        ref_acc, other_acc = sample_scores(reference, metric), sample_scores(other, metric)
+        ids = [i for i in common if i in ref_acc and i in other_acc]
+        if ids:
+            result["mcnemar"][metric] = mcnemar([ref_acc[i] >= 0.5 for i in ids], [other_acc[i] >= 0.5 for i in ids])
     return result
 
 
@@ -838,8 +985,9 @@ def render_significance(
     n_boot: int = 2000,
     seed: int = 0,
     confidence: float = 0.95,
+    mixed_settings: Sequence[str] = (),
 ) -> str:
-    """Markdown report of :func:`significance` results."""
+    """Markdown report of :func:`significance` results; ``mixed_settings`` adds a warning that they differ."""
     level = f"{confidence:.0%}"
     lines = ["# Significance", ""]
     if not results:
@@ -852,11 +1000,14 @@ def render_significance(
         "tokens), so reference and run are the corpus values over the common ids. CIDEr is the mean of "
         "per-sample CIDEr with document frequencies of each run's whole evaluation set (which is how the "
         "corpus CIDEr is defined). METEOR has no CI: its corpus score pools statistics inside the Java "
-        "scorer. * marks a CI that excludes 0. McNemar on "
-        f"{MCNEMAR_METRIC}: b = reference right & run wrong, c = reference wrong & run right; exact binomial test "
+        f"scorer. * marks a CI that excludes 0. McNemar on {' and '.join(MCNEMAR_METRICS)} (the rows each "
+        "applies to): b = reference right & run wrong, c = reference wrong & run right; exact binomial test "
         f"when b + c < {EXACT_BELOW}, else chi-square with continuity correction.",
         "",
     ]
+    if mixed_settings:
+        lines += [f"**Warning: the runs were not evaluated alike ({', '.join(mixed_settings)}); these tests measure "
+                  "the settings as well as the models.**", ""]
     for result in results:
         lines += [f"## {_md_cell(result['run'])} vs {_md_cell(result['reference'])}", ""]
         lines.append(
@@ -868,14 +1019,11 @@ def render_significance(
             lines += [f"**{_md_cell(result['note'])}**", ""]
             continue
         if result["mcnemar"]:
-            m = result["mcnemar"]
-            lines += [
-                "| McNemar | n | b | c | method | statistic | p-value |",
-                "|---|---:|---:|---:|---|---:|---:|",
-                f"| {MCNEMAR_METRIC} | {m['n']} | {m['b']} | {m['c']} | {m['method']} | {m['statistic']:.4f} | "
-                f"{_format_p(m['p_value'])} |",
-                "",
-            ]
+            lines += ["| McNemar | n | b | c | method | statistic | p-value |", "|---|---:|---:|---:|---|---:|---:|"]
+            for metric, m in result["mcnemar"].items():
+                lines.append(f"| {metric} | {m['n']} | {m['b']} | {m['c']} | {m['method']} | {m['statistic']:.4f} | "
+                             f"{_format_p(m['p_value'])} |")
+            lines.append("")
         if result["bootstrap"]:
             lines += [
                 f"| Metric | n | reference | run | diff | {level} CI |",
@@ -909,8 +1057,14 @@ def write_outputs(
     n_boot: int = 2000,
     seed: int = 0,
     confidence: float = 0.95,
+    differ: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, Path]:
-    """Write model_comparison_tables.md, model_comparison.csv, model_comparison.json and significance.md."""
+    """Write model_comparison_tables.md, model_comparison.csv, model_comparison.json and significance.md.
+
+    The CSV holds the tidy records with a ``best`` column (the bold cells of the markdown tables);
+    ``differ`` (:func:`differing_settings`) marks the evaluation settings the runs do not share.
+    """
+    differ = dict(differ or {})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [run.name for run in runs]
@@ -920,21 +1074,27 @@ def write_outputs(
         "json": out_dir / "model_comparison.json",
         "significance": out_dir / "significance.md",
     }
-    paths["tables"].write_text(render_markdown(table, names, directions, runs=runs), encoding="utf-8")
+    best = best_cells(table, directions)
+    paths["tables"].write_text(render_markdown(table, names, directions, runs=runs, differ=differ),
+                               encoding="utf-8")
     with paths["csv"].open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["run", "group", "metric", "value", "count"])
+        writer = csv.DictWriter(handle, fieldnames=["run", "breakdown", "group", "metric", "value", "count", "best"])
         writer.writeheader()
         for record in table:
-            writer.writerow({key: "" if record[key] is None else record[key] for key in writer.fieldnames})
+            writer.writerow({**{key: "" if record[key] is None else record[key] for key in writer.fieldnames[:-1]},
+                             "best": is_best(best, record)})
     document = {
         "runs": [
-            {"name": run.name, "path": str(run.path), "run": run.metrics.get("run"), "n_predictions": len(run.rows)}
+            {"name": run.name, "path": str(run.path), "run": run.metrics.get("run"), "n_predictions": len(run.rows),
+             "settings": eval_settings(run)}
             for run in runs
         ],
         "reference": names[reference_index],
+        "settings_differ": differ,
+        "mixed_settings": mixed_strict_settings(differ),
         "higher_is_better": dict(directions),
         "table": list(table),
-        "best": best_cells(table, directions),
+        "best": best,
         "significance": {
             "confidence": confidence,
             "n_boot": n_boot,
@@ -944,7 +1104,8 @@ def write_outputs(
     }
     paths["json"].write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     paths["significance"].write_text(
-        render_significance(significance_results, directions, n_boot=n_boot, seed=seed, confidence=confidence),
+        render_significance(significance_results, directions, n_boot=n_boot, seed=seed, confidence=confidence,
+                            mixed_settings=mixed_strict_settings(differ)),
         encoding="utf-8",
     )
     return paths
@@ -969,11 +1130,11 @@ def console_tables(
     values_table.add_column("Metric")
     for name in run_names:
         values_table.add_column(escape(name), justify="right")
-    for group in (OVERALL, *ANSWER_TYPE_GROUPS):
-        if group not in pivoted:
+    for breakdown, group in ((OVERALL, OVERALL), *((ANSWER_TYPE, g) for g in ANSWER_TYPE_GROUPS)):
+        if (breakdown, group) not in pivoted:
             continue
-        for metric, values in _shown(pivoted[group]):
-            bold = [] if metric == "count" else best[group].get(metric, [])
+        for metric, values in _shown(pivoted[breakdown, group]):
+            bold = [] if metric == "count" else best[breakdown][group].get(metric, [])
             label = metric if metric == "count" else f"{metric} {_arrow(directions.get(metric, True))}"
             cells = [f"[bold]{format_value(values.get(r))}[/bold]" if r in bold else format_value(values.get(r))
                      for r in run_names]
@@ -989,9 +1150,8 @@ def console_tables(
         for result in significance_results:
             if result["note"]:
                 tests.add_row(escape(result["run"]), "—", "", "", f"[yellow]{escape(result['note'])}[/yellow]")
-            m = result["mcnemar"]
-            if m:
-                tests.add_row(escape(result["run"]), f"{MCNEMAR_METRIC} (McNemar)", str(m["n"]), "",
+            for metric, m in result["mcnemar"].items():
+                tests.add_row(escape(result["run"]), f"{metric} (McNemar)", str(m["n"]), "",
                               f"b={m['b']} c={m['c']} {m['method']} stat={m['statistic']:.3f} p={_format_p(m['p_value'])}")
             for metric, ci in result["bootstrap"].items():
                 excludes_zero = ci["low"] > 0 or ci["high"] < 0
@@ -1017,18 +1177,25 @@ def compare(
     seed: int = 0,
     confidence: float = 0.95,
     higher_is_better: Mapping[str, bool] | None = None,
+    allow_mixed_settings: bool = False,
 ) -> dict[str, Any]:
     """Load runs, tabulate them, test each against the reference and write the results.
 
+    Runs evaluated with different :data:`STRICT_SETTINGS` are refused unless ``allow_mixed_settings``;
+    every evaluation setting the runs do not share (the prompt too) is marked in the outputs.
+
     Raises:
-        CompareError: missing paths or metrics.json, runs on different data, an unknown reference or
-            unknown metrics.
+        CompareError: missing paths or metrics.json, runs on different data or (without
+            ``allow_mixed_settings``) with different generation or scoring settings, an unknown
+            reference or unknown metrics.
 
     Returns:
-        ``{"runs", "reference_index", "table", "directions", "significance", "paths", "out_dir"}``.
+        ``{"runs", "reference_index", "table", "directions", "significance", "settings_differ",
+        "paths", "out_dir"}``.
     """
     runs = load_runs(specs)
     check_same_data(runs)
+    differ = check_same_settings(runs, allow_mixed=allow_mixed_settings)
     reference_index = select_reference(runs, reference)
     table_metrics = available_metrics(runs)
     per_sample = sample_metrics(runs)
@@ -1046,13 +1213,14 @@ def compare(
                            confidence=confidence)
     target = Path(out_dir) if out_dir is not None else default_out_dir(specs, runs)
     paths = write_outputs(target, runs, table, directions, results, reference_index=reference_index,
-                          n_boot=n_boot, seed=seed, confidence=confidence)
+                          n_boot=n_boot, seed=seed, confidence=confidence, differ=differ)
     return {
         "runs": runs,
         "reference_index": reference_index,
         "table": table,
         "directions": directions,
         "significance": results,
+        "settings_differ": differ,
         "paths": paths,
         "out_dir": target,
     }

@@ -11,6 +11,11 @@ import torch
 from medvl.data.dataset import END_OF_TURN, Collator, encode_prompts
 
 
+#: How answers are decoded: greedy, one beam. Recorded in each eval's fingerprint so that medvl.compare
+#: can tell runs decoded differently apart.
+DECODING: dict[str, Any] = {"do_sample": False, "num_beams": 1}
+
+
 def iter_batches(rows: list[dict[str, Any]], batch_size: int) -> Iterator[list[dict[str, Any]]]:
     for i in range(0, len(rows), batch_size):
         yield rows[i : i + batch_size]
@@ -39,7 +44,7 @@ def generate_batch(model, processor, rows: list[dict[str, Any]], image_root: str
     batch.pop("labels")
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
-    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+    out = model.generate(**batch, max_new_tokens=max_new_tokens, **DECODING,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_token_ids(model, tokenizer))
     new_tokens = out[:, batch["input_ids"].shape[1]:]
     return [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]

@@ -44,8 +44,13 @@ def breakdown_labels(data_name: str, key: str, value: object) -> list[str]:
     return [str(value)]
 
 
+#: Config groups ``+ckpt=<run>`` evaluation takes from the run: the model and data it was trained on, and the
+#: prompt it was trained with (a model tuned on "Answer with a single word" is scored with that prompt).
+RUN_GROUPS = ("model", "data", "prompt")
+
+
 def apply_run_config(cfg: DictConfig, ckpt: Checkpoint, overrides: list[str]) -> None:
-    """Take model and data from the run the checkpoint came from, except what the command line sets.
+    """Take model, data and prompt from the run the checkpoint came from, except what the command line sets.
 
     ``data=slake`` keeps the command line's whole data group; ``data.max_eval_samples=64`` keeps
     that one key on top of the run's data config.
@@ -54,7 +59,7 @@ def apply_run_config(cfg: DictConfig, ckpt: Checkpoint, overrides: list[str]) ->
         return
     keys = [o.lstrip("+~").split("=", 1)[0] for o in overrides if "=" in o]
     with open_dict(cfg):
-        for group in ("model", "data"):
+        for group in RUN_GROUPS:
             if group in keys or group not in ckpt.run_config or group not in cfg:
                 continue
             dotted = {k: OmegaConf.select(cfg, k) for k in keys if k.startswith(group + ".")}
@@ -117,18 +122,31 @@ def _adapter_base(cfg: DictConfig, ckpt: Checkpoint, base: str, device: str):
     return merge_init_from(load_model(cfg.model, base, device=device), init_dir)
 
 
+#: Fingerprint keys that only the scores depend on: every run re-scores all its rows, so a resumed run may
+#: change them (the fingerprint is rewritten), and medvl.compare reads them to refuse unlike runs.
+RESCORED = ("scoring",)
+
+
 def fingerprint(cfg: DictConfig, ckpt: Checkpoint | None, split: str) -> dict[str, Any]:
-    """What the predictions in an eval directory depend on; resuming requires an exact match."""
+    """What the predictions and scores in an eval directory depend on (``eval_fingerprint.json``).
+
+    Resuming requires an exact match outside :data:`RESCORED`. ``prompt``, ``generation`` and
+    ``scoring`` are the evaluation settings that medvl.compare checks across runs.
+    """
+    from medvl.evaluation.generate import DECODING
+
     weights = None
     if ckpt is not None:
         files = sorted(ckpt.path.glob("*.safetensors"))
         weights = [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files]
     return {"ckpt": str(ckpt.path) if ckpt else None, "weights": weights, "model": str(cfg.model.name_or_path),
-            "data": str(cfg.data.dir), "split": split, "system_prompt": cfg.prompt.system_prompt,
-            "max_new_tokens": int(cfg.max_new_tokens), "min_pixels": int(cfg.model.min_pixels),
-            "max_pixels": int(cfg.model.max_pixels), "dtype": str(cfg.model.dtype),
-            "attn_implementation": str(cfg.model.attn_implementation),
-            "init_from": _init_from(ckpt)}
+            "data": str(cfg.data.dir), "split": split,
+            "prompt": {"name": str(cfg.prompt.name), "system_prompt": cfg.prompt.system_prompt},
+            "generation": {"max_new_tokens": int(cfg.max_new_tokens), **DECODING},
+            "min_pixels": int(cfg.model.min_pixels), "max_pixels": int(cfg.model.max_pixels),
+            "dtype": str(cfg.model.dtype), "attn_implementation": str(cfg.model.attn_implementation),
+            "init_from": _init_from(ckpt),
+            "scoring": {"bertscore": OmegaConf.to_container(cfg.bertscore, resolve=True)}}
 
 
 def _init_from(ckpt: Checkpoint | None) -> str | None:
@@ -145,8 +163,8 @@ def check_resumable(out: Path, fp: dict[str, Any]) -> None:
     stored = json.loads(json.dumps(fp))  # tuples -> lists, as they come back from disk
     if path.exists() and (out / "predictions.jsonl").exists():
         old = json.loads(path.read_text())
-        if old != stored:
-            diff = ", ".join(k for k in stored if old.get(k) != stored[k])
+        diff = ", ".join(k for k in stored if k not in RESCORED and old.get(k) != stored[k])
+        if diff:
             raise CheckpointError(f"{out} holds predictions of a different setup ({diff} changed); "
                                   f"delete it or pass hydra.run.dir=<new dir>")
     path.write_text(json.dumps(stored, indent=2))
