@@ -207,6 +207,9 @@ class BertScoreConfig:
     #: ``float32`` (exact: equals bert-score's own output) or ``bfloat16`` (about twice as fast on CPUs
     #: with bf16 units; per-sample F1 within about 1e-2, the mean within about 2e-3).
     dtype: str = "float32"
+    #: A multilingual model (local directory or hub id) for Chinese rows, at its own default layer;
+    #: ``null``: zh rows get no BERTScore (the reason is in metrics.json), never an English model's score.
+    model_zh: str | None = None
 
 
 @dataclass

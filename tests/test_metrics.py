@@ -315,8 +315,12 @@ def test_registry() -> None:
 
 def test_compute_metrics_on_real_rows() -> None:
     timings: dict[str, float] = {}
-    per_sample, corpus = M.compute_metrics(PREDS, REFS, TYPES, timings=timings)
-    assert list(corpus) == list(M.METRICS)
+    notes: dict[str, str] = {}
+    per_sample, corpus = M.compute_metrics(PREDS, REFS, TYPES, timings=timings, notes=notes)
+    # The Slake zh rows have no BERTScore without a multilingual model (tests/test_metrics_chinese.py),
+    # so neither has the whole set.
+    assert list(corpus) == [name for name in M.METRICS if name != "bertscore_f1"]
+    assert "bertscore.model_zh" in notes["bertscore_f1"]
     assert set(timings) == set(M.METRICS)
     types = [M.resolve_answer_type(t, r) for t, r in zip(TYPES, REFS)]
     for name in SAMPLE_METRICS:
@@ -328,13 +332,14 @@ def test_compute_metrics_on_real_rows() -> None:
     # Corpus metrics agree with calling the metric alone.
     assert corpus["bleu4"] == pytest.approx(M.bleu4(PREDS, REFS)[0], abs=TOL)
     assert corpus["cider"] == pytest.approx(M.cider(PREDS, REFS)[0], abs=TOL)
-    assert corpus["bertscore_f1"] > 0.3
+    english = [row["bertscore_f1"] for row, lang in zip(per_sample, M.row_languages(PREDS, REFS)) if lang == "en"]
+    assert sum(english) / len(english) > 0.3
     for name in CORPUS_METRICS:
         assert all(name in row for row in per_sample)
     # Empty predictions score 0 on every metric.
     for pred, row in zip(PREDS, per_sample):
         if not normalize_answer(pred):
-            assert all(value == 0.0 for value in row.values()), row
+            assert all(value in (0.0, None) for value in row.values()), row
     # Hand check on the first rows: "MRI" / "MRI", then "The answer is MRI." / "MRI".
     assert per_sample[0]["exact_match"] == 1.0 and per_sample[1]["exact_match"] == 0.0
     assert per_sample[1]["substring_match"] == 1.0 and per_sample[1]["open_recall"] == 1.0
@@ -347,7 +352,9 @@ def test_compute_metrics_survives_bad_inputs() -> None:
     references = ["yes", "2", "lung", "liver", "lung", "Lung", "肝脏", "a b", "", None]
     per_sample, corpus = M.compute_metrics(predictions, references)
     assert len(per_sample) == len(predictions)
-    assert all(math.isfinite(value) for row in per_sample for value in row.values())
+    # None: BERTScore left out on the Chinese row (no multilingual model configured).
+    assert all(math.isfinite(value) for row in per_sample for value in row.values() if value is not None)
+    assert [i for i, row in enumerate(per_sample) if None in row.values()] == [6]
     assert all(math.isfinite(value) for value in corpus.values())
     for index in (0, 1, 2, 3, 4, 8, 9):  # no prediction text, or no reference text
         assert all(value == 0.0 for value in per_sample[index].values()), (index, per_sample[index])

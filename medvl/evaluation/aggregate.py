@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from medvl.data.taxonomy import CATEGORIES, CLOSED, OPEN
+from medvl.evaluation.normalize import LANGUAGES, text_language
 
 UNCATEGORIZED = "uncategorized"
 
@@ -18,7 +19,10 @@ def aggregate(
     """Average per-sample metrics over the whole set, closed and open rows, and each category.
 
     A metric's value for a group is the mean over the group's rows that have it (closed_accuracy
-    exists only on closed rows), so a group's value is the count-weighted mean of its parts'.
+    exists only on closed rows), so a group's value is the count-weighted mean of its parts'. A row
+    whose value is ``None`` (the metric applies but was left out there, e.g. BERTScore on Chinese
+    rows without a multilingual model) takes the metric out of every group it is in: a mean over
+    the other rows would pass for the whole group.
     ``corpus_fn(indices)``, when given, returns corpus-level scores (BLEU, CIDEr, METEOR) re-computed
     on a group's rows; they replace the means of those metrics' per-sample scores.
 
@@ -71,6 +75,17 @@ def row_answer_type(row: Mapping[str, Any], category: str | None = None) -> str 
     return None
 
 
+def row_language(row: Mapping[str, Any]) -> str:
+    """``"en"`` or ``"zh"``: the row's own label (Slake's ``meta.q_lang``), else read from its texts
+    (zh when the question, reference or prediction has Chinese characters)."""
+    meta = row.get("meta") or {}
+    for label in (meta.get("q_lang"), meta.get("lang"), row.get("lang")):
+        if label in LANGUAGES:
+            return str(label)
+    texts = (row.get("question"), row.get("reference"), row.get("prediction"))
+    return "zh" if any(text_language(text) == "zh" for text in texts) else "en"
+
+
 def _summarize(
     indices: list[int],
     per_sample: Sequence[Mapping[str, float]],
@@ -78,11 +93,15 @@ def _summarize(
 ) -> dict[str, float]:
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
+    left_out: set[str] = set()
     for index in indices:
         for metric, value in per_sample[index].items():
+            if value is None:
+                left_out.add(metric)
+                continue
             sums[metric] = sums.get(metric, 0.0) + value
             counts[metric] = counts.get(metric, 0) + 1
-    summary = {metric: sums[metric] / counts[metric] for metric in sums}
+    summary = {metric: sums[metric] / counts[metric] for metric in sums if metric not in left_out}
     if corpus_fn is not None and indices:
         summary.update(corpus_fn(indices))
     summary["count"] = len(indices)

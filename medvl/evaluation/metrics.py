@@ -9,9 +9,12 @@ Two kinds of metric, registered with :func:`register_metric` (lm-eval-harness st
 
 Every scorer sees text through :func:`medvl.evaluation.normalize.normalize_answer`; the n-gram
 scorers (BLEU, CIDEr, METEOR, ROUGE-L) get it tokenized by :func:`~medvl.evaluation.normalize.words`
-and joined by spaces, so Chinese is scored per character. pycocoevalcap's PTBTokenizer runs
-offline and fast (about 0.5 s for 10k pairs) but keeps a Chinese answer as one token, so it is not
-used. An empty or non-text prediction scores 0 everywhere and never raises.
+and joined by spaces, so Chinese is scored per character: the same libraries, fed characters
+separated by spaces, as Chinese VQA work feeds BLEU and ROUGE. pycocoevalcap's PTBTokenizer runs
+offline and fast (about 0.5 s for 10k pairs) but keeps a Chinese answer as one token, and
+rouge-score's default tokenizer drops every non-ASCII letter, so neither is used. BERTScore takes
+a model per language (:func:`compute_metrics`). An empty or non-text prediction scores 0
+everywhere and never raises.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib
+import logging
 import shutil
 import threading
 import time
@@ -29,7 +33,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from medvl.evaluation.extract import extract_yes_no
-from medvl.evaluation.normalize import NO, YES, chars, normalize_answer, words
+from medvl.evaluation.normalize import LANGUAGES, NO, YES, chars, normalize_answer, text_language, words
+
+log = logging.getLogger(__name__)
 
 CLOSED = "CLOSED"
 OPEN = "OPEN"
@@ -561,8 +567,59 @@ def _import_backends(names: Sequence[str]) -> None:
             importlib.import_module(module)
 
 
-def _corpus_options(name: str, bertscore: dict[str, Any]) -> dict[str, Any]:
-    return bertscore if name == "bertscore_f1" else {}
+def row_languages(
+    predictions: Sequence[object], references: Sequence[object], languages: Sequence[object] | None = None
+) -> list[str]:
+    """Each row's language: the given one when it is in ``LANGUAGES``, else zh when the reference or the
+    prediction has Chinese characters (a Slake zh row answered "MRI" needs its ``q_lang``)."""
+    return [
+        str(languages[i])
+        if languages is not None and languages[i] in LANGUAGES
+        else "zh" if "zh" in (text_language(pred), text_language(ref)) else "en"
+        for i, (pred, ref) in enumerate(zip(predictions, references))
+    ]
+
+
+def no_bertscore_zh_reason(n_rows: int) -> str:
+    """Why BERTScore is absent on Chinese rows, with the fix (shown in metrics.json and on the console)."""
+    return (
+        f"bertscore_f1 left out on {n_rows} zh rows: no multilingual BERTScore model is configured and the "
+        "default all-MiniLM-L6-v2 is English-only; set bertscore.model_zh=<local directory or hub id of a "
+        "multilingual model, e.g. bert-base-multilingual-cased>. Groups with zh rows show no bertscore_f1."
+    )
+
+
+def _bertscore_by_language(
+    predictions: Sequence[object],
+    references: Sequence[object],
+    languages: Sequence[str],
+    bertscore: dict[str, Any],
+    notes: dict[str, str],
+) -> tuple[float | None, list[float | None]]:
+    """BERTScore with the English model on en rows and ``model_zh`` on zh rows.
+
+    Without ``model_zh`` the zh rows get ``None`` (not scored, rather than a 0 or an English model's
+    guess) and the corpus score is ``None``: a mean over the en rows alone would pass for the whole set.
+    """
+    options = {key: value for key, value in bertscore.items() if key != "model_zh"}
+    scores: list[float | None] = [None] * len(predictions)
+    for language in LANGUAGES:
+        rows = [i for i, lang in enumerate(languages) if lang == language]
+        if not rows:
+            continue
+        if language == "zh":
+            if not bertscore.get("model_zh"):
+                notes["bertscore_f1"] = no_bertscore_zh_reason(len(rows))
+                log.warning("%s", notes["bertscore_f1"])
+                continue
+            # The English model's layer setting does not carry over: the zh model uses its own default.
+            options = {**options, "model": bertscore["model_zh"], "num_layers": None}
+        _, group = bertscore_f1([predictions[i] for i in rows], [references[i] for i in rows], **options)
+        for i, value in zip(rows, group):
+            scores[i] = value
+    if any(value is None for value in scores):
+        return None, scores
+    return _mean(scores), scores
 
 
 # METEOR's work happens in a JVM, so it goes to a thread at once and runs beside the GIL-bound
@@ -584,7 +641,10 @@ def compute_metrics(
     bertscore_model: str | None = None,
     bertscore_num_layers: int | None = None,
     bertscore_dtype: str = "float32",
+    bertscore_model_zh: str | None = None,
+    languages: Sequence[object] | None = None,
     timings: dict[str, float] | None = None,
+    notes: dict[str, str] | None = None,
 ) -> tuple[list[dict[str, float]], dict[str, float]]:
     """Score predictions against references with the registered metrics.
 
@@ -602,13 +662,20 @@ def compute_metrics(
         bertscore_num_layers: layer whose embeddings BERTScore compares.
         bertscore_dtype: ``"bfloat16"`` runs the BERTScore model under autocast, about twice as
             fast on CPUs with native bf16, with per-sample F1 within a few 1e-3 of float32.
+        bertscore_model_zh: a multilingual model (name or local directory) for the zh rows'
+            BERTScore, at its own default layer. ``None``: zh rows are not scored by BERTScore (their
+            ``bertscore_f1`` is ``None``, the corpus value absent) and ``notes`` says why.
+        languages: ``"en"`` / ``"zh"`` per row; missing ones are read from the texts (zh when the
+            reference or the prediction has Chinese characters).
         timings: if given, filled with each scorer's wall-clock seconds.
+        notes: if given, filled with ``{metric: reason}`` for each metric left out on some rows.
 
     Returns:
         ``(per_sample, corpus)``: one dict per row with every metric that applies to it (corpus
-        metrics included, as their per-sample scores), and the corpus-level values: the mean for a
-        sample metric (over the rows it applies to; absent when none does), the corpus score for a
-        corpus metric.
+        metrics included, as their per-sample scores; ``None`` where a metric applies but was left
+        out, see ``notes``), and the corpus-level values: the mean for a sample metric (over the
+        rows it applies to; absent when none does), the corpus score for a corpus metric (absent
+        when it was left out on some rows).
     """
     predictions, references = list(predictions), list(references)
     if len(predictions) != len(references):
@@ -622,14 +689,18 @@ def compute_metrics(
         resolve_answer_type(None if answer_types is None else answer_types[i], ref) for i, ref in enumerate(references)
     ]
     timings = {} if timings is None else timings
-    bertscore = {"model": bertscore_model, "num_layers": bertscore_num_layers, "dtype": bertscore_dtype}
+    notes = {} if notes is None else notes
+    langs = row_languages(predictions, references, languages)
+    bertscore = {"model": bertscore_model, "num_layers": bertscore_num_layers, "dtype": bertscore_dtype,
+                 "model_zh": bertscore_model_zh}
     corpus_names = [name for name in names if METRICS[name].level == "corpus"]
     _import_backends(corpus_names)
     per_sample: list[dict[str, float]] = [{} for _ in predictions]
     results: dict[str, float] = {}
 
-    def record(name: str, score: float, scores: Sequence[float]) -> None:
-        results[name] = score
+    def record(name: str, score: float | None, scores: Sequence[float | None]) -> None:
+        if score is not None:
+            results[name] = score
         for row, value in zip(per_sample, scores):
             row[name] = value
 
@@ -640,7 +711,11 @@ def compute_metrics(
             if name in _BACKGROUND
         }
         if "bertscore_f1" in corpus_names and any(map(normalize_answer, predictions)):
-            pool.submit(bertscore_scorer, bertscore_model, bertscore_num_layers)  # load while others run
+            # Load while the others run.
+            if "en" in langs:
+                pool.submit(bertscore_scorer, bertscore_model, bertscore_num_layers)
+            if "zh" in langs and bertscore_model_zh:
+                pool.submit(bertscore_scorer, bertscore_model_zh)
 
         for name in names:
             if METRICS[name].level == "sample":
@@ -656,11 +731,11 @@ def compute_metrics(
         for name, future in background.items():
             (score, scores), timings[name] = future.result()
             record(name, score, scores)
-        for name in (name for name in corpus_names if name in _LAST):
-            (score, scores), timings[name] = _timed(
-                METRICS[name].fn, predictions, references, **_corpus_options(name, bertscore)
+        if "bertscore_f1" in corpus_names:  # _LAST: a model per language
+            (score, scores), timings["bertscore_f1"] = _timed(
+                _bertscore_by_language, predictions, references, langs, bertscore, notes
             )
-            record(name, score, scores)
+            record("bertscore_f1", score, scores)
 
     corpus = {name: results[name] for name in names if name in results}  # in the order asked for
     return per_sample, corpus

@@ -63,6 +63,8 @@ def markdown_tables(tables: dict[str, Any]) -> str:
                   "|---|---|" + "---|" * len(names)]
         for value, group in groups.items():
             lines.append(f"| {value} | {group['count']} | " + " | ".join(_fmt(group.get(m)) for m in names) + " |")
+    if tables.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in tables["notes"].values()]
     return "\n".join(lines) + "\n"
 
 
@@ -134,6 +136,7 @@ def console_table(tables: dict[str, Any], title: str | None = None):
     for m in names:
         table.add_column(m, justify="right")
     rows = [(g, tables[g]) for g in SUMMARY_GROUPS] + list(tables["by_category"].items())
+    rows += [(f"lang={lang}", group) for lang, group in tables.get("by_lang", {}).items()]  # en and zh apart
     for name, group in rows:
         table.add_row(name, str(group["count"]), *(_fmt(group.get(m)) for m in names))
     return table
@@ -146,6 +149,8 @@ def write_reports(records: list[dict[str, Any]], tables: dict[str, Any], out: Pa
     _atomic_write(out / "tables.md", markdown_tables(tables))
     plot_families(tables, out)
     console().print(console_table(tables))
+    for note in (tables.get("notes") or {}).values():
+        console().print(f"note: {note}", markup=False, highlight=False)
 
 
 def print_side_by_side(results: dict[str, dict[str, Any]], out: Path) -> None:

@@ -252,18 +252,22 @@ def fill_categories(rows: list[dict[str, Any]]) -> int:
 
 def score(records: list[dict[str, Any]], cfg: DictConfig, data_name: str) -> dict[str, Any]:
     """Per-sample metrics into ``records`` and the aggregated tables."""
-    from medvl.evaluation.aggregate import aggregate, row_answer_type
+    from medvl.evaluation.aggregate import aggregate, row_answer_type, row_language
     from medvl.evaluation.extract import extract_choice
     from medvl.evaluation.metrics import compute_metrics, make_corpus_fn
 
     preds = [r["prediction"] for r in records]
     refs = [r["reference"] for r in records]
     names = list(cfg.metrics) or None
+    languages = [row_language(r) for r in records]
+    notes: dict[str, str] = {}
     # The answer type the tables group rows by, so that closed_accuracy is scored on the "closed" rows.
     per_sample, _ = compute_metrics(preds, refs, [row_answer_type(r) for r in records], metrics=names,
                                     bertscore_model=cfg.bertscore.model,
                                     bertscore_num_layers=cfg.bertscore.num_layers,
-                                    bertscore_dtype=cfg.bertscore.dtype)
+                                    bertscore_dtype=cfg.bertscore.dtype,
+                                    bertscore_model_zh=OmegaConf.select(cfg, "bertscore.model_zh", default=None),
+                                    languages=languages, notes=notes)
     for rec, scores in zip(records, per_sample):
         options = (rec.get("meta") or {}).get("options")
         if options:
@@ -285,6 +289,11 @@ def score(records: list[dict[str, Any]], cfg: DictConfig, data_name: str) -> dic
         if by_value:
             # The same numbers as a category's: corpus BLEU/CIDEr/METEOR on the group's rows, corpus perplexity.
             tables[f"by_{key}"] = {v: _breakdown(records, by_value[v], corpus_fn) for v in sorted(by_value)}
+    if len(set(languages)) > 1:  # en and zh (Slake data.lang=all) are also reported apart
+        tables["by_lang"] = {lang: _breakdown(records, [i for i, x in enumerate(languages) if x == lang], corpus_fn)
+                             for lang in sorted(set(languages))}
+    if notes:
+        tables["notes"] = notes  # why a metric is missing from some groups (metrics.json, tables.md, console)
     return tables
 
 
