@@ -95,8 +95,7 @@ def load_split(data_cfg: Any, split: str, limit: int = 0) -> list[dict[str, Any]
     report = read_report(data_cfg)
     summary = ((report or {}).get("splits") or {}).get(split)
     if not path.exists():
-        found = f" (prepare found no {split} split in {report['data']['root']})" if report and summary is None \
-            and (report.get("data") or {}).get("root") else ""
+        found = f" ({Path(data_cfg.dir) / REPORT} lists no {split} split)" if report and summary is None else ""
         raise FileNotFoundError(
             f"data={data_cfg.name}: no {split} split at {path}{found}; run `{prepare_command(data_cfg)}` "
             f"first or set data.dir")

@@ -39,7 +39,7 @@ def resolve_max_length(model_cfg: Any, data_cfg: Any) -> int:
 def describe_max_length(model_cfg: Any, data_cfg: Any) -> str:
     """How the limit came about, for logs and prepare's report."""
     if data_cfg.max_length is not None:
-        return f"data.max_length={int(data_cfg.max_length)} (set)"
+        return "set by data.max_length"
     return (f"derived: {max_image_tokens(model_cfg)} image tokens (model.max_pixels={int(model_cfg.max_pixels)}) "
             f"+ data.text_tokens={int(data_cfg.text_tokens)}")
 
