@@ -53,9 +53,10 @@ def test_another_bertscore_model_rescores_on_resume_but_another_generation_lengt
 # medvl.compare
 
 
-def _evaluated(compose, path: Path, name: str, overrides: list[str]) -> Path:
+def _evaluated(compose, path: Path, name: str, overrides: list[str], bertscore: float | None = None) -> Path:
     """A fake eval dir with the eval_fingerprint.json medvl.eval writes for ``overrides``."""
-    make_eval_dir(path, name, [_row(i, i % 2 == 0, 0.5) for i in range(4)])
+    overall = {"exact_match": 0.5, **({"bertscore_f1": bertscore} if bertscore is not None else {})}
+    make_eval_dir(path, name, [_row(i, i % 2 == 0, 0.5) for i in range(4)], overall=overall)
     eval_run.check_resumable(path, eval_run.fingerprint(compose(overrides, config_name="eval"), None, "test"))
     return path
 
@@ -86,10 +87,15 @@ def test_runs_with_another_generation_length_are_refused_then_marked_when_allowe
 
 
 def test_runs_scored_with_another_bertscore_model_are_refused(compose, tmp_path: Path) -> None:
-    a = _evaluated(compose, tmp_path / "a", "A", [])
-    b = _evaluated(compose, tmp_path / "b", "B", ["bertscore.model=roberta-large"])
+    a = _evaluated(compose, tmp_path / "a", "A", [], bertscore=0.8)
+    b = _evaluated(compose, tmp_path / "b", "B", ["bertscore.model=roberta-large"], bertscore=0.9)
     with pytest.raises(CompareError, match="different settings .*bertscore"):
         compare([a, b], out_dir=tmp_path / "out", n_boot=10)
+    # Without BERTScore scores in one run, its BERTScore settings do not matter: marked, not refused.
+    c = _evaluated(compose, tmp_path / "c", "C", ["bertscore.model=roberta-large"])
+    result = compare([a, c], out_dir=tmp_path / "out", n_boot=10)
+    assert result["settings_differ"]["bertscore"]["C"] == "not scored"
+    assert "Warning" not in (tmp_path / "out" / "model_comparison_tables.md").read_text()
 
 
 def test_a_different_prompt_is_marked_not_refused(compose, tmp_path: Path) -> None:
@@ -104,10 +110,15 @@ def test_a_different_prompt_is_marked_not_refused(compose, tmp_path: Path) -> No
 
 
 def test_alike_runs_and_runs_without_a_fingerprint(compose, tmp_path: Path) -> None:
-    a = _evaluated(compose, tmp_path / "a", "A", [])
-    b = _evaluated(compose, tmp_path / "b", "B", [])
+    a = _evaluated(compose, tmp_path / "a", "A", [], bertscore=0.8)
+    b = _evaluated(compose, tmp_path / "b", "B", [], bertscore=0.9)
     assert compare([a, b], out_dir=tmp_path / "out", n_boot=10)["settings_differ"] == {}
     assert "settings that differ" not in (tmp_path / "out" / "model_comparison_tables.md").read_text()
+    # A BERTScore option added to medvl later, at its default (null), is the setting from before it existed.
+    fp = json.loads((b / "eval_fingerprint.json").read_text())
+    fp["scoring"]["bertscore"]["option_from_a_later_release"] = None
+    (b / "eval_fingerprint.json").write_text(json.dumps(fp))
+    assert compare([a, b], out_dir=tmp_path / "out", n_boot=10)["settings_differ"] == {}
     # An eval dir from before settings were recorded: not refused, but its unknown settings are marked.
     old = make_eval_dir(tmp_path / "old", "old", [_row(i, True, 0.5) for i in range(4)])
     differ = compare([a, old], out_dir=tmp_path / "out2", n_boot=10)["settings_differ"]

@@ -264,12 +264,14 @@ SETTING_SOURCES: dict[str, tuple[tuple[str, ...], ...]] = {
 }
 #: Settings under which the same model scores differently (answers cut at another length or decoded
 #: otherwise, the same answers scored by another BERTScore model): a difference in the tables would measure
-#: the settings, not the models. Refused unless ``allow_mixed_settings``, then marked.
+#: the settings, not the models. Refused unless ``allow_mixed_settings``, then marked. The other settings
+#: (the prompt) are marked, never refused: the prompt is often what is compared (a prompt ablation, a sweep
+#: over ``prompt=...``).
 STRICT_SETTINGS = ("max_new_tokens", "do_sample", "num_beams", "bertscore")
-#: The prompt is often what is compared (a prompt ablation, a sweep over ``prompt=...``): marked, not refused.
 NOT_RECORDED = "not recorded"
-
-
+#: The BERTScore settings of a run without BERTScore scores do not matter.
+NOT_SCORED = "not scored"
+_UNKNOWN = (NOT_RECORDED, NOT_SCORED)
 _ABSENT = object()
 
 
@@ -285,12 +287,18 @@ def eval_settings(run: Run) -> dict[str, Any]:
             if node is not _ABSENT:
                 out[setting] = node
                 break
+    overall = run.metrics.get(OVERALL)
+    if not (isinstance(overall, Mapping) and "bertscore_f1" in overall):
+        out["bertscore"] = NOT_SCORED
     return out
 
 
 def _setting_text(value: Any) -> str:
     if value is _ABSENT:
         return NOT_RECORDED
+    if isinstance(value, Mapping):
+        # An option added later at its default (null) is the setting as it was before the option existed.
+        value = {key: v for key, v in value.items() if v is not None}
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True, ensure_ascii=False)
 
 
@@ -312,14 +320,14 @@ def check_same_settings(runs: Sequence[Run], *, allow_mixed: bool = False) -> di
     """Refuse runs evaluated with different :data:`STRICT_SETTINGS`; return every setting that differs.
 
     Runs that do not record a setting are not refused for it (it is marked ``not recorded``), as
-    :func:`check_same_data` does with unrecorded data.
+    :func:`check_same_data` does with unrecorded data; nor are runs without BERTScore scores for
+    their BERTScore settings (``not scored``).
 
     Raises:
         CompareError: two runs record different values of a strict setting and ``allow_mixed`` is false.
     """
     differ = differing_settings(runs)
-    refused = {s: v for s, v in differ.items() if s in STRICT_SETTINGS
-               and len({text for text in v.values() if text != NOT_RECORDED}) > 1}
+    refused = {s: differ[s] for s in mixed_strict_settings(differ)}
     if refused and not allow_mixed:
         parts = "; ".join(f"{s}: " + ", ".join(f"{name}={text}" for name, text in v.items())
                           for s, v in refused.items())
@@ -329,8 +337,10 @@ def check_same_settings(runs: Sequence[Run], *, allow_mixed: bool = False) -> di
 
 
 def mixed_strict_settings(differ: Mapping[str, Mapping[str, str]]) -> list[str]:
-    """The strict settings among ``differ`` (the ones only ``--allow-mixed-settings`` lets through)."""
-    return [s for s in differ if s in STRICT_SETTINGS]
+    """The strict settings that two runs of ``differ`` record with different values (the ones only
+    ``--allow-mixed-settings`` lets through)."""
+    return [s for s, texts in differ.items() if s in STRICT_SETTINGS
+            and len({text for text in texts.values() if text not in _UNKNOWN}) > 1]
 
 
 def default_out_dir(
