@@ -10,7 +10,6 @@ import torch
 
 from medvl.data.dataset import END_OF_TURN, Collator, encode_prompts
 
-
 #: How answers are decoded: greedy, one beam. Recorded in each eval's fingerprint so that medvl.compare
 #: can tell runs decoded differently apart.
 DECODING: dict[str, Any] = {"do_sample": False, "num_beams": 1}
