@@ -99,7 +99,8 @@ def test_a_merged_model_evaluates_prepared_data_without_data_root(tmp_path, cach
 
 
 def test_without_data_root_or_a_report_it_is_one_line(tmp_path) -> None:
-    (tmp_path / "mine").mkdir()
+    """Hand-made rows (no report.json) and no data.root: one line, not MissingMandatoryValue."""
+    make_dataset(tmp_path / "mine")
     proc = subprocess.run([sys.executable, "-m", "medvl.eval", "data=vqa_rad", f"data.dir={tmp_path / 'mine'}",
                            f"hydra.run.dir={tmp_path / 'eval'}"], cwd=REPO, capture_output=True, text=True,
                           timeout=300)

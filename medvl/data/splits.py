@@ -64,14 +64,17 @@ def prepare_command(data_cfg: Any, model_cfg: Any | None = None) -> str:
     return f"python -m medvl.prepare data={data_cfg.name} data.root={root} data.dir={data_cfg.dir}{model}"
 
 
-def resolve_image_root(data_cfg: Any) -> str:
+def resolve_image_root(data_cfg: Any, required: bool = True) -> str | None:
     """The folder image paths are relative to: ``data.root`` when set, else the one ``medvl.prepare``
-    recorded for ``data.dir`` (filled into ``data_cfg.root``), so prepared data alone is enough."""
+    recorded for ``data.dir`` (filled into ``data_cfg.root``), so prepared data alone is enough.
+    ``required=False``: None instead of ConfigError when neither is there."""
     if not OmegaConf.is_missing(data_cfg, "root"):
         return str(data_cfg.root)
     report = read_report(data_cfg) or {}
     recorded = (report.get("data") or {}).get("root")
     if not recorded or not Path(recorded).is_absolute():
+        if not required:
+            return None
         where = (f"{Path(data_cfg.dir) / REPORT} does not record it" if report
                  else f"{data_cfg.dir} has no {REPORT} from medvl.prepare")
         raise ConfigError(f"data={data_cfg.name}: data.root is not set and {where}; add data.root=<the folder "
@@ -90,7 +93,6 @@ def load_split(data_cfg: Any, split: str, limit: int = 0) -> list[dict[str, Any]
             length (see :func:`eval_split_names`).
     """
     ensure_data(data_cfg)
-    resolve_image_root(data_cfg)
     path = split_path(data_cfg, split)
     report = read_report(data_cfg)
     summary = ((report or {}).get("splits") or {}).get(split)
@@ -99,6 +101,7 @@ def load_split(data_cfg: Any, split: str, limit: int = 0) -> list[dict[str, Any]
         raise FileNotFoundError(
             f"data={data_cfg.name}: no {split} split at {path}{found}; run `{prepare_command(data_cfg)}` "
             f"first or set data.dir")
+    resolve_image_root(data_cfg)
     if split in eval_split_names(data_cfg):
         _refuse_length_drops(data_cfg, split, summary)
     rows = read_jsonl(path)
