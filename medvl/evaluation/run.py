@@ -371,7 +371,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> di
         raise CheckpointError("compare_base=true compares the base model with a checkpoint: add +ckpt=<run dir>")
     if ckpt is not None:
         apply_run_config(cfg, ckpt, list(overrides))
-    resolve_image_root(cfg.data)  # without data.root, the folder prepare recorded for data.dir
+    resolve_image_root(cfg.data, required=False)  # without data.root, the folder prepare recorded for data.dir
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     if ckpt is None:
