@@ -132,6 +132,7 @@ def test_long_evaluation_rows_are_kept_and_long_training_rows_counted(tmp_path, 
     # The report and the console both say it, in words.
     assert any(w.startswith("train: 2 of 4 rows dropped as too_long") for w in report["warnings"])
     assert any(w.startswith("test: 2 rows longer than max_length=80 kept") for w in report["warnings"])
+    assert any(w.startswith("lengths were measured with model=tiny") for w in report["warnings"])
     shown = " ".join(capsys.readouterr().out.split())
     assert "train: 2 of 4 rows dropped as too_long" in shown and "test: 2 rows longer than max_length=80 kept" in shown
 

@@ -659,6 +659,10 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     if kept_over:
         report["kept_from_previous_run"] = sorted(kept_over, key=_split_order)
     report["warnings"] = length_warnings(report, out_dir)
+    if cfg.model.build_tiny:  # the default model: lengths of a real model's run will differ
+        report["warnings"].append(f"lengths were measured with model={cfg.model.name} ({max_image_tokens(cfg.model)} "
+                                  f"image tokens at most); add model=<the model you will train, e.g. 7b> to count "
+                                  f"its drops here (training with another model re-measures at start-up)")
     try:
         staged.path("report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n",
                                               encoding="utf-8")
