@@ -16,7 +16,6 @@ from medvl.data.dataset import segments, to_messages
 from medvl.data.format import image_paths
 from medvl.data.validate_rows import no_pixel_limit
 
-
 #: Pixels per image token of each model family: 14x14 patches, merged 2x2 (Qwen2-VL and Qwen2.5-VL).
 PIXELS_PER_TOKEN = {"qwen2_vl": 28 * 28, "qwen2_5_vl": 28 * 28}
 
