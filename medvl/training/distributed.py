@@ -25,6 +25,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
+log = logging.getLogger(__name__)
+
 #: Hydra overrides for ranks other than 0: no ``.hydra/``, no log file, warnings and errors only.
 REPLICA_OVERRIDES = ["hydra.output_subdir=null", "hydra/job_logging=stdout", "hydra.job_logging.root.level=WARNING"]
 
@@ -80,6 +82,35 @@ def rank_argv(argv: list[str]) -> list[str]:
         drop = ("hydra.output_subdir=", "hydra/job_logging=", "hydra.job_logging.")
         argv = [a for a in argv if not a.startswith(drop)] + REPLICA_OVERRIDES
     return argv
+
+
+def one_gpu_without_launcher(args: Any) -> None:
+    """Train on one GPU when a single process sees several (``python -m medvl.train`` on a multi-GPU node).
+
+    The HF Trainer would wrap the model in ``nn.DataParallel`` there (``args.n_gpu > 1``), which cuts
+    every tensor of a batch along dim 0: Qwen2-VL's ``pixel_values`` are the batch's image patches
+    flattened into one tensor, so each replica would get patches that do not match its
+    ``image_grid_thw`` rows. One GPU rather than a refusal: the same command keeps working everywhere,
+    and a sweep (``-m``), which cannot run inside torchrun, runs its jobs one after another there.
+    The warning names the launcher that uses all of them.
+    """
+    if world_size() > 1 or args.n_gpu <= 1:
+        return
+    n = args.n_gpu
+    args._n_gpu = 1  # read by Trainer._wrap_model and train_batch_size; set before the Trainer exists
+    overrides = " ".join(_task_overrides()) or "<overrides>"
+    log.warning("%d GPUs visible to one process: training on %s only (the Trainer's nn.DataParallel would split "
+                "Qwen2-VL's image patches from their grids); to train on all %d: NPROC=%d bash "
+                "launchers/multi_gpu.sh %s (torchrun --standalone --nproc_per_node %d -m medvl.train "
+                "hydra.run.dir=DIR ...); CUDA_VISIBLE_DEVICES=0 silences this", n, args.device, n, n, overrides, n)
+
+
+def _task_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return [o for o in HydraConfig.get().overrides.task if not o.startswith(("hydra.", "hydra/"))]
 
 
 def task_rank() -> int:

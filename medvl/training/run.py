@@ -23,6 +23,7 @@ from medvl.models.lora import (
     trainable_parameter_names,
     upcast_trainable,
 )
+from medvl.training.distributed import one_gpu_without_launcher
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ def training_arguments(cfg: DictConfig, output_dir: Path):
     t = cfg.trainer
     use_bf16 = mixed_precision_bf16(cfg)
     ds = OmegaConf.to_container(cfg.deepspeed.config, resolve=True) if cfg.deepspeed.config else None
-    return TrainingArguments(
+    args = TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=t.per_device_train_batch_size,
         per_device_eval_batch_size=t.per_device_eval_batch_size,
@@ -190,6 +191,8 @@ def training_arguments(cfg: DictConfig, output_dir: Path):
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=not is_main_process(),
     )
+    one_gpu_without_launcher(args)
+    return args
 
 
 def save_outputs(model, processor, trainer, cfg: DictConfig, out: Path) -> None:
