@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -68,6 +69,16 @@ def training_model_config(cfg: DictConfig) -> DictConfig:
 def mixed_precision_bf16(cfg: DictConfig) -> bool:
     """Whether the Trainer runs in bf16 mixed precision: ``trainer.bf16`` on a GPU that supports it."""
     return bool(cfg.trainer.bf16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def load_for_training(cfg: DictConfig, out: Path):
+    """(TrainingArguments, processor, model), the arguments first: with ``deepspeed=zero3*`` they register the
+    DeepSpeed config that ``from_pretrained`` reads, so each rank keeps only its 1/world_size share of the
+    weights as they load. Loaded before the arguments existed, every rank would hold the whole model
+    (a 32B model in bf16 is 64 GB per rank) until the Trainer partitioned it."""
+    args = training_arguments(cfg, out)
+    processor, model = build_model(cfg)
+    return args, processor, model
 
 
 def build_model(cfg: DictConfig):
@@ -253,8 +264,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # A row too long for this model would stop training when the sampler reaches it: refused here instead.
     lengths = check_train_lengths(rows, cfg.data, cfg.model, cfg.prompt.system_prompt, cfg.data.train_split)
 
-    processor, model = build_model(cfg)
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    args, processor, model = load_for_training(cfg, out)
+    n_train = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)  # ZeRO-3: 0
     log.info("Trainable parameters: %d in %d tensors", n_train, len(trainable_parameter_names(model)))
 
     dataset = VQADataset(rows, processor, cfg.data.root, system_prompt=cfg.prompt.system_prompt,
@@ -267,7 +278,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks += logger_callbacks(cfg, processor, out)
     trainer = _trainer_class()(
         model=model,
-        args=training_arguments(cfg, out),
+        args=args,
         train_dataset=dataset,
         data_collator=Collator(processor.tokenizer.pad_token_id),
         callbacks=callbacks,
@@ -285,7 +296,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         (out / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
     end_distributed()
     if wants_eval_after_train(cfg) and is_main_process():
-        del trainer, model
+        release_training(trainer, callbacks)
+        del trainer, model, args
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         # Rank 0 evaluates alone: a still-registered ZeRO-3 config would make from_pretrained shard.
         from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
@@ -296,6 +311,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
             if hasattr(cb, "log_final_eval"):  # W&B: the sweep's dashboards get the final numbers too
                 cb.log_final_eval(tables)
     return metrics
+
+
+def release_training(trainer, callbacks: list) -> None:
+    """Let the trained model, its optimizer state and DeepSpeed engine go before the evaluation after training
+    loads a second copy of the model: the callbacks hold the trainer, and the trainer's accelerator holds the
+    model, optimizer, scheduler and engine. The caller drops its own names and collects."""
+    for cb in callbacks:
+        if hasattr(cb, "trainer"):
+            cb.trainer = None
+    trainer.accelerator.free_memory()  # accelerate forgets its models, optimizers, engine and dataloaders
+    trainer.model = trainer.model_wrapped = trainer.deepspeed = None
+    trainer.optimizer = trainer.lr_scheduler = None
+    trainer.callback_handler.model = trainer.callback_handler.optimizer = None
+    trainer.callback_handler.lr_scheduler = None
 
 
 def validation_callback(cfg: DictConfig, processor, out: Path):
