@@ -72,8 +72,12 @@ class LoraConfig:
     #: Component the targets live in: ``merger``, ``llm``, or ``auto`` (the stage's LoRA component).
     scope: str = "auto"
     r: int = 16
-    alpha: int = 32
+    #: LoRA's scale numerator: adapters are scaled by alpha/r (alpha/sqrt(r) with ``use_rslora``); ``null``:
+    #: ``ALPHA_PER_RANK * r`` (:func:`lora_alpha`), so that a rank sweep keeps one scale (alpha/r = 2) in every job.
+    alpha: int | None = None
     dropout: float = 0.05
+    #: Rank-stabilised LoRA (peft's ``use_rslora``): scale alpha/sqrt(r) instead of alpha/r.
+    use_rslora: bool = False
 
 
 @dataclass
@@ -177,6 +181,32 @@ class TrainerConfig:
 
 
 @dataclass
+class BertScoreConfig:
+    #: A local model directory or hub id; ``null``: the packaged all-MiniLM-L6-v2 (offline).
+    model: str | None = None
+    num_layers: int | None = None
+    #: ``float32`` (exact: equals bert-score's own output) or ``bfloat16`` (about twice as fast on CPUs
+    #: with bf16 units; per-sample F1 within about 1e-2, the mean within about 2e-3).
+    dtype: str = "float32"
+    #: A multilingual model (local directory or hub id) for Chinese rows, at its own default layer;
+    #: ``null``: zh rows get no BERTScore (the reason is in metrics.json), never an English model's score.
+    model_zh: str | None = None
+
+
+@dataclass
+class EvalSettings:
+    """How an evaluation generates and scores: ``medvl.eval``'s own keys, and the ``eval`` node of
+    ``medvl.train`` (its evaluation after training), defined once for both."""
+
+    batch_size: int = 32
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    #: Metric names from the registry; empty: all of them (METEOR needs Java, checked at start-up).
+    metrics: list[str] = field(default_factory=list)
+    perplexity: bool = True
+    bertscore: BertScoreConfig = field(default_factory=BertScoreConfig)
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     stage: StageConfig = field(default_factory=StageConfig)
@@ -192,24 +222,18 @@ class TrainConfig:
     init_from: str | None = None
     #: Run ``medvl.eval`` on the run after training (``null``: on in multirun sweeps, off otherwise).
     eval_after_train: bool | None = None
+    #: Set by a config that trains a later stage (``experiment=slake_instruct_7b``): ``init_from`` must then
+    #: name the earlier stage's run, or ``base`` to start from the base model on purpose.
+    init_from_required: bool = False
+    #: Metrics and generation of the evaluation after training, checked before training starts
+    #: (conf/train.yaml: ``batch_size`` and ``max_new_tokens`` follow the validation's by default).
+    eval: EvalSettings = field(default_factory=EvalSettings)
     #: ``auto``: continue from the newest checkpoint in the run directory; or a checkpoint path.
     resume: str | None = None
-    #: Generation length of validation and of the evaluation after training (as medvl.eval's).
+    #: Generation length of validation during training; the evaluation after training follows it unless
+    #: ``eval.max_new_tokens`` is set (conf/train.yaml), so that the best checkpoint and the final table agree.
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     run_name: str = "${stage.name}-${model.name}-${lora.name}"
-
-
-@dataclass
-class BertScoreConfig:
-    #: A local model directory or hub id; ``null``: the packaged all-MiniLM-L6-v2 (offline).
-    model: str | None = None
-    num_layers: int | None = None
-    #: ``float32`` (exact: equals bert-score's own output) or ``bfloat16`` (about twice as fast on CPUs
-    #: with bf16 units; per-sample F1 within about 1e-2, the mean within about 2e-3).
-    dtype: str = "float32"
-    #: A multilingual model (local directory or hub id) for Chinese rows, at its own default layer;
-    #: ``null``: zh rows get no BERTScore (the reason is in metrics.json), never an English model's score.
-    model_zh: str | None = None
 
 
 @dataclass
@@ -224,19 +248,13 @@ class _ModelDataConfig:
 
 
 @dataclass
-class EvalConfig(_ModelDataConfig):
+class EvalConfig(_ModelDataConfig, EvalSettings):
     """``python -m medvl.eval``. ``ckpt`` is deliberately absent: it is given as ``+ckpt=...``."""
 
     #: Split to evaluate (conf/eval.yaml: ``${data.eval_split}``).
     split: str = "test"
     #: Also evaluate the base model and report both.
     compare_base: bool = False
-    batch_size: int = 32
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-    #: Metric names from the registry; empty: all of them.
-    metrics: list[str] = field(default_factory=list)
-    perplexity: bool = True
-    bertscore: BertScoreConfig = field(default_factory=BertScoreConfig)
     seed: int = 0
     #: Where the model runs: ``auto`` (this process's GPU, ``cuda:$LOCAL_RANK``, when there is
     #: one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
@@ -334,27 +352,111 @@ class ConfigError(ValueError):
     """A config value that composes but makes no sense; its message is one line."""
 
 
-def _lora_component(cfg: DictConfig) -> str | None:
-    for comp in ("merger", "llm", "vision"):
-        if str(getattr(cfg.stage[comp], "value", cfg.stage[comp])) == "lora":
-            return comp
-    return None
+COMPONENT_NAMES = ("vision", "merger", "llm")
+#: The preset ``lora=auto`` takes for the component a stage trains with LoRA, when the stage's own
+#: ``default_lora`` targets another component (a stage edited with ``stage.llm=lora``, say).
+AUTO_PRESET = {"merger": "merger", "llm": "attn_ffn"}
+#: ``alpha = ALPHA_PER_RANK * r`` when ``lora.alpha`` is null: the adapters' scale alpha/r stays the same across ranks.
+ALPHA_PER_RANK = 2
+
+
+def _mode(value: Any) -> str:
+    return str(getattr(value, "value", value))
+
+
+def lora_components(cfg: DictConfig) -> list[str]:
+    """The components the stage marks ``lora`` (validated to be at most one, and not the vision encoder)."""
+    return [comp for comp in ("merger", "llm", "vision") if _mode(cfg.stage[comp]) == "lora"]
+
+
+def lora_component(cfg: DictConfig) -> str | None:
+    """The component the stage trains with LoRA (``merger`` or ``llm``), or None."""
+    comps = lora_components(cfg)
+    return comps[0] if comps else None
+
+
+def lora_alpha(lora: Any) -> int:
+    """``lora.alpha``, or ``ALPHA_PER_RANK * lora.r`` when it is null: the one place the default is decided."""
+    return int(lora.alpha) if lora.alpha is not None else ALPHA_PER_RANK * int(lora.r)
+
+
+def _preset(name: str) -> DictConfig:
+    return OmegaConf.load(CONF_DIR / "lora" / f"{name}.yaml")
+
+
+def _presets_for(comp: str) -> list[str]:
+    return [name for name in group_choices("lora") if _preset(name).get("scope") == comp]
+
+
+def _stage_desc(cfg: DictConfig) -> str:
+    return f"stage={cfg.stage.name} ({', '.join(f'{c}={_mode(cfg.stage[c])}' for c in COMPONENT_NAMES)})"
+
+
+def _check_stage_components(cfg: DictConfig) -> None:
+    comps = lora_components(cfg)
+    if "vision" in comps:
+        raise ConfigError("stage.vision=lora: no lora preset puts adapters on the vision encoder; set "
+                          "stage.vision=full (all its weights train) or stage.vision=frozen")
+    if len(comps) > 1:
+        raise ConfigError(f"{_stage_desc(cfg)} marks both the merger and the llm lora, but a stage has one LoRA "
+                          f"component; set stage.merger=full, stage.merger=frozen, stage.llm=full or stage.llm=frozen")
+    if all(_mode(cfg.stage[c]) == "frozen" for c in COMPONENT_NAMES):
+        name = str(cfg.stage.default_lora) if cfg.lora.name == "auto" else str(cfg.lora.name)
+        scope = cfg.lora.scope if cfg.lora.name != "auto" else _preset(name).get("scope")
+        comp = scope if scope in AUTO_PRESET else "llm"  # the component lora=... puts adapters on
+        raise ConfigError(f"{_stage_desc(cfg)} trains nothing; set stage.{comp}=lora"
+                          + ("" if cfg.lora.name not in ("auto", "none") else f" or stage.{comp}=full"))
 
 
 def resolve_lora(cfg: DictConfig) -> None:
-    """Fill in ``lora=auto`` from the stage's default and check the targets fit the stage."""
+    """Fill in ``lora=auto`` and ``lora.alpha``, and check the targets fit the stage.
+
+    ``lora=auto`` takes the stage's ``default_lora`` preset when it targets the stage's LoRA component, the
+    component's own preset (:data:`AUTO_PRESET`) when it does not, and ``none`` when no component is ``lora``.
+    """
+    _check_stage_components(cfg)
+    comp = lora_component(cfg)
     if cfg.lora.name == "auto":
-        preset = OmegaConf.load(CONF_DIR / "lora" / f"{cfg.stage.default_lora}.yaml")
+        name = str(cfg.stage.default_lora)
+        if comp is None:
+            name = "none"
+        elif _preset(name).get("scope") != comp:
+            name = AUTO_PRESET[comp]
+        preset = _preset(name)
         cfg.lora.name, cfg.lora.scope = preset.name, preset.scope
         cfg.lora.targets = list(preset.get("targets", []))
-    comp = _lora_component(cfg)
+    if cfg.lora.alpha is None:
+        cfg.lora.alpha = lora_alpha(cfg.lora)
     if cfg.lora.scope == "auto":
         cfg.lora.scope = comp or "none"
     elif cfg.lora.name != "none" and cfg.lora.scope != comp:
+        if comp is None:
+            works = f"choose lora=none, or set stage.{cfg.lora.scope}=lora"
+        else:
+            fitting = " or ".join(f"lora={name}" for name in _presets_for(comp))
+            works = (f"choose {fitting} (adapters on the {comp}), lora=none (the {comp} trained fully), "
+                     f"or set stage.{comp}=frozen stage.{cfg.lora.scope}=lora (adapters on the {cfg.lora.scope})")
+        raise ConfigError(f"lora={cfg.lora.name} puts adapters on the {cfg.lora.scope}, but {_stage_desc(cfg)} "
+                          f"trains {'the ' + comp if comp else 'no component'} with LoRA; {works}")
+
+
+#: ``init_from`` values that start a later-stage config from the base model on purpose.
+BASE_INIT = ("base", "none")
+
+
+def starts_from_base(init_from: Any) -> bool:
+    """Whether ``init_from`` says "the base model" in words (``init_from=base``) rather than naming a run."""
+    return init_from is not None and str(init_from).strip().lower() in BASE_INIT
+
+
+def _check_init_from(cfg: DictConfig) -> None:
+    # An experiment's ``init_from: ???`` merges onto the schema's null as null, so a later stage says
+    # ``init_from_required: true`` instead and forgetting init_from stops here.
+    if cfg.init_from is None and cfg.init_from_required:
         raise ConfigError(
-            f"lora={cfg.lora.name} puts adapters on the {cfg.lora.scope} but stage={cfg.stage.name} trains "
-            f"the {comp or 'nothing'} with LoRA; choose lora={'merger' if comp == 'merger' else 'attn_ffn'} "
-            f"or lora=none")
+            f"run_name={cfg.run_name} trains {cfg.stage.name} on top of an earlier stage (init_from_required=true) "
+            f"but init_from is not set; add init_from=<the earlier stage's run dir> (e.g. outputs/train/align_7b), "
+            f"or init_from=base to start from the base model {cfg.model.name_or_path} on purpose")
 
 
 #: A key whose last word is one of these holds a secret: ``api_key``, ``hf_token``, ``wandbApiKey``
@@ -391,16 +493,18 @@ def _refuse_secrets(keys: list[str]) -> None:
 def validate(cfg: DictConfig) -> None:
     """Resolve ``lora=auto`` and check values the type system cannot: ranges and cross-field rules."""
     _refuse_secrets(secret_keys(cfg))
+    _check_init_from(cfg)
+    _check(cfg, [("lora.r", cfg.lora.r > 0, "must be a positive integer")])
     resolve_lora(cfg)
     checks = [
-        ("lora.r", cfg.lora.r > 0, "must be a positive integer"),
-        ("lora.alpha", cfg.lora.alpha > 0, "must be a positive integer"),
+        ("lora.alpha", cfg.lora.alpha > 0, "must be a positive integer, or null (2 * lora.r)"),
         ("lora.dropout", 0.0 <= cfg.lora.dropout < 1.0, "must be in [0, 1)"),
         ("lora.scope", cfg.lora.scope in ("llm", "merger", "none"), "must be one of: auto, llm, merger"),
         _pixels_check(cfg),
         ("data.max_length", cfg.data.max_length is None or cfg.data.max_length > 0,
          "must be a positive integer, or null (derived from the model's pixel budget)"),
         ("data.text_tokens", cfg.data.text_tokens > 0, "must be a positive integer"),
+        ("max_new_tokens", cfg.max_new_tokens > 0, "must be a positive integer"),
         ("trainer.per_device_train_batch_size", cfg.trainer.per_device_train_batch_size > 0,
          "must be a positive integer"),
         ("trainer.gradient_accumulation_steps", cfg.trainer.gradient_accumulation_steps > 0,
@@ -412,11 +516,25 @@ def validate(cfg: DictConfig) -> None:
     checks.append(("trainer.warmup_ratio", 0 <= cfg.trainer.warmup_ratio < 1, "must be in [0, 1)"))
     _check(cfg, checks)
     if cfg.lora.name != "none" and not cfg.lora.targets:
-        raise ConfigError(f"lora={cfg.lora.name} lists no targets")
+        raise ConfigError(f"lora={cfg.lora.name} lists no targets; add lora.targets=[...] (module-name suffixes "
+                          f"inside the {cfg.lora.scope}, e.g. self_attn.q_proj) or choose a preset such as "
+                          f"lora=attn_ffn, or lora=none")
+    _check(cfg, _eval_settings_checks(cfg.eval, "eval."))
     if cfg.trainer.eval_steps > 0:  # a misspelt metric would otherwise surface after the model loads
         from medvl.training.callbacks import validation_metrics
 
         validation_metrics(list(cfg.trainer.eval_metrics), cfg.trainer.metric_for_best)
+
+
+def check_eval_after_train(cfg: DictConfig) -> None:
+    """What the evaluation after training scores with (``eval.*``): metric names, Java for METEOR, each
+    metric's library and the BERTScore model files, or one ConfigError naming the key to change."""
+    from medvl.evaluation.metrics import MetricError, check_scoring  # light: no torch
+
+    try:
+        check_scoring(cfg.eval, prefix="eval.")
+    except MetricError as exc:
+        raise ConfigError(f"the evaluation after training (eval_after_train) cannot run: {exc}") from None
 
 
 def validate_eval(cfg: DictConfig) -> None:
@@ -425,11 +543,19 @@ def validate_eval(cfg: DictConfig) -> None:
     _check(cfg, [
         ("device", re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(cfg.device)) is not None,
          "must be auto, cpu, cuda or cuda:N"),
-        ("batch_size", cfg.batch_size > 0, "must be a positive integer"),
-        ("max_new_tokens", cfg.max_new_tokens > 0, "must be a positive integer"),
-        ("bertscore.dtype", cfg.bertscore.dtype in ("float32", "bfloat16"), "must be float32 or bfloat16"),
+        *_eval_settings_checks(cfg),
         _pixels_check(cfg),
     ])
+
+
+def _eval_settings_checks(settings: DictConfig, prefix: str = "") -> list[tuple[str, bool, str]]:
+    """Range checks of :class:`EvalSettings`, under ``prefix`` (``eval.`` in a training config)."""
+    return [
+        (f"{prefix}batch_size", settings.batch_size > 0, "must be a positive integer"),
+        (f"{prefix}max_new_tokens", settings.max_new_tokens > 0, "must be a positive integer"),
+        (f"{prefix}bertscore.dtype", settings.bertscore.dtype in ("float32", "bfloat16"),
+         "must be float32 or bfloat16"),
+    ]
 
 
 def _pixels_check(cfg: DictConfig) -> tuple[str, bool, str]:
@@ -516,8 +642,7 @@ def preflight(config_name: str, argv: list[str]) -> None:
         _refuse_secrets(_secret_override_keys(argv))
     except ConfigError as exc:
         sys.exit(f"medvl: {exc}")
-    if any(a in ("-m", "--multirun", "--help", "-h", "--hydra-help", "--info") or a.startswith("--info")
-           for a in argv):
+    if any(a in ("--help", "-h", "--hydra-help", "--info") or a.startswith("--info") for a in argv):
         return
     overrides, skip = [], False
     for arg in argv:
@@ -527,17 +652,56 @@ def preflight(config_name: str, argv: list[str]) -> None:
             skip = True
         elif not arg.startswith("-") and not arg.startswith("hydra"):
             overrides.append(arg)
+    if any(a in ("-m", "--multirun") for a in argv):
+        if config_name == "train":
+            _preflight_sweep(overrides)
+        return
+    printing = any(a in ("--cfg", "-c") for a in argv)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name=config_name, overrides=overrides)
             if config_name == "train":
                 validate(cfg)
+                if cfg.eval_after_train and not printing:
+                    check_eval_after_train(cfg)
             elif config_name == "eval":
                 validate_eval(cfg)
     except ConfigError as exc:
         sys.exit(f"medvl: {exc}")
     except Exception as exc:  # noqa: BLE001 - every composition error becomes one line
         sys.exit(f"medvl: {_one_line(exc, overrides, SCHEMAS[config_name])}")
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _preflight_sweep(overrides: list[str]) -> None:
+    """Before a multirun starts: what every job's evaluation after training needs (Java for METEOR, ...),
+    checked on the first job's config, or exit with one line. Otherwise each job would fail alike.
+
+    Other errors are left to the jobs, each of which validates its own config when it starts.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser, first = OverridesParser.create(), []
+    for arg in overrides:
+        try:
+            override = parser.parse_override(arg)
+            value = next(override.sweep_string_iterator()) if override.is_sweep_override() else None
+        except Exception:  # noqa: BLE001 - a malformed override gets Hydra's own error
+            return
+        first.append(arg if value is None else f"{arg.partition('=')[0]}={value}")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=first)
+        if cfg.eval_after_train is not False:  # null: on in a sweep
+            check_eval_after_train(cfg)
+    except ConfigError as exc:
+        sys.exit(f"medvl: {exc}")
+    except Exception:  # noqa: BLE001 - composition errors are Hydra's and the jobs' to report
+        return
     finally:
         GlobalHydra.instance().clear()

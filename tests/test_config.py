@@ -119,7 +119,7 @@ def test_every_experiment_composes(compose, experiment):
     overrides = [f"experiment={experiment}"]
     cfg_text = (CONF_DIR / "experiment" / f"{experiment}.yaml").read_text()
     assert cfg_text.startswith("# @package _global_") and "-m medvl.train" in cfg_text
-    if "init_from: ???" in cfg_text:
+    if "init_from_required: true" in cfg_text:
         overrides.append("init_from=/runs/stage1")
     cfg = compose(overrides)
     validate(cfg)

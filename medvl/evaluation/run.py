@@ -358,11 +358,11 @@ def evaluate(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> di
     ``overrides`` are the command line's, so that they win over a run directory's own config.
     """
     from medvl.config import validate_eval
-    from medvl.evaluation.metrics import check_metrics
+    from medvl.evaluation.metrics import check_scoring
     from medvl.evaluation.report import print_side_by_side
 
     validate_eval(cfg)
-    check_metrics(list(cfg.metrics) or None)  # before hours of generation, not after
+    check_scoring(cfg)  # metric names, Java, BERTScore model files: before hours of generation, not after
     torch.manual_seed(cfg.seed)
     out = Path(cfg.output_dir)
     ckpt_arg = cfg.get("ckpt")

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from medvl.config import lora_alpha, lora_component
+
 log = logging.getLogger(__name__)
 
 #: Module-path prefix of each component, per model family (same in both families in transformers 5).
@@ -39,12 +41,6 @@ def _mode(value: Any) -> str:
     return str(getattr(value, "value", value))
 
 
-def lora_component(cfg: Any) -> str | None:
-    """The component the stage trains with LoRA (``merger`` or ``llm``), or None."""
-    for comp in ("merger", "llm", "vision"):
-        if _mode(cfg.stage[comp]) == "lora":
-            return comp
-    return None
 
 
 def target_modules(model: torch.nn.Module, cfg: Any) -> list[str]:
@@ -64,7 +60,11 @@ def target_modules(model: torch.nn.Module, cfg: Any) -> list[str]:
         elif any(name.endswith("." + s) for s in suffixes):
             names.append(name)
     if not names:
-        raise ValueError(f"lora={cfg.lora.name} matched no module under {prefix}")
+        from medvl.config import ConfigError
+
+        raise ConfigError(f"lora={cfg.lora.name} (lora.targets={suffixes}) matched no module under {prefix}; "
+                          f"name module-name suffixes found there (e.g. self_attn.q_proj, mlp.0) or use "
+                          f"lora=all_linear")
     return names
 
 
@@ -99,24 +99,35 @@ def _modules_to_save(model: torch.nn.Module, full: list[str]) -> list[str]:
     return out
 
 
+def peft_lora_config(cfg: Any, targets: list[str], modules_to_save: list[str] | None = None):
+    """peft's ``LoraConfig`` for ``cfg.lora`` on the modules named ``targets`` (full names).
+
+    The scale peft applies is ``alpha / r``, or ``alpha / sqrt(r)`` with ``lora.use_rslora``; a null
+    ``lora.alpha`` follows r (:func:`medvl.config.lora_alpha`).
+    """
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=int(cfg.lora.r),
+        lora_alpha=lora_alpha(cfg.lora),
+        lora_dropout=float(cfg.lora.dropout),
+        use_rslora=bool(cfg.lora.get("use_rslora", False)),
+        # An exact alternation of full names: nothing outside the scoped component can match.
+        target_modules="^(" + "|".join(re.escape(n) for n in targets) + ")$",
+        modules_to_save=modules_to_save or None,
+        task_type="CAUSAL_LM",
+    )
+
+
 def apply_training_setup(model: torch.nn.Module, cfg: Any) -> torch.nn.Module:
     """Freeze everything, then add LoRA adapters and unfreeze full components as the stage says."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     model.requires_grad_(False)
     targets = target_modules(model, cfg)
     full = full_components(cfg)
     if targets:
-        peft_cfg = LoraConfig(
-            r=int(cfg.lora.r),
-            lora_alpha=int(cfg.lora.alpha),
-            lora_dropout=float(cfg.lora.dropout),
-            # An exact alternation of full names: nothing outside the scoped component can match.
-            target_modules="^(" + "|".join(re.escape(n) for n in targets) + ")$",
-            modules_to_save=_modules_to_save(model, full) or None,
-            task_type="CAUSAL_LM",
-        )
-        return get_peft_model(model, peft_cfg)
+        return get_peft_model(model, peft_lora_config(cfg, targets, _modules_to_save(model, full)))
     prefixes = tuple(p + "." for c in full for p in FULL_MODULES[c])
     for name, param in model.named_parameters():
         if name.startswith(prefixes):
@@ -157,7 +168,10 @@ def merge_init_from(model: torch.nn.Module, init_from: str | Path, _seen: tuple[
 
     adapter = resolve_adapter_dir(init_from)
     if adapter.resolve() in _seen:
-        raise ValueError(f"init_from chain loops back to {adapter}")
+        from medvl.config import ConfigError
+
+        raise ConfigError(f"init_from chain loops back to {adapter}: each run's config.yaml must name an earlier "
+                          f"run as init_from; fix init_from in {Path(init_from) / 'config.yaml'}")
     earlier = earlier_init_from(init_from)
     if earlier is not None:
         if (earlier / "model" / "config.json").exists():  # that stage saved a whole model
@@ -193,7 +207,8 @@ def earlier_init_from(run: str | Path) -> Path | None:
                 return None
             earlier = Path(str(value)).expanduser()
             if not earlier.exists():
-                raise FileNotFoundError(f"{run} was trained on top of init_from={value}, which does not exist")
+                raise FileNotFoundError(f"{run} was trained on top of init_from={value}, which does not exist; "
+                                        f"restore that run directory (its weights are part of this run's)")
             return earlier
     return None
 
@@ -211,4 +226,5 @@ def resolve_adapter_dir(path: str | Path) -> Path:
     for cand in (path / "adapter", path):
         if (cand / "adapter_config.json").exists():
             return cand
-    raise FileNotFoundError(f"no LoRA adapter (adapter_config.json) in {path} or {path / 'adapter'}")
+    raise FileNotFoundError(f"no LoRA adapter (adapter_config.json) in {path} or {path / 'adapter'}; name a "
+                            f"medvl.train run directory (with adapter/ or model/) or its adapter/ folder")

@@ -8,7 +8,9 @@ HF's integrations, chosen by ``logger.report_to``, log the training curves and w
 - For ``logger=wandb``, :class:`WandbRun`: it starts the run itself, before HF's ``WandbCallback``
   would (which then logs into it), so the run gets medvl's project, name, sweep group and resolved
   config; it logs a predictions table with image thumbnails at each validation; without an API key
-  it runs offline. Its files go under the run directory.
+  it runs offline, and with a key but no route to the W&B server (a cluster's compute node) it says so
+  in one line and runs offline too, instead of waiting minutes for wandb's CommError. Its files go under
+  the run directory.
 """
 
 from __future__ import annotations
@@ -32,8 +34,11 @@ MASK = "***"
 THUMBNAIL_SIZE = 128
 
 
-def logger_callbacks(cfg: DictConfig, processor, out: Path) -> list:
-    """Extra Trainer callbacks for ``cfg.logger``; HF's own integrations come from ``report_to``."""
+def logger_callbacks(cfg: DictConfig, out: Path) -> list:
+    """Extra Trainer callbacks for ``cfg.logger``; HF's own integrations come from ``report_to``.
+
+    Built before the model loads: whether W&B can log online is decided here, in seconds.
+    """
     from medvl.training.monitor import TrainingMonitor
 
     callbacks: list = [TrainingMonitor()]
@@ -44,8 +49,10 @@ def logger_callbacks(cfg: DictConfig, processor, out: Path) -> list:
             raise ImportError("logger=wandb needs the wandb package: pip install wandb") from exc
         from medvl.training.run import wants_eval_after_train
 
-        callbacks.append(WandbRun(wandb_init_kwargs(cfg, out), image_root=cfg.data.root,
-                                  max_rows=cfg.logger.log_predictions, keep_open=wants_eval_after_train(cfg)))
+        reason = wandb_offline_reason()
+        callbacks.append(WandbRun(wandb_init_kwargs(cfg, out, offline_reason=reason), image_root=cfg.data.root,
+                                  max_rows=cfg.logger.log_predictions, keep_open=wants_eval_after_train(cfg),
+                                  offline_reason=reason))
     log.info("Logger %s: %s", cfg.logger.name, ", ".join(type(cb).__name__ for cb in callbacks))
     return callbacks
 
@@ -81,10 +88,67 @@ def has_wandb_credentials() -> bool:
         return False
 
 
-def wandb_init_kwargs(cfg: DictConfig, out: Path) -> dict[str, Any]:
-    """``wandb.init`` arguments for this run; ``mode="offline"`` when no credentials are found.
+#: Seconds to wait for the W&B host: wandb itself waits about two minutes before failing with CommError.
+REACH_TIMEOUT = 5.0
 
-    A ``WANDB_MODE`` the user set (``online``, ``offline``, ``disabled``) is left to wandb.
+
+def wandb_host() -> str:
+    """The W&B server, ``host[:port]`` of ``WANDB_BASE_URL`` (default api.wandb.ai), without any credentials in it."""
+    parts = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+
+
+def wandb_reachable(timeout: float = REACH_TIMEOUT) -> bool:
+    """Whether the W&B server answers HTTP within ``timeout`` (through the proxy the environment sets, as
+    wandb would): any HTTP status, even an error, means it is reachable."""
+    import urllib.error
+    import urllib.request
+
+    url = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return True
+    except urllib.error.URLError as exc:
+        import ssl
+
+        return isinstance(exc.reason, ssl.SSLError)  # connected; wandb's own TLS settings may still work
+    except (OSError, ValueError):  # timeout, refused, unresolvable host, malformed URL
+        return False
+    return True
+
+
+ONLINE_MODES = ("online", "run")
+
+
+def wandb_offline_reason() -> str | None:
+    """Why this run logs to W&B offline (None: online, or the user's ``WANDB_MODE`` decides).
+
+    Raises:
+        ConfigError: ``WANDB_MODE=online`` is set but the server cannot be reached (wandb would wait
+            minutes, then fail with a traceback).
+    """
+    mode = os.environ.get("WANDB_MODE", "").strip().lower()
+    if mode and mode not in ONLINE_MODES:
+        return None
+    if not mode and not has_wandb_credentials():
+        return "no API key found"
+    if wandb_reachable():
+        return None
+    if mode:
+        from medvl.config import ConfigError
+
+        raise ConfigError(f"WANDB_MODE={mode} but the W&B server {wandb_host()} cannot be reached from this node; "
+                          f"set WANDB_MODE=offline (sync later with `wandb sync <run dir>/wandb/offline-run-*`) or "
+                          f"unset WANDB_MODE to fall back to offline logging")
+    return f"the W&B server {wandb_host()} cannot be reached from this node"
+
+
+def wandb_init_kwargs(cfg: DictConfig, out: Path, offline_reason: str | None = None) -> dict[str, Any]:
+    """``wandb.init`` arguments for this run; ``mode="offline"`` when there is an ``offline_reason``
+    (:func:`wandb_offline_reason`), or, when none is given, without credentials.
+
+    A ``WANDB_MODE`` the user set (``online``, ``offline``, ``disabled``) is otherwise left to wandb.
     """
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     group = sweep_group()
@@ -98,7 +162,7 @@ def wandb_init_kwargs(cfg: DictConfig, out: Path) -> dict[str, Any]:
         # One key: HF's WandbCallback adds TrainingArguments (``deepspeed``, ``run_name``, ...) at the top level.
         "config": {"medvl": redact(config)},
     }
-    if not os.environ.get("WANDB_MODE") and not has_wandb_credentials():
+    if offline_reason or (not os.environ.get("WANDB_MODE") and not has_wandb_credentials()):
         kwargs["mode"] = "offline"
     return kwargs
 
@@ -126,11 +190,13 @@ class WandbRun(TrainerCallback):
         image_root: the data root that rows' image paths are relative to.
         max_rows: validation rows in the table (0: no table).
         keep_open: leave the run open at the end of training for :meth:`log_final_eval`.
+        offline_reason: why the run logs offline, for the line that says so.
     """
 
     def __init__(self, init_kwargs: dict[str, Any], *, image_root: str | Path, max_rows: int,
-                 keep_open: bool = False):
+                 keep_open: bool = False, offline_reason: str | None = None):
         self.init_kwargs = init_kwargs
+        self.offline_reason = offline_reason or "no API key found"
         self.image_root = image_root
         self.max_rows = max_rows
         self.keep_open = keep_open
@@ -146,8 +212,8 @@ class WandbRun(TrainerCallback):
         self.run = wandb.init(**self.init_kwargs)
         if self.init_kwargs.get("mode") == "offline":
             folder = Path(self.run.dir).parent
-            log.info("W&B: no API key found; logging offline to %s (sync later with `wandb sync %s`)",
-                     folder, folder)
+            log.info("W&B: %s; logging offline to %s (sync later with `wandb sync %s`)",
+                     self.offline_reason, folder, folder)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.run is None or not self.max_rows or not any(k.startswith("eval_overall/") for k in logs or {}):

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from medvl.config import validate
+from medvl.config import check_eval_after_train, starts_from_base, validate
 from medvl.data.dataset import Collator, VQADataset
 from medvl.data.splits import check_train_lengths, ensure_data, load_split
 from medvl.data.token_length import resolve_max_length
@@ -136,7 +136,9 @@ def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
         return None
     if cfg.resume != "auto":
         if not (Path(cfg.resume) / "trainer_state.json").is_file():
-            raise FileNotFoundError(f"resume={cfg.resume}: not a complete Trainer checkpoint directory")
+            raise FileNotFoundError(f"resume={cfg.resume}: not a complete Trainer checkpoint directory (no "
+                                    f"trainer_state.json); use resume=auto (the newest complete checkpoint in the run "
+                                    f"directory) or resume=<run dir>/checkpoint-N")
         return str(cfg.resume)
     candidates = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])
                         if p.name.split("-")[-1].isdigit() else -1, reverse=True)
@@ -245,12 +247,34 @@ def plot_loss(history: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def resolve_init_from(cfg: DictConfig) -> None:
+    """``init_from=base`` (a later-stage config started from the base model on purpose) becomes null, said
+    loudly; a run path becomes absolute: config.yaml records it, and eval, export and later stages read it
+    from another directory."""
+    if starts_from_base(cfg.init_from):
+        log.warning("init_from=%s: stage %s starts from the base model %s, not from an earlier stage's run",
+                    cfg.init_from, cfg.stage.name, cfg.model.name_or_path)
+        cfg.init_from = None
+    elif cfg.init_from:
+        cfg.init_from = str(Path(cfg.init_from).expanduser().resolve())
+
+
+def check_evaluation_needs(cfg: DictConfig) -> None:
+    """What validation and the evaluation after training will need, checked before the model loads: their
+    splits, and for the evaluation after training its metrics (Java for METEOR, BERTScore model files).
+    Found missing only after training, a sweep's every job would train to the end and then fail."""
+    if cfg.trainer.eval_steps > 0:
+        load_split(cfg.data, cfg.data.validation_split, cfg.trainer.eval_samples)
+    if not wants_eval_after_train(cfg):
+        return
+    check_eval_after_train(cfg)
+    load_split(cfg.data, cfg.data.eval_split, cfg.data.max_eval_samples)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train one stage as configured; return the final training metrics (and eval metrics if asked)."""
     validate(cfg)
-    if cfg.init_from:
-        # config.yaml records it; eval, export and later stages read it from another directory.
-        cfg.init_from = str(Path(cfg.init_from).expanduser().resolve())
+    resolve_init_from(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.trainer.seed)
@@ -263,6 +287,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     rows = load_split(cfg.data, cfg.data.train_split, cfg.data.max_train_samples)
     # A row too long for this model would stop training when the sampler reaches it: refused here instead.
     lengths = check_train_lengths(rows, cfg.data, cfg.model, cfg.prompt.system_prompt, cfg.data.train_split)
+    check_evaluation_needs(cfg)
+    from medvl.training.loggers import logger_callbacks
+
+    log_callbacks = logger_callbacks(cfg, out)  # W&B decides online or offline here, not after loading
 
     args, processor, model = load_for_training(cfg, out)
     n_train = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)  # ZeRO-3: 0
@@ -270,12 +298,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     dataset = VQADataset(rows, processor, cfg.data.root, system_prompt=cfg.prompt.system_prompt,
                          max_length=resolve_max_length(cfg.model, cfg.data), lengths=lengths)
-    from medvl.training.loggers import logger_callbacks
-
     callbacks = []
     if cfg.trainer.eval_steps > 0:
         callbacks.append(validation_callback(cfg, processor, out))
-    callbacks += logger_callbacks(cfg, processor, out)
+    callbacks += log_callbacks
     trainer = _trainer_class()(
         model=model,
         args=args,
@@ -348,8 +374,7 @@ def evaluate_run(cfg: DictConfig, out: Path) -> dict[str, Any]:
         eval_cfg[key] = cfg[key]
     eval_cfg.output_dir = str(out / "eval")
     eval_cfg.split = cfg.data.eval_split
-    eval_cfg.max_new_tokens = cfg.max_new_tokens
-    eval_cfg.batch_size = cfg.trainer.per_device_eval_batch_size
+    eval_cfg.merge_with(OmegaConf.to_container(cfg.eval, resolve=True))  # eval.metrics, eval.max_new_tokens, ...
     with open_dict(eval_cfg):
         eval_cfg.ckpt = str(out)
     return evaluate(eval_cfg)

@@ -36,8 +36,16 @@ def _one_line(exc: BaseException) -> str:
 
 def run_sweep_job(fn, cfg: DictConfig) -> dict[str, Any]:
     """Run one sweep job; a failure is logged and returned (not raised) so the sweep goes on."""
+    from medvl.config import ConfigError
+    from medvl.models.loading import ModelLoadError
+
     try:
         return {"status": "ok", "metrics": fn(cfg)}
+    except (ConfigError, ModelLoadError, FileNotFoundError) as exc:
+        # What the user can fix is one line, as from a single run; a traceback would bury it.
+        log.error("Sweep job failed: %s", exc)
+        _finish_wandb_run()
+        return {"status": "failed", "error": _one_line(exc)}
     except Exception as exc:  # noqa: BLE001 - any failure of one job must not stop the sweep
         log.exception("Sweep job failed")
         _finish_wandb_run()

@@ -1,0 +1,218 @@
+"""medvl.train start-up: what the evaluation after training needs, and a later stage's init_from, are checked
+before the model loads (so that no job trains for hours and then fails)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medvl.config import ConfigError, validate
+from medvl.evaluation import metrics as metrics_module
+
+from .conftest import REPO, small_data_overrides
+
+NO_METEOR = "eval.metrics=[exact_match,closed_accuracy,bleu4]"
+
+
+@pytest.fixture
+def no_java(monkeypatch):
+    """A node without a Java runtime, as far as METEOR's check can tell."""
+    real_which = metrics_module.shutil.which
+    monkeypatch.setattr(metrics_module.shutil, "which", lambda name, *a, **k: None if name == "java"
+                        else real_which(name, *a, **k))
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    """Loading weights is an error: everything under test must fail (or pass) before it."""
+    from medvl.training import run
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the start-up checks failed")
+
+    monkeypatch.setattr(run, "load_model", never)
+    monkeypatch.setattr(run, "load_processor", never)
+
+
+def train_cfg(compose, root: Path, *extra: str):
+    return compose([*small_data_overrides(root), "trainer.max_steps=1", *extra])
+
+
+def test_missing_java_stops_training_before_the_model_loads(compose, small_synth, no_java, no_weights, tmp_path):
+    from medvl.training.run import train
+
+    with pytest.raises(ConfigError) as err:
+        train(train_cfg(compose, small_synth, "eval_after_train=true"))
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith("the evaluation after training (eval_after_train) cannot run: metric meteor")
+    assert "eval.metrics=[exact_match," in msg and "meteor" not in msg.partition("eval.metrics=")[2]
+
+
+def test_without_eval_after_train_java_is_not_needed(compose, small_synth, no_java):
+    from medvl.training.run import check_evaluation_needs
+
+    check_evaluation_needs(train_cfg(compose, small_synth, "eval_after_train=false"))
+
+
+def test_metrics_without_meteor_pass_without_java(compose, small_synth, no_java):
+    from medvl.training.run import check_evaluation_needs
+
+    check_evaluation_needs(train_cfg(compose, small_synth, "eval_after_train=true", NO_METEOR))
+
+
+@pytest.mark.parametrize("override, key", [
+    ("eval.metrics=[exact_match,blue]", "eval.metrics: unknown metrics ['blue']"),
+    ("eval.bertscore.model=/no/such/bertscore-model", "eval.bertscore.model=/no/such/bertscore-model is not a local"),
+    ("eval.bertscore.model=medvl-test/no-such-bertscore-model", "eval.bertscore.model=medvl-test/no-such-bertscore"),
+    ("eval.bertscore.model_zh=/no/such/zh-model", "eval.bertscore.model_zh=/no/such/zh-model"),
+])
+def test_bad_metric_settings_stop_training_before_the_model_loads(compose, small_synth, no_weights, override, key):
+    from medvl.training.run import train
+
+    with pytest.raises(ConfigError, match="evaluation after training") as err:
+        train(train_cfg(compose, small_synth, "eval_after_train=true", override))
+    assert key in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bertscore_directory_without_model_files_is_refused(compose, small_synth, tmp_path):
+    from medvl.training.run import check_evaluation_needs
+
+    (tmp_path / "empty").mkdir()
+    cfg = train_cfg(compose, small_synth, "eval_after_train=true", f"eval.bertscore.model={tmp_path / 'empty'}")
+    with pytest.raises(ConfigError, match="is not a model directory"):
+        check_evaluation_needs(cfg)
+    # Leaving BERTScore out needs no model.
+    check_evaluation_needs(train_cfg(compose, small_synth, "eval_after_train=true", NO_METEOR,
+                                     f"eval.bertscore.model={tmp_path / 'empty'}"))
+
+
+def test_missing_evaluation_split_stops_training_before_the_model_loads(compose, small_synth, no_weights):
+    from medvl.training.run import train
+
+    with pytest.raises(FileNotFoundError, match="no heldout split"):
+        train(train_cfg(compose, small_synth, "eval_after_train=true", "data.eval_split=heldout"))
+
+
+def test_missing_validation_split_stops_training_before_the_model_loads(compose, small_synth, no_weights):
+    from medvl.training.run import train
+
+    with pytest.raises(FileNotFoundError, match="no dev split"):
+        train(train_cfg(compose, small_synth, "trainer.eval_steps=1", "data.validation_split=dev"))
+
+
+def test_evaluation_after_training_uses_the_eval_node(compose, small_synth, monkeypatch, tmp_path):
+    from medvl.evaluation import run as eval_run
+    from medvl.training.run import evaluate_run
+
+    seen = {}
+    monkeypatch.setattr(eval_run, "evaluate", lambda cfg: seen.setdefault("cfg", cfg))
+    cfg = train_cfg(compose, small_synth, "max_new_tokens=12", "trainer.per_device_eval_batch_size=5")
+    evaluate_run(cfg, tmp_path)
+    default = seen.pop("cfg")
+    # By default generation follows validation's settings, and every metric is computed.
+    assert (default.max_new_tokens, default.batch_size, list(default.metrics)) == (12, 5, [])
+
+    cfg = train_cfg(compose, small_synth, "max_new_tokens=12", NO_METEOR, "eval.max_new_tokens=40",
+                    "eval.batch_size=3", "eval.perplexity=false", "eval.bertscore.dtype=bfloat16")
+    evaluate_run(cfg, tmp_path)
+    chosen = seen["cfg"]
+    assert list(chosen.metrics) == ["exact_match", "closed_accuracy", "bleu4"]
+    assert (chosen.max_new_tokens, chosen.batch_size, chosen.perplexity) == (40, 3, False)
+    assert chosen.bertscore.dtype == "bfloat16" and chosen.ckpt == str(tmp_path)
+
+
+def test_eval_node_values_are_checked(compose):
+    with pytest.raises(ConfigError, match=r"eval.max_new_tokens=0 is invalid"):
+        validate(compose(["eval.max_new_tokens=0"]))
+    with pytest.raises(ConfigError, match=r"eval.bertscore.dtype=half is invalid: must be float32 or bfloat16"):
+        validate(compose(["eval.bertscore.dtype=half"]))
+
+
+def _train_cli(*args: str, path: str | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if path is not None:
+        env["PATH"] = path
+    return subprocess.run([sys.executable, "-m", "medvl.train", *args], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+def _one_line(proc: subprocess.CompletedProcess) -> str:
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode != 0 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("medvl: ")
+    return lines[0]
+
+
+def test_sweep_without_java_is_refused_before_any_job(tmp_path, cache_dir):
+    """A GPU node without Java: the sweep stops in one line instead of training every job, then failing each."""
+    (tmp_path / "bin").mkdir()
+    proc = _train_cli("-m", "lora.r=4,8", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"cache_dir={cache_dir}",
+                      path=str(tmp_path / "bin"))
+    assert "no `java` is on PATH" in _one_line(proc) and "eval.metrics=[" in proc.stderr
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_sweep_preflight_checks_the_first_job_and_lets_metrics_drop_meteor(no_java):
+    from medvl.config import _preflight_sweep
+
+    with pytest.raises(SystemExit, match="meteor"):
+        _preflight_sweep(["lora.r=4,8"])
+    with pytest.raises(SystemExit, match="meteor"):
+        _preflight_sweep(["experiment=lora_rank_sweep", "data.root=/data/Slake1.0"])
+    _preflight_sweep(["lora.r=4,8", NO_METEOR])
+    _preflight_sweep(["lora.r=4,8", "eval_after_train=false"])
+
+
+# -- a later stage cannot silently start from the base model --------------------------------------------------
+
+def test_stage_two_experiment_without_init_from_is_refused(compose):
+    cfg = compose(["experiment=slake_instruct_7b"])
+    assert cfg.init_from is None and cfg.init_from_required
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    msg = str(err.value)
+    assert "init_from is not set" in msg and "init_from=<the earlier stage's run dir>" in msg
+    assert "init_from=base" in msg and "\n" not in msg
+
+
+def test_stage_two_experiment_preflight_is_one_line_before_anything_loads(tmp_path):
+    line = _one_line(_train_cli("experiment=slake_instruct_7b", "data.root=x", f"hydra.run.dir={tmp_path / 'run'}"))
+    assert "init_from is not set" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_stage_two_in_train_stops_before_the_model_loads(compose, small_synth, no_weights):
+    from medvl.training.run import train
+
+    with pytest.raises(ConfigError, match="init_from is not set"):
+        train(train_cfg(compose, small_synth, "init_from_required=true"))
+
+
+@pytest.mark.parametrize("word", ["base", "none", "Base"])
+def test_init_from_base_starts_from_the_base_model_loudly(compose, caplog, word):
+    from medvl.training.run import resolve_init_from
+
+    cfg = compose(["experiment=slake_instruct_7b", f"init_from={word}"])
+    validate(cfg)
+    with caplog.at_level(logging.WARNING, logger="medvl"):
+        resolve_init_from(cfg)
+    assert cfg.init_from is None  # what config.yaml records: no earlier stage
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line == (f"init_from={word}: stage instruct starts from the base model Qwen/Qwen2-VL-7B-Instruct, "
+                    f"not from an earlier stage's run")
+
+
+def test_init_from_a_run_is_kept_absolute(compose, tmp_path, monkeypatch):
+    from medvl.training.run import resolve_init_from
+
+    monkeypatch.chdir(tmp_path)
+    cfg = compose(["experiment=slake_instruct_7b", "init_from=outputs/train/align_7b"])
+    validate(cfg)
+    resolve_init_from(cfg)
+    assert cfg.init_from == str(tmp_path / "outputs/train/align_7b")
