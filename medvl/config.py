@@ -676,8 +676,9 @@ def preflight(config_name: str, argv: list[str]) -> None:
 
 
 def _preflight_sweep(overrides: list[str]) -> None:
-    """Before a multirun starts: what every job's evaluation after training needs (Java for METEOR, ...),
-    checked on the first job's config, or exit with one line. Otherwise each job would fail alike.
+    """Before a multirun starts: a later stage's ``init_from`` and what every job's evaluation after training
+    needs (Java for METEOR, ...), checked on the first job's config, or exit with one line. Otherwise each job
+    would fail alike.
 
     Other errors are left to the jobs, each of which validates its own config when it starts.
     """
@@ -697,6 +698,7 @@ def _preflight_sweep(overrides: list[str]) -> None:
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name="train", overrides=first)
+        _check_init_from(cfg)  # a later stage's sweep without init_from: every job would stop alike
         if cfg.eval_after_train is not False:  # null: on in a sweep
             check_eval_after_train(cfg)
     except ConfigError as exc:

@@ -169,6 +169,14 @@ def test_sweep_preflight_checks_the_first_job_and_lets_metrics_drop_meteor(no_ja
     _preflight_sweep(["lora.r=4,8", "eval_after_train=false"])
 
 
+def test_stage_two_sweep_without_init_from_is_refused_before_any_job():
+    from medvl.config import _preflight_sweep
+
+    with pytest.raises(SystemExit, match="init_from is not set"):
+        _preflight_sweep(["experiment=slake_instruct_7b", "lora.r=8,16", "eval_after_train=false"])
+    _preflight_sweep(["experiment=slake_instruct_7b", "lora.r=8,16", "init_from=a,b", "eval_after_train=false"])
+
+
 # -- a later stage cannot silently start from the base model --------------------------------------------------
 
 def test_stage_two_experiment_without_init_from_is_refused(compose):
