@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import weakref
 
-import pytest
-
 from .conftest import small_data_overrides
 
 # Validation during training too: its callback holds the trainer (cb.trainer) for the whole run.

@@ -76,9 +76,24 @@ def load_for_training(cfg: DictConfig, out: Path):
     DeepSpeed config that ``from_pretrained`` reads, so each rank keeps only its 1/world_size share of the
     weights as they load. Loaded before the arguments existed, every rank would hold the whole model
     (a 32B model in bf16 is 64 GB per rank) until the Trainer partitioned it."""
+    resolve_model_path(cfg.model)  # a tiny model is built (from_config) before ZeRO-3 would partition it
     args = training_arguments(cfg, out)
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        deepspeed_comm_ready()
     processor, model = build_model(cfg)
     return args, processor, model
+
+
+def deepspeed_comm_ready() -> None:
+    """ZeRO-3's ``zero.Init`` takes the world size from DeepSpeed's own comm module. accelerate starts that
+    module for GPU ranks only; CPU ranks (DS_ACCELERATOR=cpu) get plain torch.distributed, and zero.Init
+    would then take them for one rank each."""
+    import deepspeed.comm as ds_comm
+
+    if not ds_comm.is_initialized() and torch.distributed.is_initialized():
+        ds_comm.init_distributed(dist_backend=torch.distributed.get_backend(), auto_mpi_discovery=False)
 
 
 def build_model(cfg: DictConfig):
