@@ -257,7 +257,8 @@ class EvalConfig(_ModelDataConfig, EvalSettings):
     compare_base: bool = False
     seed: int = 0
     #: Where the model runs: ``auto`` (this process's GPU, ``cuda:$LOCAL_RANK``, when there is
-    #: one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+    #: one, else the CPU), ``auto_shard`` (one model's layers spread over all visible GPUs, for a model
+    #: larger than one GPU: ``device_map="auto"``), ``cpu``, ``cuda`` or ``cuda:N``.
     device: str = "auto"
 
 
@@ -541,8 +542,8 @@ def validate_eval(cfg: DictConfig) -> None:
     """The checks of :func:`validate` for ``python -m medvl.eval``."""
     _refuse_secrets(secret_keys(cfg))
     _check(cfg, [
-        ("device", re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(cfg.device)) is not None,
-         "must be auto, cpu, cuda or cuda:N"),
+        ("device", re.fullmatch(r"auto|auto_shard|cpu|cuda(:\d+)?", str(cfg.device)) is not None,
+         "must be auto, auto_shard, cpu, cuda or cuda:N"),
         *_eval_settings_checks(cfg),
         _pixels_check(cfg),
     ])

@@ -8,6 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from medvl.config import CONF_DIR, preflight
+from medvl.training.distributed import rank_argv
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="eval", version_base="1.3")
@@ -15,17 +16,22 @@ def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from medvl.config import ConfigError
+    from medvl.evaluation import ranks
     from medvl.evaluation.checkpoint import CheckpointError
     from medvl.evaluation.metrics import MetricError
     from medvl.evaluation.run import evaluate
     from medvl.models.loading import ModelLoadError
 
+    ranks.start()  # under torchrun: data-parallel, each rank predicts its share of the batches
     try:
         evaluate(cfg, list(HydraConfig.get().overrides.task))
     except (CheckpointError, ConfigError, MetricError, ModelLoadError, FileNotFoundError) as exc:
         sys.exit(f"medvl: {exc}")
+    ranks.finish()
 
 
 if __name__ == "__main__":
+    # torchrun starts this in every rank: the default run dir has no timestamp, only rank 0 writes .hydra/.
+    sys.argv[1:] = rank_argv(sys.argv[1:], run_dir_required=False)
     preflight("eval", sys.argv[1:])
     main()

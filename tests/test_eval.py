@@ -476,7 +476,7 @@ def _one_line(proc: subprocess.CompletedProcess) -> str:
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("device=gpu", "device=gpu is invalid: must be auto, cpu, cuda or cuda:N"),
+        ("device=gpu", "device=gpu is invalid: must be auto, auto_shard, cpu, cuda or cuda:N"),
         ("batch_size=0", "batch_size=0 is invalid: must be a positive integer"),
         ("max_new_tokens=-3", "max_new_tokens=-3 is invalid"),
         ("bertscore.dtype=float16", "bertscore.dtype=float16 is invalid: must be float32 or bfloat16"),

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from medvl.data.format import answer_of, question_of
 from medvl.data.splits import load_split, resolve_image_root
+from medvl.evaluation import ranks
 from medvl.evaluation.checkpoint import Checkpoint, CheckpointError, resolve_checkpoint
 from medvl.evaluation.generate import generate_batch, iter_batches
 from medvl.evaluation.perplexity import answer_nll, corpus_perplexity, perplexity
@@ -69,7 +70,8 @@ def apply_run_config(cfg: DictConfig, ckpt: Checkpoint, overrides: list[str]) ->
 
 
 def eval_device(device: str = "auto") -> str:
-    """``auto``: this process's GPU (``cuda:$LOCAL_RANK``) when torch sees one, else ``cpu``."""
+    """``auto``: this process's GPU (``cuda:$LOCAL_RANK``) when torch sees one, else ``cpu``.
+    ``auto_shard`` stays as it is (see :func:`placement`)."""
     if device != "auto":
         return device
     if torch.cuda.is_available():
@@ -77,18 +79,25 @@ def eval_device(device: str = "auto") -> str:
     return "cpu"
 
 
+def placement(device: str) -> dict[str, str]:
+    """``load_model``'s keyword for ``device``: ``auto_shard`` loads the layers spread over all visible GPUs
+    (``device_map="auto"``: a model larger than one GPU), anything else moves the whole model there."""
+    return {"device_map": "auto"} if device == "auto_shard" else {"device": device}
+
+
 def load_for_eval(cfg: DictConfig, ckpt: Checkpoint | None, device: str | None = None):
     """(model, processor) for the base model or a checkpoint, on ``device`` (default: ``cfg.device``)."""
     device = eval_device(device or str(OmegaConf.select(cfg, "device", default="auto")))  # a train config has none
+    place = placement(device)
     base = resolve_model_path(cfg.model)
     if ckpt is None:
-        return load_model(cfg.model, base, device=device), load_processor(cfg.model, base)
+        return load_model(cfg.model, base, **place), load_processor(cfg.model, base)
     if ckpt.kind == "model":
-        return load_model(cfg.model, str(ckpt.path), device=device), load_processor(cfg.model, str(ckpt.path))
+        return load_model(cfg.model, str(ckpt.path), **place), load_processor(cfg.model, str(ckpt.path))
     from peft import PeftModel
 
     _warn_if_other_base(ckpt, base)
-    model = PeftModel.from_pretrained(_adapter_base(cfg, ckpt, base, device), str(ckpt.path))
+    model = PeftModel.from_pretrained(_adapter_base(cfg, ckpt, base, place), str(ckpt.path))
     # Merged weights generate faster and give the same outputs.
     return model.merge_and_unload(), load_processor(cfg.model, base)
 
@@ -105,21 +114,21 @@ def _warn_if_other_base(ckpt: Checkpoint, base: str) -> None:
                 "model.name_or_path=...) if that is not the same model", ckpt.path, recorded, base)
 
 
-def _adapter_base(cfg: DictConfig, ckpt: Checkpoint, base: str, device: str):
+def _adapter_base(cfg: DictConfig, ckpt: Checkpoint, base: str, place: dict[str, str]):
     """The weights the adapter was trained on: the base model, with the earlier stage's weights when the
     run was trained on top of one (``init_from``), exactly as training built them."""
     init_from = _init_from(ckpt)
     if not init_from:
-        return load_model(cfg.model, base, device=device)
+        return load_model(cfg.model, base, **place)
     init_dir = Path(init_from)
     if not init_dir.exists():
         raise CheckpointError(f"{ckpt.path} was trained on top of init_from={init_from}, which does not exist "
                               f"(relative paths are read from the current directory)")
     if (init_dir / "model" / "config.json").exists():  # the earlier stage saved a whole model
-        return load_model(cfg.model, str(init_dir / "model"), device=device)
+        return load_model(cfg.model, str(init_dir / "model"), **place)
     from medvl.models.lora import merge_init_from
 
-    return merge_init_from(load_model(cfg.model, base, device=device), init_dir)
+    return merge_init_from(load_model(cfg.model, base, **place), init_dir)
 
 
 #: Fingerprint keys that only the scores depend on: every run re-scores all its rows, so a resumed run may
@@ -189,11 +198,38 @@ def read_done(path: Path) -> dict[str, dict[str, Any]]:
     return done
 
 
-def predict(model, processor, rows: list[dict[str, Any]], cfg: DictConfig, out: Path) -> list[dict[str, Any]]:
-    """Generate (and score perplexity) for every row not yet in ``out/predictions.jsonl``."""
+def rank_file(out: Path, rank: int) -> Path:
+    """Where rank ``rank`` of a data-parallel evaluation appends its predictions."""
+    return out / f"predictions.rank{rank}.jsonl"
+
+
+def merge_rank_files(out: Path) -> None:
+    """Fold the ranks' prediction files into ``predictions.jsonl`` (rank 0 only; a later record of a row wins)."""
+    parts = sorted(out.glob("predictions.rank*.jsonl"))
+    if not parts:
+        return
+    path = out / "predictions.jsonl"
+    read_done(path)  # drops a torn last line before more lines follow it
+    with open(path, "a", encoding="utf-8") as f:
+        for part in parts:
+            f.writelines(json.dumps(rec, ensure_ascii=False) + "\n" for rec in read_done(part).values())
+    for part in parts:
+        part.unlink()
+
+
+def predict(model, processor, rows: list[dict[str, Any]], cfg: DictConfig, out: Path) -> list[dict[str, Any]] | None:
+    """Generate (and score perplexity) for every row not yet in ``out/predictions.jsonl``.
+
+    In a data-parallel evaluation (see :mod:`medvl.evaluation.ranks`) each rank takes every N-th batch
+    and rank 0 returns every row's record in ``rows`` order; the other ranks return None.
+    """
     from rich.progress import Progress
 
+    rank, world = ranks.rank_and_world()
     path = out / "predictions.jsonl"
+    if rank == 0:
+        merge_rank_files(out)  # an interrupted data-parallel run's predictions count as done
+    ranks.barrier()
     done = read_done(path)
     selected = {r["id"] for r in rows}
     dropped = [i for i in done if i not in selected]
@@ -207,17 +243,22 @@ def predict(model, processor, rows: list[dict[str, Any]], cfg: DictConfig, out: 
         log.info("Resuming: %d of %d rows already predicted in %s", len(rows) - len(todo), len(rows), path)
     system_prompt = cfg.prompt.system_prompt
     model.eval()
-    if cfg.perplexity:
-        # Rows predicted earlier with perplexity=false get their NLL now (the predictions stay), so that the
-        # corpus perplexity covers every row; write_reports saves them.
-        missing = [r for r in rows if r["id"] in done and done[r["id"]].get("nll") is None]
-        for chunk in iter_batches(missing, cfg.batch_size):
-            for row, (nll, n) in zip(chunk, answer_nll(model, processor, chunk, cfg.data.root,
-                                                       system_prompt=system_prompt)):
-                done[row["id"]].update(nll=nll, n_tokens=n, perplexity=perplexity(nll, n))
-    with open(path, "a", encoding="utf-8") as f, Progress(transient=True) as progress:
-        task = progress.add_task("generating", total=len(todo))
-        for chunk in iter_batches(todo, cfg.batch_size):
+    sink = path if world == 1 else rank_file(out, rank)
+    with open(sink, "a", encoding="utf-8") as f, Progress(transient=True, disable=rank != 0) as progress:
+        if cfg.perplexity:
+            # Rows predicted earlier with perplexity=false get their NLL now (the predictions stay), so that the
+            # corpus perplexity covers every row; the updated record follows the old one in the file.
+            missing = [r for r in rows if r["id"] in done and done[r["id"]].get("nll") is None]
+            for chunk in list(iter_batches(missing, cfg.batch_size))[rank::world]:
+                for row, (nll, n) in zip(chunk, answer_nll(model, processor, chunk, cfg.data.root,
+                                                           system_prompt=system_prompt)):
+                    rec = {**done[row["id"]], "nll": nll, "n_tokens": n, "perplexity": perplexity(nll, n)}
+                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.flush()
+        # Whole batches per rank: each is the batch one process would form, so the predictions are the same.
+        mine = list(iter_batches(todo, cfg.batch_size))[rank::world]
+        task = progress.add_task("generating", total=sum(len(chunk) for chunk in mine))
+        for chunk in mine:
             preds = generate_batch(model, processor, chunk, cfg.data.root, system_prompt=system_prompt,
                                    max_new_tokens=cfg.max_new_tokens)
             nlls = (answer_nll(model, processor, chunk, cfg.data.root, system_prompt=system_prompt)
@@ -230,9 +271,13 @@ def predict(model, processor, rows: list[dict[str, Any]], cfg: DictConfig, out: 
                     "perplexity": perplexity(nll, n) if nll is not None else None,
                 }
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                done[row["id"]] = rec
             f.flush()
             progress.advance(task, len(chunk))
+    ranks.barrier()
+    if rank != 0:
+        return None
+    merge_rank_files(out)
+    done = read_done(path)
     return [done[r["id"]] for r in rows]
 
 
@@ -338,12 +383,15 @@ def evaluate_one(cfg: DictConfig, ckpt: Checkpoint | None, out: Path, name: str)
     if n_filled:
         log.warning("%d of %d rows had no category; assigned by the question rules in docs/taxonomy.md",
                     n_filled, len(rows))
-    check_resumable(out, fingerprint(cfg, ckpt, split))
+    if ranks.is_main():
+        check_resumable(out, fingerprint(cfg, ckpt, split))
     model, processor = load_for_eval(cfg, ckpt)
     records = predict(model, processor, rows, cfg, out)
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # compare_base loads the next model next
+    if records is None:  # another rank of a data-parallel evaluation: rank 0 scores and writes
+        return {}
     tables = score(records, cfg, cfg.data.name)
     tables["run"] = {"name": name, "ckpt": str(ckpt.path) if ckpt else None, "model": cfg.model.name_or_path,
                      "data": cfg.data.name, "split": split, "prompt": cfg.prompt.name,
@@ -372,8 +420,10 @@ def evaluate(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> di
     if ckpt is not None:
         apply_run_config(cfg, ckpt, list(overrides))
     resolve_image_root(cfg.data, required=False)  # without data.root, the folder prepare recorded for data.dir
+    check_placement(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "eval_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if ranks.is_main():
+        (out / "eval_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     if ckpt is None:
         return {"base": evaluate_one(cfg, None, out, "base")}
     if not cfg.compare_base:
@@ -381,5 +431,17 @@ def evaluate(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> di
             "adapter", "model") else ckpt.path.name)}
     results = {"base": evaluate_one(cfg, None, out / "base", "base"),
                "ckpt": evaluate_one(cfg, ckpt, out / "ckpt", "fine-tuned")}
-    print_side_by_side(results, out)
+    if ranks.is_main():
+        print_side_by_side(results, out)
     return results
+
+
+def check_placement(cfg: DictConfig) -> None:
+    """``device=auto_shard`` spreads one model over all of a process's GPUs: one process, not one per rank."""
+    world = ranks.rank_and_world()[1]
+    if world > 1 and str(OmegaConf.select(cfg, "device", default="auto")) == "auto_shard":
+        from medvl.config import ConfigError
+
+        raise ConfigError(f"device=auto_shard spreads one model over all visible GPUs, but this is rank "
+                          f"{ranks.rank_and_world()[0]} of {world}: run it as one process (python -m medvl.eval "
+                          "device=auto_shard ...), or give each torchrun rank a whole model with device=auto")

@@ -114,8 +114,14 @@ def load_processor(model_cfg: Any, path: str | None = None):
         raise _explain(path, exc) from None
 
 
-def load_model(model_cfg: Any, path: str | None = None, *, device: str | torch.device | None = None):
-    """Load the model for image-text-to-text generation in the configured dtype and attention."""
+def load_model(model_cfg: Any, path: str | None = None, *, device: str | torch.device | None = None,
+               device_map: str | dict[str, Any] | None = None):
+    """Load the model for image-text-to-text generation in the configured dtype and attention.
+
+    ``device`` moves the whole model to one device after loading. ``device_map="auto"`` places its layers
+    over all visible GPUs (then CPU memory) as they load, for a model larger than one GPU (accelerate's
+    big-model inference; generation then runs the layers one GPU after another).
+    """
     from transformers import AutoModelForImageTextToText
 
     path = path or resolve_model_path(model_cfg)
@@ -128,9 +134,10 @@ def load_model(model_cfg: Any, path: str | None = None, *, device: str | torch.d
             attn_implementation=str(model_cfg.attn_implementation),
             use_safetensors=True,
             trust_remote_code=bool(model_cfg.trust_remote_code),
+            **({"device_map": device_map} if device_map is not None else {}),
         )
     except (OSError, ValueError) as exc:
         raise _explain(path, exc) from None
-    if device is not None:
+    if device is not None and device_map is None:
         model.to(device)
     return model

@@ -58,8 +58,12 @@ def strip_local_rank(argv: list[str]) -> list[str]:
     return out
 
 
-def rank_argv(argv: list[str]) -> list[str]:
-    """This rank's command line for Hydra (``argv`` without the program name); exits with one line on misuse."""
+def rank_argv(argv: list[str], *, run_dir_required: bool = True) -> list[str]:
+    """This rank's command line for Hydra (``argv`` without the program name); exits with one line on misuse.
+
+    ``run_dir_required=False`` (``medvl.eval``, whose default run directory has no timestamp and so is
+    the same in every rank) accepts the default directory.
+    """
     argv = strip_local_rank(argv)
     if world_size() <= 1:
         return argv
@@ -67,14 +71,14 @@ def rank_argv(argv: list[str]) -> list[str]:
         sys.exit("medvl: -m/--multirun cannot run inside torchrun/deepspeed (every rank would run the whole "
                  "sweep); start one launch per job, or sweep with `-m hydra/launcher=slurm` outside the ranks")
     run_dirs = [a.partition("=")[2] for a in argv if a.startswith("hydra.run.dir=")]
-    if not run_dirs:
+    if not run_dirs and (run_dir_required or os.environ.get("MEDVL_RUN_DIR")):
         run_dir = os.environ.get("MEDVL_RUN_DIR")
         if not run_dir:
             sys.exit(f"medvl: a {world_size()}-process run needs one run directory that every rank agrees on: "
                      "pass hydra.run.dir=DIR (the scripts in launchers/ do) or set MEDVL_RUN_DIR")
         argv = [*argv, f"hydra.run.dir={run_dir}"]
         run_dirs = [run_dir]
-    if "${now:" in run_dirs[-1]:
+    if run_dirs and "${now:" in run_dirs[-1]:
         sys.exit(f"medvl: hydra.run.dir={run_dirs[-1]} differs between ranks (${{now:}} is read in each rank); "
                  "pass a literal directory, e.g. hydra.run.dir=outputs/train/$(date +%Y-%m-%d_%H-%M-%S)")
     if rank() != 0:

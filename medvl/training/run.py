@@ -96,6 +96,21 @@ def deepspeed_comm_ready() -> None:
         ds_comm.init_distributed(dist_backend=torch.distributed.get_backend(), auto_mpi_discovery=False)
 
 
+def gathered(model):
+    """Under ZeRO-3, the model's whole weights while inside (the earlier stage's adapter is merged into
+    them; a rank's partition alone cannot take it), partitioned again on exit; otherwise nothing.
+    The full model is held on each rank only for the merge."""
+    from contextlib import nullcontext
+
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0)
+
+
 def build_model(cfg: DictConfig):
     """Processor and model ready for training: stage chaining merged, adapters added, freezing applied."""
     base = resolve_model_path(cfg.model)
@@ -108,7 +123,8 @@ def build_model(cfg: DictConfig):
     else:
         model = load_model(model_cfg, base)
         if init_dir is not None:
-            model = merge_init_from(model, init_dir)
+            with gathered(model):
+                model = merge_init_from(model, init_dir)
     model = apply_training_setup(model, cfg)
     if mixed_precision_bf16(cfg) and not cfg.deepspeed.config:  # the forward runs under bf16 autocast
         upcast = upcast_trainable(model)
@@ -335,9 +351,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics["best_step"] = best["step"]
     if is_main_process():
         (out / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
+    if wants_eval_after_train(cfg):  # in every rank, while the group is up (DeepSpeed's engine asks for its rank)
+        release_training(trainer, callbacks)
     end_distributed()
     if wants_eval_after_train(cfg) and is_main_process():
-        release_training(trainer, callbacks)
         del trainer, model, args
         gc.collect()
         if torch.cuda.is_available():
