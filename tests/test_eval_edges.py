@@ -161,7 +161,7 @@ def test_an_empty_split_is_one_line(cache_dir, tmp_path):
                           env={**os.environ, "MEDVL_CACHE": str(cache_dir), "HYDRA_FULL_ERROR": "0"})
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [f"medvl: data=synth: the test split at {data} is empty"]
+    assert proc.stderr.strip().splitlines() == [f"medvl: data=synth: the test split at {data / 'test.jsonl'} has no rows"]
 
 
 def test_a_run_trained_on_top_of_an_earlier_stage_is_evaluated_with_that_stage_merged(compose, tmp_path):
