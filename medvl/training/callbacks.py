@@ -113,10 +113,9 @@ class GenerationEvalCallback(TrainerCallback):
         self.records: list[dict[str, Any]] = []
 
     def _higher_is_better(self) -> bool:
-        from medvl.evaluation.metrics import METRICS
+        from medvl.evaluation.metrics import higher_is_better
 
-        metric = METRICS.get(self.metric_for_best)
-        return metric.higher_is_better if metric else "perplexity" not in self.metric_for_best
+        return higher_is_better(self.metric_for_best)
 
     def run(self, model, step: int) -> dict[str, Any]:
         from medvl.data.format import answer_of, question_of
