@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from medvl.evaluation.compare import CompareError, compare, console_tables
+from medvl.tables import console as wide_console
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -47,8 +48,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CompareError as error:
         print(f"medvl: {error}", file=sys.stderr)
         return 2
-    from medvl.evaluation.report import console as wide_console
-
     console = wide_console()
     for table in console_tables(result["table"], [run.name for run in result["runs"]], result["directions"],
                                 result["significance"]):

@@ -14,7 +14,6 @@ from scipy import stats
 
 from medvl.evaluation.compare import (
     CompareError,
-    best_runs,
     bootstrap_ci,
     compare,
     comparison_table,
@@ -143,12 +142,6 @@ def test_bold_goes_to_lowest_value_of_a_lower_is_better_metric(tmp_path: Path) -
     assert "| count | 1 | 1 |" in lines
     # An explicit direction overrides the registry and the name rule.
     assert metric_directions(["perplexity"], {"perplexity": True}) == {"perplexity": True}
-
-
-def test_best_runs_ties_and_all_equal() -> None:
-    assert best_runs({"a": 0.5, "b": 0.5, "c": 0.1}, True) == ["a", "b"]
-    assert best_runs({"a": 0.0, "b": 0.0}, True) == []  # nobody is best when all are equal
-    assert best_runs({"a": 0.3, "b": None}, True) == []
 
 
 def test_comparison_table_is_tidy_with_counts_and_categories(tmp_path: Path) -> None:

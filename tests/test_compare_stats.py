@@ -13,6 +13,7 @@ from scipy import stats
 
 from medvl.evaluation.compare import (
     CompareError,
+    bootstrap_ci,
     bootstrap_corpus_ci,
     compare,
     load_runs,
@@ -61,7 +62,7 @@ def test_bleu4_ci_is_of_the_corpus_bleu_not_the_mean_of_sentence_scores(tmp_path
 def test_bleu4_resample_recomputes_corpus_score(tmp_path: Path) -> None:
     # One resample by hand: the statistic of a draw equals bleu4 on the drawn rows.
     (ref, _), weak, _ = _runs(tmp_path)
-    from medvl.evaluation.compare import _bleu_from_stats, corpus_stats
+    from medvl.evaluation.compare.stats import _bleu_from_stats, corpus_stats
 
     by_id = corpus_stats(ref, "bleu4")
     draw = [0, 0, 3, 7, 7, 7, 9, 1]
@@ -154,3 +155,17 @@ def test_sweep_summary_survives_jobs_on_different_data(tmp_path: Path) -> None:
                                                          "status": "ok"}))
     summary = summarize_sweep(tmp_path)
     assert summary["failed"] == [] and (tmp_path / "sweep_summary.md").is_file()
+
+
+@pytest.mark.parametrize(("n", "n_boot"), [(50, 500), (2100, 2000)])  # 2100 pairs: resampled in two chunks
+def test_paired_bootstrap_is_scipys_percentile_bootstrap(n: int, n_boot: int) -> None:
+    # The same draws as scipy.stats.bootstrap; medvl keeps its own percentile step only because scipy's
+    # differs in the last bit (see medvl.evaluation.compare.stats._percentile_ci).
+    rng = np.random.default_rng(3)
+    ref, run = rng.random(n), (rng.random(n) < 0.5).astype(float)
+    ours = bootstrap_ci(ref, run, n_boot=n_boot, seed=7, confidence=0.9)
+    theirs = stats.bootstrap((run - ref,), np.mean, n_resamples=n_boot, batch=max(1, 4_000_000 // n),
+                             method="percentile", confidence_level=0.9, rng=np.random.default_rng(7))
+    assert ours["low"] == pytest.approx(float(theirs.confidence_interval.low), abs=1e-12)
+    assert ours["high"] == pytest.approx(float(theirs.confidence_interval.high), abs=1e-12)
+    assert bootstrap_ci([0.2], [0.7])["low"] == bootstrap_ci([0.2], [0.7])["high"] == pytest.approx(0.5)

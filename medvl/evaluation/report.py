@@ -1,14 +1,22 @@
-"""Eval outputs: predictions with per-sample metrics, metrics.json, CSV, markdown, charts, console."""
+"""Eval outputs: predictions with per-sample metrics, metrics.json, CSV, markdown, charts, console.
+
+Every table is built from :func:`metric_records` (metrics.json as tidy records) and written through
+:mod:`medvl.tables`.
+"""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from medvl import tables as tidy
 from medvl.data.taxonomy import CATEGORIES
+from medvl.tables import console  # noqa: F401 - medvl.prepare imports it from here (data helper: switch to medvl.tables)
 
 FAMILIES = {
     "matching": ["exact_match", "substring_match", "soft_match", "word_jaccard", "closed_accuracy", "open_recall",
@@ -17,8 +25,15 @@ FAMILIES = {
     "generation": ["bleu4", "rouge_l", "meteor", "cider", "bertscore_f1"],
     "perplexity": ["perplexity", "perplexity_median"],
 }
-SUMMARY_GROUPS = ("overall", "closed", "open")
-
+OVERALL = "overall"
+ANSWER_TYPE_GROUPS = ("closed", "open")
+SUMMARY_GROUPS = (OVERALL, *ANSWER_TYPE_GROUPS)
+#: The breakdown (table) that the closed and open groups belong to.
+ANSWER_TYPE = "answer_type"
+#: metrics.json keys ``by_<breakdown>`` hold ``{value: {metric: number, "count": n}}`` tables.
+BREAKDOWN_PREFIX = "by_"
+#: The console shows these (when present); the files show every metric.
+CONSOLE_METRICS = (*FAMILIES["matching"], "word_f1", "bleu4", "rouge_l", "bertscore_f1", "perplexity")
 
 def metric_names(tables: dict[str, Any]) -> list[str]:
     present = {k for group in SUMMARY_GROUPS for k in tables.get(group, {}) if k != "count"}
@@ -26,12 +41,39 @@ def metric_names(tables: dict[str, Any]) -> list[str]:
     return ordered + sorted(present - set(ordered))
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 1e5 else f"{value:.4g}"
-    return str(value)
+def groups_of(metrics: Mapping[str, Any]) -> list[tuple[str, str, Mapping[str, Any]]]:
+    """``[(breakdown, group, {metric: value, "count": n})]`` of one metrics.json.
+
+    ``("overall", "overall")``, ``("answer_type", "closed" | "open")``, then one entry per value of
+    every ``by_<breakdown>`` table in file order: ``("category", "closed_yes_no")``,
+    ``("task", "Disease Diagnosis")``, ``("question_type", "ABN")``, ...
+    """
+    out = []
+    if isinstance(metrics.get(OVERALL), Mapping):
+        out.append((OVERALL, OVERALL, metrics[OVERALL]))
+    for group in ANSWER_TYPE_GROUPS:
+        if isinstance(metrics.get(group), Mapping):
+            out.append((ANSWER_TYPE, group, metrics[group]))
+    for key, table in metrics.items():
+        if key.startswith(BREAKDOWN_PREFIX) and isinstance(table, Mapping):
+            breakdown = key.removeprefix(BREAKDOWN_PREFIX)
+            out.extend((breakdown, str(value), values) for value, values in table.items()
+                       if isinstance(values, Mapping))
+    return out
+
+
+def metric_records(tables: Mapping[str, Any], run: str | None = None) -> pd.DataFrame:
+    """metrics.json as tidy records: one per (breakdown, group, metric the group has), with the group's count."""
+    return tidy.records_frame(
+        {"run": run, "breakdown": breakdown, "group": group, "metric": metric, "value": value,
+         "count": values.get("count")}
+        for breakdown, group, values in groups_of(tables) for metric, value in values.items() if metric != "count"
+    )
+
+
+def _cells(wide: pd.DataFrame, label: str) -> pd.DataFrame:
+    """A wide table's values as text, its index as the first column, named ``label``."""
+    return wide.map(tidy.format_number).rename_axis(label).reset_index()
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -40,44 +82,58 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _summary(frame: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """Rows: the overall, closed and open groups; columns: ``names``."""
+    summary = frame[frame["breakdown"].isin([OVERALL, ANSWER_TYPE])]
+    return tidy.pivot(summary, ["group"], columns="metric", row_order=SUMMARY_GROUPS, column_order=names)
+
+
+def _breakdown(frame: pd.DataFrame, breakdown: str, groups: list[str], names: list[str]) -> pd.DataFrame:
+    """Rows: the breakdown's ``groups``; columns: ``names``."""
+    return tidy.pivot(frame[frame["breakdown"] == breakdown], ["group"], columns="metric", row_order=groups,
+                      column_order=names)
+
+
 def markdown_tables(tables: dict[str, Any]) -> str:
     names = metric_names(tables)
+    frame = metric_records(tables)
     run = tables.get("run", {})
     lines = [f"# {run.get('name', 'eval')}: {run.get('data', '')} {run.get('split', '')}", ""]
     if run:
         lines += [f"model `{run.get('model')}`, checkpoint `{run.get('ckpt')}`, prompt `{run.get('prompt')}`", ""]
-    lines += ["## Overall", "", "| Metric | " + " | ".join(SUMMARY_GROUPS) + " |",
-              "|---|" + "---|" * len(SUMMARY_GROUPS)]
-    lines.append("| count | " + " | ".join(_fmt(tables[g].get("count")) for g in SUMMARY_GROUPS) + " |")
-    for m in names:
-        lines.append(f"| {m} | " + " | ".join(_fmt(tables[g].get(m)) for g in SUMMARY_GROUPS) + " |")
-    lines += ["", "## By category", "", "| Category | Count | Metric | Value |", "|---|---|---|---|"]
-    for cat, group in tables["by_category"].items():
-        for m in names:
-            if m in group:
-                lines.append(f"| {cat} | {group['count']} | {m} | {_fmt(group[m])} |")
+    counts = pd.DataFrame([[tables[g].get("count") for g in SUMMARY_GROUPS]], index=["count"],
+                          columns=list(SUMMARY_GROUPS), dtype=object)
+    summary = pd.concat([counts, _summary(frame, names).T])
+    lines += ["## Overall", "", tidy.markdown(_cells(summary, "Metric"))]
+    keys = [(cat, m) for cat, group in tables["by_category"].items() for m in names if m in group]
+    long = tidy.pivot(frame[frame["breakdown"] == "category"], ["group", "metric"], columns="breakdown",
+                      row_order=keys, column_order=["category"])
+    by_category = pd.DataFrame([[cat, str(tables["by_category"][cat]["count"]), m, tidy.format_number(value)]
+                                for (cat, m), value in zip(keys, long["category"])],
+                               columns=["Category", "Count", "Metric", "Value"], dtype=object)
+    lines += ["", "## By category", "", tidy.markdown(by_category)]
     for key, groups in tables.items():
-        if not key.startswith("by_") or key == "by_category":
+        if not key.startswith(BREAKDOWN_PREFIX) or key == "by_category":
             continue
-        lines += ["", f"## {key.removeprefix('by_')}", "", "| Value | Count | " + " | ".join(names) + " |",
-                  "|---|---|" + "---|" * len(names)]
-        for value, group in groups.items():
-            lines.append(f"| {value} | {group['count']} | " + " | ".join(_fmt(group.get(m)) for m in names) + " |")
+        breakdown = key.removeprefix(BREAKDOWN_PREFIX)
+        table = _cells(_breakdown(frame, breakdown, [str(g) for g in groups], names), "Value")
+        table.insert(1, "Count", [str(group["count"]) for group in groups.values()])
+        lines += ["", f"## {breakdown}", "", tidy.markdown(table)]
     if tables.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {note}" for note in tables["notes"].values()]
     return "\n".join(lines) + "\n"
 
 
 def write_csv(tables: dict[str, Any], path: Path) -> None:
+    """by_category.csv: one row per category (with its answer type), then overall, closed and open."""
     names = metric_names(tables)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["category", "answer_type", "count", *names])
-        for cat, group in tables["by_category"].items():
-            answer_type = CATEGORIES.get(cat, ("",))[0]
-            writer.writerow([cat, answer_type, group["count"], *(group.get(m, "") for m in names)])
-        for g in SUMMARY_GROUPS:
-            writer.writerow([g, "", tables[g]["count"], *(tables[g].get(m, "") for m in names)])
+    frame = metric_records(tables)
+    categories = list(tables["by_category"])
+    wide = pd.concat([_breakdown(frame, "category", categories, names), _summary(frame, names)])
+    wide.insert(0, "answer_type", [CATEGORIES.get(cat, ("",))[0] for cat in categories] + [""] * len(SUMMARY_GROUPS))
+    wide.insert(1, "count", [tables["by_category"][cat]["count"] for cat in categories]
+                + [tables[g]["count"] for g in SUMMARY_GROUPS])
+    tidy.write_csv(wide.rename_axis("category").reset_index(), path)
 
 
 def plot_families(tables: dict[str, Any], out: Path) -> list[Path]:
@@ -114,32 +170,18 @@ def plot_families(tables: dict[str, Any], out: Path) -> list[Path]:
     return paths
 
 
-def console():
-    """A rich console; when output goes to a log or a pipe, wide enough for the metric tables.
-
-    (rich falls back to 80 columns there, which cut every number to ``0.…``.)
-    """
-    from rich.console import Console
-
-    out = Console()
-    return out if out.is_terminal else Console(width=max(out.width, 200))
-
-
 def console_table(tables: dict[str, Any], title: str | None = None):
-    from rich.table import Table
-
-    names = [m for m in metric_names(tables) if m in FAMILIES["matching"] + ["word_f1", "bleu4", "rouge_l",
-                                                                            "bertscore_f1", "perplexity"]]
-    table = Table(title=title or tables.get("run", {}).get("name"))
-    table.add_column("category")
-    table.add_column("n", justify="right")
-    for m in names:
-        table.add_column(m, justify="right")
-    rows = [(g, tables[g]) for g in SUMMARY_GROUPS] + list(tables["by_category"].items())
-    rows += [(f"lang={lang}", group) for lang, group in tables.get("by_lang", {}).items()]  # en and zh apart
-    for name, group in rows:
-        table.add_row(name, str(group["count"]), *(_fmt(group.get(m)) for m in names))
-    return table
+    """The summary groups, the categories and (Chinese and English apart) the languages, on the console."""
+    names = [m for m in metric_names(tables) if m in CONSOLE_METRICS]
+    keys = [(OVERALL, OVERALL), *((ANSWER_TYPE, g) for g in ANSWER_TYPE_GROUPS),
+            *(("category", c) for c in tables["by_category"]), *(("lang", lang) for lang in tables.get("by_lang", {}))]
+    counts = {(b, g): values["count"] for b, g, values in groups_of(tables)}
+    wide = tidy.pivot(metric_records(tables), ["breakdown", "group"], columns="metric", row_order=keys, column_order=names)
+    shown = wide.map(tidy.format_number)
+    shown.insert(0, "n", [str(counts[key]) for key in keys])
+    shown.insert(0, "category", [f"lang={g}" if b == "lang" else g for b, g in keys])
+    return tidy.rich_table(shown.reset_index(drop=True), title=title or tables.get("run", {}).get("name"),
+                           right=["n", *names])
 
 
 def write_reports(records: list[dict[str, Any]], tables: dict[str, Any], out: Path) -> None:
@@ -155,21 +197,17 @@ def write_reports(records: list[dict[str, Any]], tables: dict[str, Any], out: Pa
 
 def print_side_by_side(results: dict[str, dict[str, Any]], out: Path) -> None:
     """Base vs fine-tuned on the console and in ``out/comparison.md``."""
-    from rich.table import Table
-
     base, tuned = results["base"], results["ckpt"]
     names = metric_names(tuned)
-    lines = ["| Group | Metric | base | fine-tuned |", "|---|---|---|---|"]
-    table = Table(title="base vs fine-tuned")
-    for col in ("group", "metric", "base", "fine-tuned"):
-        table.add_column(col)
-    groups = [(g, base[g], tuned[g]) for g in SUMMARY_GROUPS]
-    groups += [(c, base["by_category"].get(c, {}), g) for c, g in tuned["by_category"].items()]
-    for gname, b, t in groups:
-        for m in names:
-            if m in t:
-                lines.append(f"| {gname} | {m} | {_fmt(b.get(m))} | {_fmt(t.get(m))} |")
-                if gname in SUMMARY_GROUPS or m == "exact_match":
-                    table.add_row(gname, m, _fmt(b.get(m)), _fmt(t.get(m)))
-    (out / "comparison.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    console().print(table)
+    groups = [(OVERALL, OVERALL), *((ANSWER_TYPE, g) for g in ANSWER_TYPE_GROUPS),
+              *(("category", c) for c in tuned["by_category"])]
+    tuned_groups = {(b, g): values for b, g, values in groups_of(tuned)}
+    keys = [(b, g, m) for b, g in groups for m in names if m in tuned_groups[b, g]]
+    both = pd.concat([metric_records(base, "base"), metric_records(tuned, "fine-tuned")])
+    wide = tidy.pivot(both, ["breakdown", "group", "metric"], row_order=keys, column_order=["base", "fine-tuned"])
+    shown = wide.map(tidy.format_number).reset_index().drop(columns="breakdown")
+    shown.columns = ["Group", "Metric", "base", "fine-tuned"]
+    (out / "comparison.md").write_text(tidy.markdown(shown) + "\n", encoding="utf-8")
+    on_console = shown[shown["Group"].isin(SUMMARY_GROUPS) | (shown["Metric"] == "exact_match")]
+    console().print(tidy.rich_table(on_console.set_axis(["group", "metric", "base", "fine-tuned"], axis=1),
+                                    title="base vs fine-tuned"))

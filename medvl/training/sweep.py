@@ -90,21 +90,23 @@ class SweepSummary(Callback):
 
 def summarize_sweep(sweep_dir: Path) -> dict[str, Any]:
     """Write ``sweep_summary.{json,md}`` and, over the jobs that were evaluated, the comparison tables."""
+    import pandas as pd  # here, not at the top: Hydra imports this callback for every run
+
+    from medvl import tables as tidy
+
     jobs = sorted((json.loads(p.read_text()) for p in sweep_dir.glob(f"*/{STATUS_FILE}")), key=lambda j: j["num"])
     for job in jobs:
         metrics_file = Path(job["dir"]) / "eval" / "metrics.json"
         job["eval_dir"] = str(metrics_file.parent) if metrics_file.exists() else None
         if metrics_file.exists():
             job["exact_match"] = json.loads(metrics_file.read_text())["overall"].get("exact_match")
-    lines = ["| job | overrides | status | exact_match | note |", "|---|---|---|---|---|"]
-    for job in jobs:
-        em = job.get("exact_match")
-        lines.append(f"| {job['num']} | {' '.join(job['overrides'])} | {job['status']} | "
-                     f"{'-' if em is None else f'{em:.4f}'} | {job.get('error', '')} |")
+    table = pd.DataFrame([[job["num"], " ".join(job["overrides"]), job["status"],
+                           tidy.format_number(job.get("exact_match")), job.get("error", "")] for job in jobs],
+                         columns=["job", "overrides", "status", "exact_match", "note"], dtype=object)
     summary = {"sweep_dir": str(sweep_dir), "jobs": jobs,
                "failed": [j["num"] for j in jobs if j["status"] != "ok"]}
     (sweep_dir / "sweep_summary.json").write_text(json.dumps(summary, indent=2))
-    (sweep_dir / "sweep_summary.md").write_text("\n".join(lines) + "\n")
+    (sweep_dir / "sweep_summary.md").write_text(tidy.markdown(table) + "\n")
     eval_dirs = [j["eval_dir"] for j in jobs if j["status"] == "ok" and j.get("eval_dir")]
     if eval_dirs:
         from medvl.evaluation.compare import CompareError, compare
