@@ -17,10 +17,9 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-# Installed as a wheel the conf tree is shipped inside the package.
-if not CONF_DIR.is_dir():  # pragma: no cover
-    CONF_DIR = Path(__file__).resolve().parent / "conf"
+#: The config tree: the repository's top-level conf/, through the link medvl/conf -> ../conf, which a wheel
+#: ships as the package's own files (pyproject.toml's package-data), so an installed medvl runs from anywhere.
+CONF_DIR = (Path(__file__).parent / "conf").resolve()
 
 
 class Trainable(str, Enum):

@@ -30,8 +30,13 @@ def main(cfg: DictConfig) -> None:
     ranks.finish()
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python -m medvl.eval`` and ``medvl eval`` (medvl.cli): Hydra reads the overrides from ``sys.argv``."""
     # torchrun starts this in every rank: the default run dir has no timestamp, only rank 0 writes .hydra/.
     sys.argv[1:] = rank_argv(sys.argv[1:], run_dir_required=False)
     preflight("eval", sys.argv[1:])
     main()
+
+
+if __name__ == "__main__":
+    cli()

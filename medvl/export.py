@@ -24,6 +24,11 @@ def main(cfg: DictConfig) -> None:
         sys.exit(f"medvl: {exc}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python -m medvl.export`` and ``medvl export`` (medvl.cli): Hydra reads the overrides from ``sys.argv``."""
     preflight("export", sys.argv[1:])
     main()
+
+
+if __name__ == "__main__":
+    cli()

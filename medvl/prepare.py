@@ -20,6 +20,11 @@ def main(cfg: DictConfig) -> None:
     prepare(cfg)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python -m medvl.prepare`` and ``medvl prepare`` (medvl.cli): Hydra reads the overrides from ``sys.argv``."""
     preflight("prepare", sys.argv[1:])
     main()
+
+
+if __name__ == "__main__":
+    cli()

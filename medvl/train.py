@@ -29,8 +29,13 @@ def main(cfg: DictConfig) -> dict:
         sys.exit(f"medvl: {exc}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python -m medvl.train`` and ``medvl train`` (medvl.cli): Hydra reads the overrides from ``sys.argv``."""
     # torchrun / deepspeed start this in every rank: agree on the run dir, rank 0 writes (see distributed.py).
     sys.argv[1:] = rank_argv(sys.argv[1:])
     preflight("train", sys.argv[1:])
     main()
+
+
+if __name__ == "__main__":
+    cli()
