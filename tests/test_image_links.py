@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from medvl.data.format import IMAGE_TOKEN, read_jsonl, write_jsonl
-from medvl.data.validate_rows import default_checks, validate_rows
+from medvl.data.row_checks import default_checks, first_problem
 
-from .test_data_lengths import prepare_cfg
+from .conftest import prepare_cfg
 
 
 def row(row_id: str, image: str) -> dict:
@@ -38,11 +38,10 @@ def linked_root(tmp_path) -> Path:
 
 def reasons(rows: list[dict], root: Path, **kwargs) -> dict[str, tuple[str | None, str]]:
     out = {}
-    for item in validate_rows(rows, root, default_checks(**kwargs)):
-        if isinstance(item, dict):
-            out[item["id"]] = (None, "")
-        else:
-            out[item.raw["id"]] = (item.reason, item.message)
+    checks = default_checks(**kwargs)
+    for item in rows:
+        problem = first_problem(item, root, checks)
+        out[item["id"]] = (None, "") if problem is None else (problem.reason, problem.message)
     return out
 
 

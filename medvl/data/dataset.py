@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from medvl.data.format import HUMAN, IMAGE_TOKEN, image_paths
-from medvl.data.validate_rows import load_rgb
+from medvl.data.images import load_rgb
 
 IGNORE_INDEX = -100
 END_OF_TURN = "<|im_end|>"

@@ -10,11 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from medvl.data.dataset import segments, to_messages
 from medvl.data.format import image_paths
-from medvl.data.validate_rows import no_pixel_limit
+from medvl.data.images import header_size
 
 #: Pixels per image token of each model family: 14x14 patches, merged 2x2 (Qwen2-VL and Qwen2.5-VL).
 PIXELS_PER_TOKEN = {"qwen2_vl": 28 * 28, "qwen2_5_vl": 28 * 28}
@@ -53,12 +51,6 @@ def image_token_count(width: int, height: int, image_processor) -> int:
     h, w = smart_resize(height, width, factor=patch * merge, min_pixels=size["shortest_edge"],
                         max_pixels=size["longest_edge"])
     return (h // patch) * (w // patch) // (merge * merge)
-
-
-def header_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file header; PIL reads no pixel data here."""
-    with no_pixel_limit(), Image.open(path) as im:
-        return im.size
 
 
 def token_length(row: dict[str, Any], processor, image_root: str | Path, *,

@@ -20,7 +20,7 @@ Row = dict[str, Any]
 
 SPLITS = ("train", "validation", "test")
 
-#: Reason code -> what it means. Converters and :mod:`medvl.data.validate_rows` use only these.
+#: Reason code -> what it means. Converters and :mod:`medvl.data.row_checks` use only these.
 REASONS: dict[str, str] = {
     "malformed_json": "the line (JSONL) or the whole file (JSON list) is not valid JSON",
     "malformed_row": "the record is not an object, or a TSV line has the wrong number of columns",
@@ -34,7 +34,7 @@ REASONS: dict[str, str] = {
     "bad_image_reference": "the image column points at a row index that has no image",
     "bad_category": "a given category is not a taxonomy id or contradicts the given answer type",
     "lang_filtered": "left out on purpose: the row's language is not the selected one",
-    # Row checks (medvl.data.validate_rows).
+    # Row checks (medvl.data.row_checks).
     "bad_field_type": "a field of the unified row has the wrong type",
     "bad_roles": "turns do not alternate human/gpt, starting with human and ending with gpt",
     "placeholder_mismatch": "the number of <image> placeholders differs from the number of images",

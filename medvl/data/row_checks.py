@@ -1,32 +1,33 @@
-"""Row checks that need no tokenizer or processor, and the one image loader everything uses.
+"""Row checks: is a row something training can read?
 
-A check is a function ``check(row, root) -> Problem | None``. :func:`validate_rows` runs a list
-of them on every row and yields the row, or a Reject carrying the first failing check's reason,
-so a later check (the processor-based token length) is one more function appended to the list::
+A check is a function ``check(row, root) -> Problem | None``. :func:`first_problem` runs a list of
+them on a row, in order, and returns the first failure, so a later check is one more function
+appended to the list::
 
     checks = default_checks(require_category=True)
-    checks.insert(-1, make_token_length_check(processor, max_length))   # later, elsewhere
-    rows, rejects = partition(validate_rows(rows, root, checks, source="test.jsonl"))
+    checks.insert(-1, my_check)     # before the duplicate-id check
+    problem = first_problem(row, root, checks)
 
 Checks run cheapest first and the first failure decides, so an image that is missing is reported
 as missing, not also as undecodable. The duplicate-id check is last (insert new checks before
 it), so an id is taken only by a row that is kept. Large images are never rejected for their
-size.
+size. :func:`default_checks` need no tokenizer or processor; :func:`check_template_images` and
+:func:`make_special_token_check` are the checks ``medvl.prepare`` adds with the model's processor.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
-from medvl.data.converters._common import Reject, Row
+from medvl.data.converters._common import Row
+from medvl.data.dataset import to_messages
 from medvl.data.format import GPT, HUMAN, IMAGE_TOKEN, image_paths
+from medvl.data.images import UnsupportedMode, load_rgb
 from medvl.data.taxonomy import ANSWER_TYPES, CATEGORIES
 
 
@@ -39,70 +40,6 @@ class Problem:
 
 
 Check = Callable[[Row, Path], "Problem | None"]
-
-_HIGH_BIT_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
-_WITH_ALPHA = ("RGBA", "LA", "PA", "RGBa")
-
-
-class UnsupportedMode(ValueError):
-    """The image decoded, but PIL cannot convert its pixel mode to RGB."""
-
-
-# --- image loading -------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def no_pixel_limit() -> Iterator[None]:
-    # Whole-slide pathology and big radiographs exceed PIL's decompression-bomb limit; they are
-    # wanted, and the processor resizes them, so the limit is lifted while our own files load.
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert a decoded image in any of the modes medical images come in to 8-bit RGB.
-
-    16-bit (``I;16``), 32-bit (``I``) and float (``F``) grey images are scaled from their own
-    min..max to 0..255. PIL's ``convert("L")`` would clip them at 255 instead (a 12-bit CT or
-    X-ray turns almost white), and dividing by 257 would leave 12-bit data nearly black.
-    Transparency is composited onto white, as qwen-vl-utils does for the model's own inputs.
-
-    Raises:
-        UnsupportedMode: PIL cannot convert the mode.
-    """
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode in _HIGH_BIT_DEPTH:
-        pixels = np.asarray(image, dtype=np.float64)
-        lo, hi = float(pixels.min()), float(pixels.max())
-        scaled = (pixels - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(pixels)
-        return Image.fromarray(np.round(scaled).astype(np.uint8), "L").convert("RGB")
-    if mode == "P" and "transparency" in image.info:
-        image, mode = image.convert("RGBA"), "RGBA"
-    if mode in _WITH_ALPHA:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    try:
-        return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, ...
-    except ValueError as e:
-        raise UnsupportedMode(f"mode {mode}: {e}") from e
-
-
-def load_rgb(path: str | Path) -> Image.Image:
-    """Open, fully decode and convert an image file to RGB (see :func:`to_rgb`)."""
-    with no_pixel_limit(), Image.open(path) as image:
-        image.load()
-        return to_rgb(image)
-
-
-# --- checks --------------------------------------------------------------------------------
 
 
 def check_fields(row: Row, root: Path) -> Problem | None:
@@ -273,23 +210,46 @@ def default_checks(*, require_category: bool = False, decode_images: bool = True
     return checks
 
 
-def validate_rows(rows: Iterable[Any], root: str | Path, checks: Sequence[Check] | None = None,
-                  *, source: str = "rows") -> Iterator[Row | Reject]:
-    """Yield each row that passes every check, or a Reject with the first failing reason.
+def check_template_images(row: Row, root: Path) -> Problem | None:
+    """Images sit in human turns: the chat template drops ``<image>`` from answers, so a row whose
+    placeholders add up only by counting its answers cannot be encoded."""
+    n_template = sum(1 for m in to_messages(row, None) for c in m["content"] if c["type"] == "image")
+    n_images = len(image_paths(row))
+    if n_template != n_images:
+        return Problem("placeholder_mismatch",
+                       f"{n_template} <image> placeholder(s) in human turns for {n_images} image(s)")
+    return None
 
-    ``source`` names the input in Reject locations (``"test.jsonl:row 3"``, 0-based).
+
+def make_special_token_check(tokenizer) -> Check:
+    """Text must not contain the model's special tokens: ``<|im_end|>`` in an answer would end the turn
+    early, and a literal ``<|image_pad|>`` would be expanded as an image (or fail to be) by the processor."""
+    specials = sorted({t.content for t in tokenizer.added_tokens_decoder.values() if t.special})
+
+    def check_special_tokens(row: Row, root: Path) -> Problem | None:
+        for k, turn in enumerate(row["conversations"]):
+            found = [token for token in specials if token in turn["value"]]
+            if found:
+                return Problem("bad_value", f"turn {k} contains the model's special token(s) {', '.join(found)}")
+        return None
+
+    return check_special_tokens
+
+
+def first_problem(row: Any, root: Path, checks: Sequence[Check]) -> Problem | None:
+    """The first failing check's problem, or None when the row passes every check.
+
+    A row that is not a JSON object is ``malformed_row``; a check that raises (a row shaped in a way
+    no check foresaw) is ``bad_value`` naming the check, so one bad row never stops a run.
     """
-    root = Path(root)
-    checks = default_checks() if checks is None else checks
-    for i, row in enumerate(rows):
-        loc = f"{source}:row {i}"
-        if not isinstance(row, dict):
-            yield Reject(loc, "malformed_row", f"expected an object, got {type(row).__name__}", raw=row)
-            continue
-        for check in checks:
+    if not isinstance(row, dict):
+        return Problem("malformed_row", f"expected an object, got {type(row).__name__}")
+    for check in checks:
+        try:
             problem = check(row, root)
-            if problem is not None:
-                yield Reject(loc, problem.reason, f"{row.get('id')!r}: {problem.message}", raw=row)
-                break
-        else:
-            yield row
+        except Exception as exc:  # noqa: BLE001 - one bad row never stops the run
+            problem = Problem("bad_value", f"check {getattr(check, '__name__', check)} failed: "
+                              f"{type(exc).__name__}: {exc}")
+        if problem is not None:
+            return problem
+    return None

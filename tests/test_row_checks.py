@@ -1,19 +1,18 @@
-"""Processor-free row checks: every kind of bad row is fed and its reason checked, and load_rgb
-converts the pixel modes medical images come in."""
+"""Processor-free row checks: every kind of bad row is fed and its reason checked."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
-import numpy as np
 import pytest
 from PIL import Image
 
-import medvl.data.validate_rows as vr
-from medvl.data.converters import partition
+import medvl.data.images as images
 from medvl.data.format import IMAGE_TOKEN, make_row
-from medvl.data.validate_rows import Problem, UnsupportedMode, default_checks, load_rgb, to_rgb, validate_rows
+from medvl.data.images import UnsupportedMode, load_rgb, to_rgb
+from medvl.data.row_checks import Problem, default_checks, first_problem
 
 
 def good(row_id: str = "r1", image: str | list[str] | None = "img/a.png") -> dict:
@@ -30,9 +29,22 @@ def root(tmp_path: Path) -> Path:
     return root
 
 
-def check(rows: list, root: Path, **kwargs) -> tuple[list[dict], list]:
-    kept, rejects = partition(validate_rows(rows, root, default_checks(**kwargs), source="t.jsonl"))
-    assert len(kept) + len(rejects) == len(rows)
+class Rejected(NamedTuple):
+    position: int
+    reason: str
+    message: str
+
+
+def check(rows: list, root: Path, checks=None, **kwargs) -> tuple[list[dict], list[Rejected]]:
+    """The rows that pass every check, and where and why the others fail, in input order."""
+    checks = default_checks(**kwargs) if checks is None else checks
+    kept, rejects = [], []
+    for k, row in enumerate(rows):
+        problem = first_problem(row, root, checks)
+        if problem is None:
+            kept.append(row)
+        else:
+            rejects.append(Rejected(k, problem.reason, problem.message))
     return kept, rejects
 
 
@@ -163,7 +175,7 @@ def test_image_mode_unsupported(root: Path, monkeypatch: pytest.MonkeyPatch) -> 
     def fake_to_rgb(image):
         raise UnsupportedMode("mode XYZ")
 
-    monkeypatch.setattr(vr, "to_rgb", fake_to_rgb)
+    monkeypatch.setattr(images, "to_rgb", fake_to_rgb)
     assert only_reason(good(), root) == "image_mode_unsupported"
 
 
@@ -177,8 +189,7 @@ def test_duplicate_ids_across_the_split(root: Path) -> None:
     rows = [good("a"), good("b"), good("a"), good("c"), good("b")]
     kept, rejects = check(rows, root)
     assert [r["id"] for r in kept] == ["a", "b", "c"]
-    assert [(r.source, r.reason) for r in rejects] == [("t.jsonl:row 2", "duplicate_id"),
-                                                       ("t.jsonl:row 4", "duplicate_id")]
+    assert [(r.position, r.reason) for r in rejects] == [(2, "duplicate_id"), (4, "duplicate_id")]
 
 
 def test_rejected_row_does_not_take_its_id(root: Path) -> None:
@@ -192,7 +203,7 @@ def test_mixed_split_counts_and_order(root: Path) -> None:
     kept, rejects = check(rows, root)
     assert [r["id"] for r in kept] == ["1", "3"]
     assert [r.reason for r in rejects] == ["image_outside_root", "bad_roles", "duplicate_id"]
-    assert rejects[0].raw is rows[1] and "'2'" in rejects[0].message
+    assert rejects[0].position == 1 and "'../x.png'" in rejects[0].message
 
 
 def test_more_checks_can_be_appended(root: Path) -> None:
@@ -201,73 +212,16 @@ def test_more_checks_can_be_appended(root: Path) -> None:
 
     checks = default_checks()
     checks.insert(-1, too_long)
-    kept, rejects = partition(validate_rows([good("big"), good("small")], root, checks))
+    kept, rejects = check([good("big"), good("small")], root, checks)
     assert [r["id"] for r in kept] == ["small"] and [r.reason for r in rejects] == ["too_long"]
 
 
-# --- load_rgb --------------------------------------------------------------------------------
+def test_a_check_that_raises_is_a_bad_value_naming_it(root: Path) -> None:
+    def shaky(row, root):
+        raise KeyError("meta")
 
-
-def saved(tmp_path: Path, image: Image.Image, name: str) -> Path:
-    path = tmp_path / name
-    image.save(path)
-    return path
-
-
-def test_load_rgb_16_bit_is_scaled_not_clipped(tmp_path: Path) -> None:
-    # A 12-bit radiograph stored in 16 bits: 0..4095.
-    pixels = np.tile(np.arange(4096, dtype=np.uint16), (4, 1))
-    image = Image.fromarray(pixels)
-    assert image.mode == "I;16"
-    for name in ("x.png", "x.tif"):
-        out = np.asarray(load_rgb(saved(tmp_path, image, name)))
-        assert out.shape == (4, 4096, 3) and out.dtype == np.uint8
-        grey = out[0, :, 0]
-        assert grey[0] == 0 and grey[-1] == 255 and abs(int(grey[2048]) - 128) <= 1
-        assert (grey == 255).mean() < 0.01  # clipping would make ~94% of pixels white
-        assert np.all(np.diff(grey.astype(int)) >= 0)
-
-
-def test_load_rgb_constant_16_bit_image(tmp_path: Path) -> None:
-    image = Image.fromarray(np.full((3, 3), 1000, dtype=np.uint16))
-    assert np.asarray(load_rgb(saved(tmp_path, image, "c.png"))).max() == 0
-
-
-@pytest.mark.parametrize(
-    ("mode", "name", "pixel", "expected"),
-    [
-        ("L", "l.png", 77, (77, 77, 77)),
-        ("L", "l.jpg", 77, (77, 77, 77)),
-        ("1", "one.png", 1, (255, 255, 255)),
-        ("RGB", "rgb.png", (5, 6, 7), (5, 6, 7)),
-        ("RGBA", "rgba.png", (10, 20, 30, 255), (10, 20, 30)),
-        ("RGBA", "clear.png", (10, 20, 30, 0), (255, 255, 255)),  # transparent -> white background
-        ("LA", "la.png", (50, 0), (255, 255, 255)),
-        ("CMYK", "cmyk.tif", (0, 0, 0, 0), (255, 255, 255)),
-        ("CMYK", "cmyk.jpg", (0, 255, 255, 0), (255, 0, 0)),
-        ("F", "f.tif", 0.5, (0, 0, 0)),  # constant float image -> 0 after min-max scaling
-    ],
-)
-def test_load_rgb_modes(tmp_path: Path, mode: str, name: str, pixel, expected) -> None:
-    path = saved(tmp_path, Image.new(mode, (4, 4), pixel), name)
-    with Image.open(path) as im:
-        assert im.mode == mode
-    out = load_rgb(path)
-    assert out.mode == "RGB" and out.size == (4, 4)
-    got = out.getpixel((1, 1))
-    assert all(abs(g - e) <= 3 for g, e in zip(got, expected, strict=True)), got  # JPEG is lossy
-
-
-def test_load_rgb_palette(tmp_path: Path) -> None:
-    palette = Image.new("P", (4, 4), 1)
-    palette.putpalette([0, 0, 0, 200, 100, 50] + [0] * 762)
-    assert load_rgb(saved(tmp_path, palette, "p.png")).getpixel((0, 0)) == (200, 100, 50)
-    palette.info["transparency"] = 1
-    path = tmp_path / "pt.png"
-    palette.save(path, transparency=1)
-    with Image.open(path) as im:
-        assert im.mode == "P" and "transparency" in im.info
-    assert load_rgb(path).getpixel((0, 0)) == (255, 255, 255)
+    problem = first_problem(good(), root, [shaky])
+    assert problem == Problem("bad_value", "check shaky failed: KeyError: 'meta'")
 
 
 def test_large_images_are_never_rejected(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
