@@ -244,6 +244,25 @@ def _ids(run: Run) -> list[str]:
     return list(dict.fromkeys(str(row["id"]) for row in run.rows if "id" in row))
 
 
+def _paired_ci(
+    reference: Run, other: Run, common: Sequence[str], metric: str, *, n_boot: int, seed: int, confidence: float
+) -> dict[str, float | int | None] | None:
+    """The bootstrap CI of one metric over the ``common`` ids where both runs have it; None where there are none."""
+    if metric in CORPUS_STATISTICS:
+        ref_stats, other_stats = corpus_stats(reference, metric), corpus_stats(other, metric)
+        ids = [i for i in common if i in ref_stats and i in other_stats]
+        if not ids:
+            return None
+        return bootstrap_corpus_ci([ref_stats[i] for i in ids], [other_stats[i] for i in ids], _STATISTIC[metric],
+                                   n_boot=n_boot, seed=seed, confidence=confidence)
+    ref_scores, other_scores = sample_scores(reference, metric), sample_scores(other, metric)
+    ids = [i for i in common if i in ref_scores and i in other_scores]
+    if not ids:
+        return None
+    return bootstrap_ci([ref_scores[i] for i in ids], [other_scores[i] for i in ids],
+                        n_boot=n_boot, seed=seed, confidence=confidence)
+
+
 def pairwise_significance(
     reference: Run,
     other: Run,
@@ -293,24 +312,9 @@ def pairwise_significance(
     for metric in names:
         if metric in NO_BOOTSTRAP:
             result["skipped"][metric] = NO_BOOTSTRAP[metric]
-            continue
-        if metric in CORPUS_STATISTICS:
-            ref_stats, other_stats = corpus_stats(reference, metric), corpus_stats(other, metric)
-            ids = [i for i in common if i in ref_stats and i in other_stats]
-            if ids:
-                result["bootstrap"][metric] = bootstrap_corpus_ci(
-                    [ref_stats[i] for i in ids], [other_stats[i] for i in ids], _STATISTIC[metric],
-                    n_boot=n_boot, seed=seed, confidence=confidence,
-                )
-            continue
-        ref_scores, other_scores = sample_scores(reference, metric), sample_scores(other, metric)
-        ids = [i for i in common if i in ref_scores and i in other_scores]
-        if not ids:
-            continue
-        result["bootstrap"][metric] = bootstrap_ci(
-            [ref_scores[i] for i in ids], [other_scores[i] for i in ids],
-            n_boot=n_boot, seed=seed, confidence=confidence,
-        )
+        elif (ci := _paired_ci(reference, other, common, metric, n_boot=n_boot, seed=seed,
+                               confidence=confidence)) is not None:
+            result["bootstrap"][metric] = ci
     for metric in MCNEMAR_METRICS:
         if metrics is not None and metric not in metrics:
             continue
