@@ -16,7 +16,7 @@ import pandas as pd
 
 from medvl import tables as tidy
 from medvl.data.taxonomy import CATEGORIES
-from medvl.tables import console  # noqa: F401 - medvl.prepare imports it from here (data helper: switch to medvl.tables)
+from medvl.tables import console
 
 FAMILIES = {
     "matching": ["exact_match", "substring_match", "soft_match", "word_jaccard", "closed_accuracy", "open_recall",
