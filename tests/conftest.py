@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,20 +28,11 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def compose(cache_dir, tmp_path):
     """Compose a config from conf/ with overrides, like the command line does."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from medvl.config import CONF_DIR
 
     def _compose(overrides: list[str] = (), config_name: str = "train", output_dir: Path | None = None):
-        GlobalHydra.instance().clear()
-        extra = [f"cache_dir={cache_dir}", f"output_dir={output_dir or tmp_path / 'run'}"]
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return hydra_compose(config_name=config_name, overrides=[*extra, *overrides])
+        return compose_config(cache_dir, config_name, list(overrides), output_dir or tmp_path / "run")
 
-    yield _compose
-    GlobalHydra.instance().clear()
+    return _compose
 
 
 @pytest.fixture(scope="session")
@@ -91,3 +86,180 @@ def validation_steps(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(GenerationEvalCallback, "run", counting_run)
     return calls
+
+
+# --- helpers and fixtures that several test modules share (test modules import from here, never from each other)
+
+
+def compose_config(cache_dir: Path, config_name: str, overrides: list[str], output_dir: Path | str = "unused"):
+    """``config_name`` composed with command-line ``overrides`` outside any Hydra run (module-scoped fixtures
+    cannot use the ``compose`` fixture)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from medvl.config import CONF_DIR
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return hydra_compose(config_name, overrides=[f"cache_dir={cache_dir}", f"output_dir={output_dir}",
+                                                         *overrides])
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def run_eval(cache_dir: Path, out: Path, overrides: list[str]) -> dict:
+    """What ``python -m medvl.eval <overrides>`` does, with ``out`` as the Hydra output dir."""
+    from medvl.evaluation.run import evaluate
+
+    return evaluate(compose_config(cache_dir, "eval", overrides, out), overrides)
+
+
+def prepare_cfg(cache_dir: Path, overrides: list[str]):
+    """A ``medvl.prepare`` config for a dataset in medvl's own format (``data=llava``), tiny model, one worker."""
+    return compose_config(cache_dir, "prepare", ["data=llava", "model=tiny", "workers=1", *overrides])
+
+
+#: A question long enough to pass a small max_length with the tiny model (16 image tokens at most).
+LONG_QUESTION = "Describe every structure visible in this image and its position relative to the others. " * 4
+
+
+def vqa_row(row_id: str, image: str, question: str, answer: str) -> dict:
+    from medvl.data.format import IMAGE_TOKEN
+
+    return {"id": row_id, "image": image, "answer_type": "OPEN", "category": "open_description",
+            "conversations": [{"from": "human", "value": f"{IMAGE_TOKEN}\n{question}"},
+                              {"from": "gpt", "value": answer}]}
+
+
+def make_dataset(root: Path) -> dict[str, list[dict]]:
+    """A small dataset in medvl's own format: two short and two long rows per split."""
+    from PIL import Image
+
+    from medvl.data.format import write_jsonl
+
+    (root / "imgs").mkdir(parents=True)
+    Image.new("RGB", (64, 48), (90, 90, 90)).save(root / "imgs" / "a.png")
+    splits = {}
+    for split in ("train", "test"):
+        splits[split] = [vqa_row(f"{split}-short-{k}", "imgs/a.png", "What modality is this?", "CT") for k in range(2)]
+        splits[split] += [vqa_row(f"{split}-long-{k}", "imgs/a.png", LONG_QUESTION, "CT") for k in range(2)]
+        write_jsonl(root / f"{split}.jsonl", splits[split])
+    return splits
+
+
+def read_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
+    """Every TensorBoard scalar under ``run_dir``: tag -> [(step, value)]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for events in run_dir.rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events.parent))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return out
+
+
+@pytest.fixture
+def no_wandb_login(monkeypatch, tmp_path) -> Path:
+    """No API key anywhere: no WANDB_* variables and a HOME without ~/.netrc."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for var in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_MODE", "WANDB_DIR", "WANDB_DATA_DIR",
+                "WANDB_BASE_URL", "WANDB_PROJECT", "WANDB_RUN_GROUP", "NETRC"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+@pytest.fixture
+def multirun_context(cache_dir, tmp_path):
+    """Hydra's config as a multirun job sees it, with the sweep directory under tmp_path."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from medvl.config import CONF_DIR
+
+    def _enter(sweep_name: str) -> None:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            hydra_cfg = compose(config_name="train", overrides=[f"cache_dir={cache_dir}"], return_hydra_config=True)
+        OmegaConf.update(hydra_cfg, "hydra.mode", "MULTIRUN")
+        OmegaConf.update(hydra_cfg, "hydra.sweep.dir", str(tmp_path / "sweeps" / sweep_name))
+        HydraConfig.instance().set_config(hydra_cfg)
+
+    yield _enter
+    HydraConfig.instance().cfg = None
+    GlobalHydra.instance().clear()
+
+
+def wandb_records(run_dir: Path) -> dict[str, list]:
+    """The records of an offline run's ``run-<id>.wandb`` (a LevelDB-style log of protobuf records), by type."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    (path,) = run_dir.glob("run-*.wandb")
+    data, block, pos, partial = path.read_bytes(), 32768, 7, b""  # 7: the ":W&B" header
+    out: dict[str, list] = {}
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        partial = chunk if kind in (1, 2) else partial + chunk  # 1 full, 2 first, 3 middle, 4 last
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(partial)
+            kind_name = record.WhichOneof("record_type")
+            out.setdefault(kind_name, []).append(getattr(record, kind_name))
+    return out
+
+
+def prediction_row(i: int, correct: bool | None, f1: float, category: str = "closed_yes_no",
+                   ppl: float | None = None) -> dict:
+    """A scored prediction record, closed (``correct``: True/False) or open (None)."""
+    closed = correct is not None
+    return {
+        "id": f"q{i}",
+        "question": f"question {i}?",
+        "reference": "yes" if closed else "left lung",
+        "prediction": "yes" if correct else "no",
+        "category": category if closed else "open_location",
+        "answer_type": "CLOSED" if closed else "OPEN",
+        "metrics": {"exact_match": float(bool(correct)), "word_f1": f1,
+                    "closed_accuracy": None if not closed else float(correct)},
+        "perplexity": ppl,
+    }
+
+
+def make_eval_dir(
+    path: Path,
+    name: str,
+    rows: list[dict[str, Any]],
+    overall: dict[str, float] | None = None,
+    by_category: dict[str, dict[str, float]] | None = None,
+) -> Path:
+    """A fake eval directory as `python -m medvl.eval` writes it."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    metrics = {
+        "run": {"name": name, "ckpt": None, "model": "tiny", "data": "synth", "prompt": "default"},
+        "overall": {**(overall or {"exact_match": 0.5}), "count": len(rows)},
+        "closed": {"exact_match": 0.5, "count": len(rows)},
+        "open": {"count": 0},
+        "by_category": by_category or {"closed_yes_no": {"exact_match": 0.5, "count": len(rows)}},
+    }
+    (path / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    return path
+
+
+def compare_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m medvl.compare ARGS`` run in ``cwd``."""
+    return subprocess.run([sys.executable, "-m", "medvl.compare", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from medvl.training import loggers
 
-from .test_loggers import multirun_context, no_wandb_login  # noqa: F401 - pytest fixtures
+from .conftest import wandb_records
 
 
-def test_sweep_jobs_get_distinct_wandb_run_names(compose, tmp_path, no_wandb_login, multirun_context):  # noqa: F811
+def test_sweep_jobs_get_distinct_wandb_run_names(compose, tmp_path, no_wandb_login, multirun_context):
     multirun_context("2026-11-25_10-00-00")
     sweep = tmp_path / "sweeps" / "2026-11-25_10-00-00"
     names = set()
@@ -22,19 +22,18 @@ def test_sweep_jobs_get_distinct_wandb_run_names(compose, tmp_path, no_wandb_log
     assert len(names) == 2, names
 
 
-def test_single_run_name_is_the_config_run_name(compose, tmp_path, no_wandb_login):  # noqa: F811
+def test_single_run_name_is_the_config_run_name(compose, tmp_path, no_wandb_login):
     out = tmp_path / "run"
     assert loggers.wandb_init_kwargs(compose(["logger=wandb"], output_dir=out), out)["name"] == "instruct-tiny-auto"
 
 
-def test_failed_sweep_job_finishes_its_wandb_run(tmp_path, no_wandb_login):  # noqa: F811
+def test_failed_sweep_job_finishes_its_wandb_run(tmp_path, no_wandb_login):
     """A job that fails after wandb.init must not leave its run active: the next job's wandb.init would
     return it (wandb's default ``reinit``), logging the next job into the failed job's run and directory."""
     import wandb
 
     from medvl.training.sweep import run_sweep_job
 
-    from .test_loggers import wandb_records
 
     def failing_job(cfg):
         wandb.init(mode="offline", dir=str(tmp_path / "job0"), project="medvl", name="job0")

@@ -7,19 +7,7 @@ import json
 from medvl.training import callbacks
 from medvl.training.run import train
 
-from .conftest import small_data_overrides
-
-
-def read_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out: dict[str, list[tuple[int, float]]] = {}
-    for events in run_dir.rglob("events.out.tfevents.*"):
-        acc = EventAccumulator(str(events.parent))
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
-    return out
+from .conftest import read_scalars, small_data_overrides
 
 
 def test_validation_runs_once_per_eval_step_logs_and_keeps_best(compose, tmp_path, small_synth, monkeypatch,

@@ -13,8 +13,7 @@ from medvl.data.format import make_row
 from medvl.training.callbacks import GenerationEvalCallback
 from medvl.training.run import train
 
-from .conftest import small_data_overrides
-from .test_callbacks import read_scalars
+from .conftest import read_scalars, small_data_overrides
 
 ROWS = [make_row(f"r{i}", None, f"question {i}?", answer, answer_type="OPEN", category="open_location")
         for i, answer in enumerate(["left lung", "liver", "right kidney", "heart"])]

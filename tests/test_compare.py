@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from scipy import stats
@@ -27,43 +24,9 @@ from medvl.evaluation.compare import (
     select_reference,
 )
 
+from .conftest import compare_cli, make_eval_dir, prediction_row
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _row(i: int, correct: bool | None, f1: float, category: str = "closed_yes_no", ppl: float | None = None) -> dict:
-    closed = correct is not None
-    return {
-        "id": f"q{i}",
-        "question": f"question {i}?",
-        "reference": "yes" if closed else "left lung",
-        "prediction": "yes" if correct else "no",
-        "category": category if closed else "open_location",
-        "answer_type": "CLOSED" if closed else "OPEN",
-        "metrics": {"exact_match": float(bool(correct)), "word_f1": f1,
-                    "closed_accuracy": None if not closed else float(correct)},
-        "perplexity": ppl,
-    }
-
-
-def make_eval_dir(
-    path: Path,
-    name: str,
-    rows: list[dict[str, Any]],
-    overall: dict[str, float] | None = None,
-    by_category: dict[str, dict[str, float]] | None = None,
-) -> Path:
-    """A fake eval directory as `python -m medvl.eval` writes it."""
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    metrics = {
-        "run": {"name": name, "ckpt": None, "model": "tiny", "data": "synth", "prompt": "default"},
-        "overall": {**(overall or {"exact_match": 0.5}), "count": len(rows)},
-        "closed": {"exact_match": 0.5, "count": len(rows)},
-        "open": {"count": 0},
-        "by_category": by_category or {"closed_yes_no": {"exact_match": 0.5, "count": len(rows)}},
-    }
-    (path / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
-    return path
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,8 +92,8 @@ def test_bootstrap_ci_of_no_pairs_is_empty() -> None:
 
 
 def test_bold_goes_to_lowest_value_of_a_lower_is_better_metric(tmp_path: Path) -> None:
-    a = make_eval_dir(tmp_path / "a", "A", [_row(0, True, 1.0)], overall={"exact_match": 0.9, "perplexity": 12.5})
-    b = make_eval_dir(tmp_path / "b", "B", [_row(0, True, 1.0)], overall={"exact_match": 0.4, "perplexity": 3.25})
+    a = make_eval_dir(tmp_path / "a", "A", [prediction_row(0, True, 1.0)], overall={"exact_match": 0.9, "perplexity": 12.5})
+    b = make_eval_dir(tmp_path / "b", "B", [prediction_row(0, True, 1.0)], overall={"exact_match": 0.4, "perplexity": 3.25})
     runs = load_runs([a, b])
     table = comparison_table(runs)
     directions = metric_directions(["exact_match", "perplexity"])
@@ -145,7 +108,7 @@ def test_bold_goes_to_lowest_value_of_a_lower_is_better_metric(tmp_path: Path) -
 
 
 def test_comparison_table_is_tidy_with_counts_and_categories(tmp_path: Path) -> None:
-    rows = [_row(0, True, 1.0), _row(1, None, 0.5)]
+    rows = [prediction_row(0, True, 1.0), prediction_row(1, None, 0.5)]
     by_category = {
         "closed_yes_no": {"exact_match": 1.0, "count": 1},
         "open_location": {"exact_match": 0.0, "count": 1},
@@ -173,7 +136,7 @@ def test_comparison_table_is_tidy_with_counts_and_categories(tmp_path: Path) -> 
 def test_discovery_of_globs_sweep_dirs_and_eval_subdirs(tmp_path: Path) -> None:
     sweep = tmp_path / "multirun"
     for job in (0, 1, 2, 10):  # numeric order: 10 after 2
-        make_eval_dir(sweep / str(job) / "eval", "sweep", [_row(0, True, 1.0)])
+        make_eval_dir(sweep / str(job) / "eval", "sweep", [prediction_row(0, True, 1.0)])
     (sweep / "multirun.yaml").write_text("{}")
     expected = [sweep / str(job) / "eval" for job in (0, 1, 2, 10)]
     assert discover_eval_dirs([sweep]) == expected
@@ -192,8 +155,8 @@ def test_discovery_of_globs_sweep_dirs_and_eval_subdirs(tmp_path: Path) -> None:
 
 
 def test_default_out_dir_is_common_parent_or_timestamped(tmp_path: Path) -> None:
-    a = make_eval_dir(tmp_path / "evals" / "a", "A", [_row(0, True, 1.0)])
-    b = make_eval_dir(tmp_path / "evals" / "b", "B", [_row(0, True, 1.0)])
+    a = make_eval_dir(tmp_path / "evals" / "a", "A", [prediction_row(0, True, 1.0)])
+    b = make_eval_dir(tmp_path / "evals" / "b", "B", [prediction_row(0, True, 1.0)])
     runs = load_runs([a, b])
     assert default_out_dir([a, b], runs, cwd=tmp_path / "elsewhere") == tmp_path / "evals"
     # The working directory (a repository, say) is too general a parent to write into.
@@ -216,9 +179,9 @@ def test_missing_path_and_missing_metrics_raise(tmp_path: Path) -> None:
 
 
 def test_pairwise_significance_pairs_by_id(tmp_path: Path) -> None:
-    ref_rows = [_row(i, i % 2 == 0, 0.5) for i in range(6)] + [_row(6, None, 0.2)]
+    ref_rows = [prediction_row(i, i % 2 == 0, 0.5) for i in range(6)] + [prediction_row(6, None, 0.2)]
     # The other run scores only q1..q6 (q0 missing) in another order, plus q99 the reference lacks.
-    run_rows = [_row(i, True, 0.75) for i in reversed(range(1, 6))] + [_row(6, None, 0.2), _row(99, True, 1.0)]
+    run_rows = [prediction_row(i, True, 0.75) for i in reversed(range(1, 6))] + [prediction_row(6, None, 0.2), prediction_row(99, True, 1.0)]
     ref = make_eval_dir(tmp_path / "ref", "ref", ref_rows)
     run = make_eval_dir(tmp_path / "run", "run", run_rows)
     reference, other = load_runs([ref, run])
@@ -233,15 +196,15 @@ def test_pairwise_significance_pairs_by_id(tmp_path: Path) -> None:
 
 
 def test_disjoint_ids_are_stated(tmp_path: Path) -> None:
-    a = make_eval_dir(tmp_path / "a", "A", [_row(0, True, 1.0)])
-    b = make_eval_dir(tmp_path / "b", "B", [_row(1, True, 1.0)])
+    a = make_eval_dir(tmp_path / "a", "A", [prediction_row(0, True, 1.0)])
+    b = make_eval_dir(tmp_path / "b", "B", [prediction_row(1, True, 1.0)])
     result = pairwise_significance(*load_runs([a, b]))
     assert result["note"].startswith("no ids in common")
     assert result["bootstrap"] == {} and result["mcnemar"] == {}
 
 
 def test_compare_writes_all_outputs(tmp_path: Path) -> None:
-    rows = [_row(i, i < 3, 0.5) for i in range(4)]
+    rows = [prediction_row(i, i < 3, 0.5) for i in range(4)]
     a = make_eval_dir(tmp_path / "a", "A", rows)
     b = make_eval_dir(tmp_path / "b", "B", rows)
     result = compare([a, b], out_dir=tmp_path / "out", n_boot=50, metrics=["exact_match", "closed_accuracy"])
@@ -266,16 +229,11 @@ def test_compare_writes_all_outputs(tmp_path: Path) -> None:
 # The command line
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "medvl.compare", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
-
-
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path: Path) -> None:
-    make_eval_dir(tmp_path / "a", "A", [_row(0, True, 1.0)])
+    make_eval_dir(tmp_path / "a", "A", [prediction_row(0, True, 1.0)])
     (tmp_path / "no_metrics").mkdir()
     for bad in ("missing_dir", "no_metrics"):
-        proc = _cli("a", bad, cwd=tmp_path)
+        proc = compare_cli("a", bad, cwd=tmp_path)
         assert proc.returncode == 2
         assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("medvl: ")
         assert bad in proc.stderr
@@ -283,10 +241,10 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path: Path) -> None:
 
 def test_cli_compares_a_sweep(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    make_eval_dir(sweep / "0" / "eval", "base", [_row(i, i < 2, 0.5) for i in range(4)])
-    make_eval_dir(sweep / "1" / "eval", "lora", [_row(i, True, 0.75) for i in range(4)])
-    make_eval_dir(sweep / "2", "other_data", [_row(50, True, 1.0)])  # job dir itself is the eval dir
-    proc = _cli(str(sweep), "--reference", "lora", "--n-boot", "100", cwd=tmp_path)
+    make_eval_dir(sweep / "0" / "eval", "base", [prediction_row(i, i < 2, 0.5) for i in range(4)])
+    make_eval_dir(sweep / "1" / "eval", "lora", [prediction_row(i, True, 0.75) for i in range(4)])
+    make_eval_dir(sweep / "2", "other_data", [prediction_row(50, True, 1.0)])  # job dir itself is the eval dir
+    proc = compare_cli(str(sweep), "--reference", "lora", "--n-boot", "100", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "Model comparison" in proc.stdout
     assert "medvl: warning: other_data vs lora: no ids in common" in proc.stderr

@@ -22,7 +22,7 @@ from medvl.evaluation.compare import (
 )
 from medvl.evaluation.metrics import bleu4
 
-from .test_compare import _cli, make_eval_dir
+from .conftest import compare_cli, make_eval_dir
 
 ANSWERS = ["left lung", "the liver is enlarged", "yes", "no", "two nodules in the right lobe", "ct", "brain",
            "a mass in the upper left lobe of the lung", "heart", "mri scan of the abdomen"]
@@ -139,7 +139,7 @@ def test_runs_on_different_data_are_refused_in_one_line(tmp_path: Path) -> None:
     _with_data(b, "slake", "validation")
     with pytest.raises(CompareError, match="different data"):
         compare([a, b], out_dir=tmp_path / "out", n_boot=10)
-    proc = _cli(str(a), str(b), cwd=tmp_path)
+    proc = compare_cli(str(a), str(b), cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "different data" in proc.stderr
     _with_data(b, "slake", None)  # an older run without a recorded split is not refused
     compare([a, b], out_dir=tmp_path / "out", n_boot=10)

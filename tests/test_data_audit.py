@@ -12,7 +12,8 @@ from PIL import Image
 from medvl.data.categorize import categorize
 from medvl.data.converters import Reject, convert, partition
 from medvl.data.format import make_row, read_jsonl
-from tests.test_prepare import compose_prepare
+
+from .conftest import compose_config
 
 
 def _row(row_id: str, image: str = "imgs/a.jpg", answer: str = "x") -> dict:
@@ -37,7 +38,7 @@ def user_data(tmp_path: Path) -> Path:
 def _prepare(cache_dir: Path, root: Path, out: Path, *extra: str) -> dict:
     from medvl.data.prepare import prepare
 
-    return prepare(compose_prepare(cache_dir, ["data=llava", f"data.root={root}", f"data.dir={out}", "model=tiny",
+    return prepare(compose_config(cache_dir, "prepare", ["data=llava", f"data.root={root}", f"data.dir={out}", "model=tiny",
                                                "workers=1", *extra]))
 
 

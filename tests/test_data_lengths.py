@@ -8,32 +8,13 @@ import json
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from medvl.config import CONF_DIR, ConfigError
-from medvl.data.format import IMAGE_TOKEN, read_jsonl, write_jsonl
+from medvl.data.format import read_jsonl
 
-#: A question long enough to pass a small max_length with the tiny model (16 image tokens at most).
-LONG = "Describe every structure visible in this image and its position relative to the others. " * 4
+from .conftest import make_dataset, prepare_cfg, run_eval
+
 MAX_LENGTH = 80
-
-
-def vqa(row_id: str, image: str, question: str, answer: str) -> dict:
-    return {"id": row_id, "image": image, "answer_type": "OPEN", "category": "open_description",
-            "conversations": [{"from": "human", "value": f"{IMAGE_TOKEN}\n{question}"},
-                              {"from": "gpt", "value": answer}]}
-
-
-def make_dataset(root: Path) -> dict[str, list[dict]]:
-    """A small dataset in medvl's own format: two short and two long rows per split."""
-    (root / "imgs").mkdir(parents=True)
-    Image.new("RGB", (64, 48), (90, 90, 90)).save(root / "imgs" / "a.png")
-    splits = {}
-    for split in ("train", "test"):
-        splits[split] = [vqa(f"{split}-short-{k}", "imgs/a.png", "What modality is this?", "CT") for k in range(2)]
-        splits[split] += [vqa(f"{split}-long-{k}", "imgs/a.png", LONG, "CT") for k in range(2)]
-        write_jsonl(root / f"{split}.jsonl", splits[split])
-    return splits
 
 
 def run_prepare(tmp_path: Path, cache_dir: Path) -> dict:
@@ -48,19 +29,6 @@ def run_prepare(tmp_path: Path, cache_dir: Path) -> dict:
 @pytest.fixture
 def prepared(tmp_path, cache_dir) -> dict:
     return run_prepare(tmp_path, cache_dir)
-
-
-def prepare_cfg(cache_dir: Path, overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose("prepare", overrides=[f"cache_dir={cache_dir}", "output_dir=unused", "data=llava",
-                                                 "model=tiny", "workers=1", *overrides])
-    finally:
-        GlobalHydra.instance().clear()
 
 
 # --- the default max_length ----------------------------------------------------------------
@@ -148,7 +116,6 @@ def test_scored_splits_follow_the_data_config(compose) -> None:
 
 def test_evaluation_scores_every_row_longer_than_max_length(prepared, cache_dir, tmp_path) -> None:
     """Generation and perplexity read long rows whole: the eval covers the whole split."""
-    from tests.test_eval import run_eval
 
     out = tmp_path / "eval"
     overrides = ["data=llava", f"data.root={prepared['root']}", f"data.dir={prepared['out']}",

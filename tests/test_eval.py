@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from medvl.evaluation.checkpoint import resolve_checkpoint
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -22,13 +23,12 @@ import medvl.evaluation.run as eval_run
 from medvl.data.dataset import IGNORE_INDEX, encode
 from medvl.data.format import answer_of, question_of, read_jsonl, write_jsonl
 from medvl.data.taxonomy import CATEGORIES
-from medvl.evaluation.checkpoint import resolve_checkpoint
 from medvl.evaluation.metrics import METRICS
 from medvl.evaluation.perplexity import answer_nll, corpus_perplexity
 from medvl.evaluation.report import SUMMARY_GROUPS
-from medvl.evaluation.run import evaluate, load_for_eval
+from medvl.evaluation.run import load_for_eval
 
-from .conftest import REPO, small_data_overrides
+from .conftest import REPO, compose_config, run_eval, small_data_overrides
 
 TRAIN = ["trainer.max_steps=4", "trainer.per_device_train_batch_size=8", "trainer.logging_steps=1",
          "trainer.save_steps=1000"]
@@ -36,26 +36,6 @@ TRAIN = ["trainer.max_steps=4", "trainer.per_device_train_batch_size=8", "traine
 FAST = ["max_new_tokens=4", "batch_size=16"]
 N_TEST = 48  # small_synth's test split
 CHARTS = ("chart_matching.png", "chart_fine_grained.png", "chart_generation.png", "chart_perplexity.png")
-
-
-def _compose(cache_dir: Path, config_name: str, overrides: list[str], output_dir: Path):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from medvl.config import CONF_DIR
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name, overrides=[f"cache_dir={cache_dir}", f"output_dir={output_dir}",
-                                                   *overrides])
-    finally:
-        GlobalHydra.instance().clear()
-
-
-def run_eval(cache_dir: Path, out: Path, overrides: list[str]) -> dict:
-    """What ``python -m medvl.eval <overrides>`` does, with ``out`` as the Hydra output dir."""
-    return evaluate(_compose(cache_dir, "eval", overrides, out), overrides)
 
 
 def predictions(out: Path) -> list[dict]:
@@ -68,7 +48,7 @@ def run_dir(tmp_path_factory, cache_dir, small_synth) -> Path:
     from medvl.training.run import train
 
     out = tmp_path_factory.mktemp("eval-run")
-    train(_compose(cache_dir, "train", [*TRAIN, *small_data_overrides(small_synth)], out))
+    train(compose_config(cache_dir, "train", [*TRAIN, *small_data_overrides(small_synth)], out))
     return out
 
 
@@ -541,19 +521,19 @@ def test_load_for_eval_puts_the_model_on_the_configured_device(cache_dir, run_di
         return real(model_cfg, path, device=device)
 
     monkeypatch.setattr(eval_run, "load_model", spy)
-    cfg = _compose(cache_dir, "eval", [], tmp_path)
+    cfg = compose_config(cache_dir, "eval", [], tmp_path)
     model, _ = load_for_eval(cfg, resolve_checkpoint(run_dir))
     assert moved == ["cpu"] and next(model.parameters()).device.type == "cpu"
     # device=cuda:1 on the command line is what is resolved (to the CPU here, standing in for it).
     asked: list[str] = []
     monkeypatch.setattr(eval_run, "eval_device", lambda device: asked.append(device) or "cpu")
-    load_for_eval(_compose(cache_dir, "eval", ["device=cuda:1"], tmp_path), None)
+    load_for_eval(compose_config(cache_dir, "eval", ["device=cuda:1"], tmp_path), None)
     assert asked == ["cuda:1"] and moved[-1] == "cpu"
 
 
 @pytest.mark.gpu
 def test_eval_model_runs_on_the_gpu(cache_dir, run_dir, tmp_path):
-    model, _ = load_for_eval(_compose(cache_dir, "eval", [], tmp_path), resolve_checkpoint(run_dir))
+    model, _ = load_for_eval(compose_config(cache_dir, "eval", [], tmp_path), resolve_checkpoint(run_dir))
     assert next(model.parameters()).is_cuda
 
 

@@ -9,14 +9,14 @@ import json
 from pathlib import Path
 
 import pytest
+from medvl.evaluation.checkpoint import CheckpointError, resolve_checkpoint
 from omegaconf import OmegaConf
 
 import medvl.evaluation.run as eval_run
 from medvl.config import DEFAULT_MAX_NEW_TOKENS, _eval_name
-from medvl.evaluation.checkpoint import CheckpointError, resolve_checkpoint
 from medvl.evaluation.compare import CompareError, compare
 
-from .test_compare import _cli, _row, make_eval_dir
+from .conftest import compare_cli, make_eval_dir, prediction_row
 
 
 def test_training_validation_and_medvl_eval_generate_alike(compose, tmp_path: Path) -> None:
@@ -56,7 +56,7 @@ def test_another_bertscore_model_rescores_on_resume_but_another_generation_lengt
 def _evaluated(compose, path: Path, name: str, overrides: list[str], bertscore: float | None = None) -> Path:
     """A fake eval dir with the eval_fingerprint.json medvl.eval writes for ``overrides``."""
     overall = {"exact_match": 0.5, **({"bertscore_f1": bertscore} if bertscore is not None else {})}
-    make_eval_dir(path, name, [_row(i, i % 2 == 0, 0.5) for i in range(4)], overall=overall)
+    make_eval_dir(path, name, [prediction_row(i, i % 2 == 0, 0.5) for i in range(4)], overall=overall)
     eval_run.check_resumable(path, eval_run.fingerprint(compose(overrides, config_name="eval"), None, "test"))
     return path
 
@@ -79,9 +79,9 @@ def test_runs_with_another_generation_length_are_refused_then_marked_when_allowe
     assert document["mixed_settings"] == ["max_new_tokens"]
     assert document["runs"][0]["settings"]["max_new_tokens"] == 16
 
-    refused = _cli(str(a), str(b), cwd=tmp_path)
+    refused = compare_cli(str(a), str(b), cwd=tmp_path)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "max_new_tokens" in refused.stderr
-    allowed = _cli(str(a), str(b), "--allow-mixed-settings", "--n-boot", "10", "--out", "cli", cwd=tmp_path)
+    allowed = compare_cli(str(a), str(b), "--allow-mixed-settings", "--n-boot", "10", "--out", "cli", cwd=tmp_path)
     assert allowed.returncode == 0, allowed.stderr
     assert "medvl: warning: runs were evaluated with different max_new_tokens: A=16, B=64" in allowed.stderr
 
@@ -120,7 +120,7 @@ def test_alike_runs_and_runs_without_a_fingerprint(compose, tmp_path: Path) -> N
     (b / "eval_fingerprint.json").write_text(json.dumps(fp))
     assert compare([a, b], out_dir=tmp_path / "out", n_boot=10)["settings_differ"] == {}
     # An eval dir from before settings were recorded: not refused, but its unknown settings are marked.
-    old = make_eval_dir(tmp_path / "old", "old", [_row(i, True, 0.5) for i in range(4)])
+    old = make_eval_dir(tmp_path / "old", "old", [prediction_row(i, True, 0.5) for i in range(4)])
     differ = compare([a, old], out_dir=tmp_path / "out2", n_boot=10)["settings_differ"]
     assert differ["max_new_tokens"] == {"A": "64", "old": "not recorded"}
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import struct
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,7 @@ from medvl.config import ConfigError, is_secret_key, preflight
 from medvl.training import loggers
 from medvl.training.run import learning_rate, train
 
-from .conftest import small_data_overrides
-from .test_callbacks import read_scalars
+from .conftest import read_scalars, small_data_overrides, wandb_records
 
 SECRET = "hf_not_a_real_secret_51f0c2a9"
 MONITOR = ("train/step_time", "train/samples_per_second", "train/tokens_per_second")
@@ -24,63 +22,6 @@ def train_overrides(root: Path, *extra: str) -> list[str]:
     return ["trainer.max_steps=4", "trainer.eval_steps=2", "trainer.eval_samples=8",
             "trainer.per_device_train_batch_size=8", "trainer.logging_steps=2", "trainer.save_steps=1000",
             "max_new_tokens=4", *small_data_overrides(root), *extra]
-
-
-@pytest.fixture
-def no_wandb_login(monkeypatch, tmp_path) -> Path:
-    """No API key anywhere: no WANDB_* variables and a HOME without ~/.netrc."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    for var in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_MODE", "WANDB_DIR", "WANDB_DATA_DIR",
-                "WANDB_BASE_URL", "WANDB_PROJECT", "WANDB_RUN_GROUP", "NETRC"):
-        monkeypatch.delenv(var, raising=False)
-    return home
-
-
-@pytest.fixture
-def multirun_context(cache_dir, tmp_path):
-    """Hydra's config as a multirun job sees it, with the sweep directory under tmp_path."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
-
-    from medvl.config import CONF_DIR
-
-    def _enter(sweep_name: str) -> None:
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            hydra_cfg = compose(config_name="train", overrides=[f"cache_dir={cache_dir}"], return_hydra_config=True)
-        OmegaConf.update(hydra_cfg, "hydra.mode", "MULTIRUN")
-        OmegaConf.update(hydra_cfg, "hydra.sweep.dir", str(tmp_path / "sweeps" / sweep_name))
-        HydraConfig.instance().set_config(hydra_cfg)
-
-    yield _enter
-    HydraConfig.instance().cfg = None
-    GlobalHydra.instance().clear()
-
-
-def wandb_records(run_dir: Path) -> dict[str, list]:
-    """The records of an offline run's ``run-<id>.wandb`` (a LevelDB-style log of protobuf records), by type."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    (path,) = run_dir.glob("run-*.wandb")
-    data, block, pos, partial = path.read_bytes(), 32768, 7, b""  # 7: the ":W&B" header
-    out: dict[str, list] = {}
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
-            pos += block - pos % block
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
-        partial = chunk if kind in (1, 2) else partial + chunk  # 1 full, 2 first, 3 middle, 4 last
-        if kind in (1, 4):
-            record = pb.Record()
-            record.ParseFromString(partial)
-            kind_name = record.WhichOneof("record_type")
-            out.setdefault(kind_name, []).append(getattr(record, kind_name))
-    return out
 
 
 def history_rows(records: dict[str, list]) -> list[dict]:

@@ -19,6 +19,8 @@ from medvl.data.converters import REASONS, format_multiple_choice
 from medvl.data.format import IMAGE_TOKEN, read_jsonl
 from medvl.data.taxonomy import CATEGORIES
 
+from .conftest import compose_config
+
 SAMPLES = Path(__file__).parent / "fixtures" / "samples"
 MAX_LENGTH = 700
 
@@ -193,24 +195,10 @@ def dataset(tmp_path_factory) -> dict:
             "malformed_line": 71, "dup_train": train[0]["id"], "dup_test": test[3]["id"]}
 
 
-def compose_prepare(cache_dir: Path, overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from medvl.config import CONF_DIR
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name="prepare", overrides=[f"cache_dir={cache_dir}", "output_dir=unused", *overrides])
-    finally:
-        GlobalHydra.instance().clear()
-
-
 def run_prepare(cache_dir: Path, root: Path, out: Path, *extra: str) -> dict:
     from medvl.data.prepare import prepare
 
-    cfg = compose_prepare(cache_dir, ["data=llava", f"data.root={root}", f"data.dir={out}", "model=tiny",
+    cfg = compose_config(cache_dir, "prepare", ["data=llava", f"data.root={root}", f"data.dir={out}", "model=tiny",
                                       f"data.max_length={MAX_LENGTH}", *extra])
     return prepare(cfg)
 
@@ -373,7 +361,7 @@ def test_data_root_must_be_given(cache_dir) -> None:
     from medvl.data.prepare import prepare
 
     with pytest.raises(ValueError, match=r"data.root=<folder>"):
-        prepare(compose_prepare(cache_dir, ["data=slake"]))
+        prepare(compose_config(cache_dir, "prepare", ["data=slake"]))
 
 
 def test_converter_options_come_from_the_data_config():

@@ -13,8 +13,7 @@ from omegaconf import OmegaConf
 from medvl.config import ConfigError
 from medvl.data.format import read_jsonl
 
-from .conftest import REPO
-from .test_data_lengths import make_dataset, prepare_cfg
+from .conftest import REPO, make_dataset, prepare_cfg
 
 
 def prepare_data(tmp_path: Path, cache_dir: Path, *extra: str, break_split: str | None = None) -> dict:

@@ -18,7 +18,6 @@ from medvl.config import ConfigError
 from medvl.training import loggers
 
 from .conftest import small_data_overrides
-from .test_loggers import no_wandb_login  # noqa: F401 - fixture
 
 KEY = "0123456789abcdef0123456789abcdef01234567"  # a W&B-key-shaped fake
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
