@@ -104,14 +104,18 @@ class DataConfig:
     #: are often linked in); ``..`` and absolute paths in rows are refused either way.
     follow_symlinks: bool = False
     lang: str = "en"
+    #: ``meta`` keys whose values each get a table of their own (``by_<key>`` in metrics.json and tables.md).
+    breakdowns: list[str] = field(default_factory=list)
+    #: Those of ``breakdowns`` whose value can list several labels ("ABN, POS"): such a row counts under each.
+    multi_label: list[str] = field(default_factory=list)
     #: Extra keyword options for the converter (``file``, ``image_dir``, ...), see docs/prepare.md.
     options: dict[str, Any] = field(default_factory=dict)
-    # Synthetic data only.
-    num_train: int = 3000
-    num_validation: int = 300
-    num_test: int = 300
-    image_size: int = 56
-    seed: int = 0
+    # Synthetic data only: their values are conf/data/synth.yaml's.
+    num_train: int | None = None
+    num_validation: int | None = None
+    num_test: int | None = None
+    image_size: int | None = None
+    seed: int | None = None
 
 
 #: One generation length for validation, the evaluation after training and medvl.eval, so that a sweep's
@@ -292,6 +296,32 @@ def register_configs() -> None:
     cs.store(name="eval_schema", node=EvalConfig)
     cs.store(name="prepare_schema", node=PrepareConfig)
     cs.store(name="export_schema", node=ExportConfig)
+
+
+#: The data-config keys that name a dataset's label columns (:class:`DataConfig`).
+DATASET_LABEL_KEYS = ("breakdowns", "multi_label")
+
+
+def dataset_labels(name: str) -> dict[str, list[str]]:
+    """``breakdowns`` and ``multi_label`` as ``conf/data/<name>.yaml`` states them (empty without the file or key)."""
+    path = CONF_DIR / "data" / f"{name}.yaml"
+    shipped = OmegaConf.load(path) if name and path.is_file() else OmegaConf.create()
+    return {key: [str(v) for v in shipped.get(key) or []] for key in DATASET_LABEL_KEYS}
+
+
+def add_dataset_labels(run_config: DictConfig | None) -> None:
+    """Give a run's saved config the data label keys it lacks, from its dataset's config file (in place).
+
+    A run saved before data configs named their breakdowns has none; merged as it is over medvl.eval's
+    default data config, it would take that dataset's breakdowns for its own.
+    """
+    data = None if run_config is None else run_config.get("data")
+    if data is None:
+        return
+    shipped = dataset_labels(str(data.get("name") or ""))
+    for key in DATASET_LABEL_KEYS:
+        if key not in data:
+            data[key] = shipped[key]
 
 
 def _slug(path: str) -> str:

@@ -41,7 +41,7 @@ class FakeProcessor:
 def _callback(tmp_path: Path, metrics: list[str], metric_for_best: str | None) -> GenerationEvalCallback:
     return GenerationEvalCallback(FakeProcessor(), ROWS, tmp_path, eval_steps=1, system_prompt=None, batch_size=2,
                                   max_new_tokens=4, metrics=metrics, metric_for_best=metric_for_best,
-                                  best_dir=tmp_path / "best", data_name="synth")
+                                  best_dir=tmp_path / "best")
 
 
 def _step(callback: GenerationEvalCallback, step: int) -> None:

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-import medvl.evaluation.run as eval_run
+from medvl.config import dataset_labels
 from medvl.evaluation.compare import compare, load_runs, pairwise_significance
+from medvl.evaluation.scoring import breakdown_labels, score
 
 # (task, department, granularity, modality) of six GMAI-MMBench-like questions.
 GMAI_META = [
@@ -36,7 +37,7 @@ def _score_cfg():
 
 def scored_eval_dir(path: Path, name: str, data: str, records: list[dict]) -> Path:
     """An eval directory as medvl.eval writes it, scored by medvl.eval's ``score`` from given predictions."""
-    tables = eval_run.score(records, _score_cfg(), data)
+    tables = score(records, _score_cfg(), **dataset_labels(data))
     tables["run"] = {"name": name, "ckpt": None, "model": "tiny", "data": data, "split": "test", "prompt": "default"}
     path.mkdir(parents=True)
     (path / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
@@ -131,7 +132,8 @@ def test_slake_and_vqa_rad_breakdowns_come_along(data, field, labels, title, tmp
     assert title in markdown
     breakdown = field
     groups = {r["group"] for r in result["table"] if r["breakdown"] == breakdown}
-    expected = {label for value in labels for label in eval_run.breakdown_labels(data, field, value)}
+    multi = field in dataset_labels(data)["multi_label"]
+    expected = {label for value in labels for label in breakdown_labels(value, multi)}
     assert groups == expected
     value = {(r["run"], r["group"]): r["value"] for r in result["table"] if r["breakdown"] == breakdown}
     assert value["A", labels[0]] == pytest.approx(json.loads((a / "metrics.json").read_text())[f"by_{field}"]

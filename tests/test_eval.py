@@ -486,16 +486,16 @@ def test_meteor_without_java_fails_before_generation(cache_dir, small_synth, tmp
 
 
 def test_bertscore_options_reach_the_scorer(cache_dir, small_synth, tmp_path, monkeypatch):
-    import medvl.evaluation.metrics as metrics_mod
+    import medvl.evaluation.scoring as scoring
 
     seen: dict = {}
-    real = metrics_mod.compute_metrics
+    real = scoring.compute_metrics
 
     def spy(*args, **kwargs):
         seen.update(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(metrics_mod, "compute_metrics", spy)
+    monkeypatch.setattr(scoring, "compute_metrics", spy)
     run_eval(cache_dir, tmp_path / "ev", ["bertscore.dtype=bfloat16", "bertscore.num_layers=5", "metrics=[exact_match]",
                                           "perplexity=false", "data.max_eval_samples=4", *FAST,
                                           *small_data_overrides(small_synth)])
@@ -610,7 +610,7 @@ def test_multiple_choice_accuracy_and_benchmark_breakdowns(cache_dir, tmp_path, 
 
     monkeypatch.setattr(eval_run, "generate_batch", fake_generate)
     out = tmp_path / "eval"
-    result = run_eval(cache_dir, out, ["data.name=gmai_mmbench", "data.format=medvl", f"data.root={root}",
+    result = run_eval(cache_dir, out, ["data=gmai_mmbench", "data.format=medvl", f"data.root={root}",
                                        f"data.dir={root}", "split=validation", "metrics=[exact_match]",
                                        "perplexity=false", *FAST])
     tables = result["base"]

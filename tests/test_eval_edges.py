@@ -12,10 +12,12 @@ import torch
 from omegaconf import OmegaConf
 
 import medvl.evaluation.run as eval_run
+from medvl.config import dataset_labels
 from medvl.data.format import read_jsonl
 from medvl.evaluation.checkpoint import CheckpointError
 from medvl.evaluation.metrics import make_corpus_fn
 from medvl.evaluation.perplexity import answer_nll
+from medvl.evaluation.scoring import breakdown_labels, score
 
 
 def _score_cfg(metrics: list[str]):
@@ -39,7 +41,7 @@ def test_breakdowns_use_corpus_scores_and_corpus_perplexity_like_categories():
         _record(4, None, "heart", "lung", 2.0, 2),  # a row without meta is left out of the breakdown
     ]
     names = ["exact_match", "bleu4", "cider"]
-    tables = eval_run.score(records, _score_cfg(names), "synth")
+    tables = score(records, _score_cfg(names), **dataset_labels("synth"))
     corpus_fn = make_corpus_fn([r["prediction"] for r in records], [r["reference"] for r in records],
                                metrics=names)
     for modality, indices in (("CT", [0, 1]), ("MRI", [2, 3])):
@@ -58,7 +60,7 @@ def test_breakdowns_use_corpus_scores_and_corpus_perplexity_like_categories():
 def test_perplexity_is_not_reported_for_a_group_where_only_some_rows_have_it():
     records = [_record(0, "CT", "a", "a", 1.0, 2), _record(1, "CT", "b", "b", 2.0, 2)]
     records[1].update(nll=None, n_tokens=0, perplexity=None)
-    tables = eval_run.score(records, _score_cfg(["exact_match"]), "synth")
+    tables = score(records, _score_cfg(["exact_match"]), **dataset_labels("synth"))
     assert "perplexity" not in tables["overall"] and "perplexity" not in tables["by_modality"]["CT"]
 
 
@@ -215,13 +217,13 @@ def test_an_adapter_put_on_another_base_model_is_warned_about(compose, tmp_path,
 
 
 def test_a_vqa_rad_row_with_two_question_types_counts_under_each():
-    assert eval_run.breakdown_labels("vqa_rad", "question_type", "ABN, POS") == ["ABN", "POS"]
-    assert eval_run.breakdown_labels("vqa_rad", "question_type", None) == []
-    assert eval_run.breakdown_labels("slake", "content_type", "Organ, Position") == ["Organ, Position"]
+    assert breakdown_labels("ABN, POS", multi_label=True) == ["ABN", "POS"]
+    assert breakdown_labels(None, multi_label=True) == []
+    assert breakdown_labels("Organ, Position") == ["Organ, Position"]  # Slake's content_type is one label
     records = [_record(i, None, "lung", pred, 1.0, 1) for i, pred in enumerate(["lung", "heart", "lung"])]
     for record, qtype in zip(records, ["ABN, POS", "ABN", "POS"]):
         record["meta"] = {"question_type": qtype}
-    tables = eval_run.score(records, _score_cfg(["exact_match"]), "vqa_rad")
+    tables = score(records, _score_cfg(["exact_match"]), **dataset_labels("vqa_rad"))
     assert set(tables["by_question_type"]) == {"ABN", "POS"}
     assert tables["by_question_type"]["ABN"]["count"] == 2
     assert tables["by_question_type"]["ABN"]["exact_match"] == pytest.approx(0.5)
@@ -280,7 +282,7 @@ def test_closed_and_open_metrics_follow_the_answer_type_the_tables_use():
     records = [_record(0, None, "Left", "The left one.", 1.0, 1), _record(1, None, "yes", "Yes.", 1.0, 1)]
     records[0].update(category="closed_location", answer_type=None)
     records[1].update(category="mystery", answer_type=None)  # unknown category: yes/no reference -> CLOSED
-    tables = eval_run.score(records, _score_cfg(["closed_accuracy", "open_recall"]), "synth")
+    tables = score(records, _score_cfg(["closed_accuracy", "open_recall"]), **dataset_labels("synth"))
     for record in records:
         assert record["metrics"]["closed_accuracy"] == 1.0 and "open_recall" not in record["metrics"]
     assert tables["closed"]["count"] == 2 and tables["closed"]["closed_accuracy"] == 1.0
@@ -290,5 +292,5 @@ def test_closed_and_open_metrics_follow_the_answer_type_the_tables_use():
 def test_a_lowercase_letter_reference_is_matched():
     record = {**_record(0, None, "b", "(B) polyp", 1.0, 1), "answer_type": "CLOSED"}
     record["meta"] = {"options": {"A": "mass", "B": "polyp"}}
-    eval_run.score([record], _score_cfg(["exact_match"]), "gmai_mmbench")
+    score([record], _score_cfg(["exact_match"]), **dataset_labels("gmai_mmbench"))
     assert record["extracted_choice"] == "B" and record["metrics"]["choice_accuracy"] == 1.0

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-import medvl.evaluation.run as eval_run
+from medvl.config import dataset_labels
 from medvl.evaluation import metrics as M
 from medvl.evaluation.aggregate import row_language
 from medvl.evaluation.normalize import normalize_answer, text_language
 from medvl.evaluation.report import write_reports
+from medvl.evaluation.scoring import score
 
 SAMPLES = Path(__file__).parent / "fixtures" / "samples"
 TOL = 1e-6
@@ -147,7 +148,7 @@ def _cfg(metrics: list[str], model_zh: str | None = None):
 def test_a_mixed_run_reports_en_and_zh_apart(tmp_path: Path) -> None:
     records = _slake_records()
     assert records[0]["reference"] == "MRI"  # a zh row all the same: its q_lang says so
-    tables = eval_run.score(records, _cfg(["exact_match", "word_f1", "bleu4"]), "slake")
+    tables = score(records, _cfg(["exact_match", "word_f1", "bleu4"]), **dataset_labels("slake"))
     by_lang = tables["by_lang"]
     assert list(by_lang) == ["en", "zh"]
     assert by_lang["zh"]["count"] == 6 and by_lang["en"]["count"] == 4
@@ -161,12 +162,12 @@ def test_a_mixed_run_reports_en_and_zh_apart(tmp_path: Path) -> None:
     assert "## lang" in (tmp_path / "tables.md").read_text(encoding="utf-8")
     # One language: no by_lang table.
     english = [r for r in records if r["meta"]["q_lang"] == "en"]
-    assert "by_lang" not in eval_run.score(english, _cfg(["exact_match"]), "slake")
+    assert "by_lang" not in score(english, _cfg(["exact_match"]), **dataset_labels("slake"))
 
 
 def test_bertscore_on_zh_rows_is_absent_with_the_reason_without_a_multilingual_model(tmp_path, capsys) -> None:
     records = _slake_records()
-    tables = eval_run.score(records, _cfg(["exact_match", "bertscore_f1"]), "slake")
+    tables = score(records, _cfg(["exact_match", "bertscore_f1"]), **dataset_labels("slake"))
     zh = [r for r in records if r["meta"]["q_lang"] == "zh"]
     en = [r for r in records if r["meta"]["q_lang"] == "en"]
     assert all(r["metrics"]["bertscore_f1"] is None for r in zh)  # not a 0, not an English model's score
@@ -208,6 +209,6 @@ def test_bertscore_on_zh_rows_comes_from_the_configured_model() -> None:
     assert corpus["bertscore_f1"] == pytest.approx(sum(r["bertscore_f1"] for r in per_sample) / 4, abs=TOL)
     # Through medvl.eval's scoring: the config key reaches the scorer and nothing is left out.
     records = _slake_records()
-    tables = eval_run.score(records, _cfg(["bertscore_f1"], model_zh=model), "slake")
+    tables = score(records, _cfg(["bertscore_f1"], model_zh=model), **dataset_labels("slake"))
     assert "notes" not in tables
     assert "bertscore_f1" in tables["overall"] and "bertscore_f1" in tables["by_lang"]["zh"]

@@ -239,7 +239,7 @@ def test_validation_between_steps_runs_on_a_model_with_float32_trainable_weights
     callback = GenerationEvalCallback(processor, read_jsonl(small_synth / "validation.jsonl")[:4], small_synth,
                                       eval_steps=1, system_prompt=None, batch_size=2, max_new_tokens=4,
                                       metrics=["exact_match"], metric_for_best="perplexity",
-                                      best_dir=tmp_path / "best", data_name="synth")
+                                      best_dir=tmp_path / "best")
     tables = callback.run(model, step=1)
     assert tables["overall"]["count"] == 4 and math.isfinite(tables["overall"]["perplexity"])
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from medvl.data.format import answer_of, question_of
-from medvl.data.taxonomy import ANSWER_TYPES, CLOSED, OPEN
+from medvl.data.taxonomy import CLOSED, OPEN, normalize_answer_type
 
 #: Closed side of a label: yes/no questions -> closed_yes_no, other closed questions -> closed_general.
 BY_ANSWER_FORM = "by_answer_form"
@@ -210,8 +210,8 @@ def categorize(row: dict[str, Any]) -> tuple[str, str, str]:
 def answer_type_rule(row: dict[str, Any], question: str, answer: str) -> tuple[str, str]:
     """(CLOSED/OPEN, rule) from the dataset's answer_type, else from rules."""
     given = row.get("answer_type")
-    if isinstance(given, str) and given.strip().upper() in ANSWER_TYPES:
-        return given.strip().upper(), "dataset"
+    if normalize_answer_type(given) is not None:
+        return normalize_answer_type(given), "dataset"
     # An unusable dataset value is not silently replaced: the rule says so.
     note = "" if given is None else f"(dataset value {given!r} unusable) "
     if isinstance((row.get("meta") or {}).get("options"), dict):

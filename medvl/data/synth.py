@@ -28,7 +28,6 @@ NUMBERS = ("0", "1", "2", "3")
 SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
 #: Questions per image; rows of one image stay in one split.
 QUESTIONS_PER_IMAGE = 5
-DEFAULT_SIZES = {"train": 3000, "validation": 300, "test": 300}
 
 
 @dataclass(frozen=True)
@@ -179,11 +178,13 @@ def source_digest(*paths: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def ensure_synth(out_dir: str | Path, sizes: dict[str, int] | None = None, *, image_size: int = 56,
-                 seed: int = 0) -> Path:
-    """Generate the synthetic dataset into ``out_dir`` unless the same spec is already there."""
+def ensure_synth(out_dir: str | Path, sizes: dict[str, int], *, image_size: int = 56, seed: int = 0) -> Path:
+    """Generate ``{split: rows}`` of synthetic data into ``out_dir`` unless the same spec is already there.
+
+    ``python -m medvl.*`` passes conf/data/synth.yaml's sizes, image size and seed.
+    """
     out_dir = Path(out_dir)
-    sizes = dict(sizes or DEFAULT_SIZES)
+    sizes = dict(sizes)
     # The generator's own source is part of the spec: data cached by other code is regenerated.
     spec = {"sizes": sizes, "image_size": image_size, "seed": seed, "code": source_digest(__file__)}
     stamp = out_dir / "spec.json"

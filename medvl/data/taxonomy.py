@@ -31,15 +31,25 @@ CATEGORIES: dict[str, tuple[str, str]] = {
 }
 
 
+def normalize_answer_type(value: object) -> str | None:
+    """``CLOSED`` or ``OPEN`` for an answer-type label in any case or spacing (``" closed"``); None for anything else.
+
+    The one reading of a dataset's or a row's ``answer_type``: converters, categorization, scoring and tables.
+    """
+    if isinstance(value, str) and value.strip().upper() in ANSWER_TYPES:
+        return value.strip().upper()
+    return None
+
+
 def category_id(answer_type: str, name: str) -> str:
     """Return the category id for an answer type and a short category name.
 
     >>> category_id("CLOSED", "location")
     'closed_location'
     """
-    answer_type = answer_type.upper()
-    if answer_type not in ANSWER_TYPES:
-        raise ValueError(f"answer_type must be one of {ANSWER_TYPES}, got {answer_type!r}")
+    given, answer_type = answer_type, normalize_answer_type(answer_type)
+    if answer_type is None:
+        raise ValueError(f"answer_type must be one of {ANSWER_TYPES}, got {given!r}")
     names = CLOSED_CATEGORIES if answer_type == CLOSED else OPEN_CATEGORIES
     if name not in names:
         raise ValueError(f"{answer_type} category must be one of {names}, got {name!r}")

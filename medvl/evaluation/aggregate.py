@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from medvl.data.taxonomy import CATEGORIES, CLOSED, OPEN
+from medvl.data.taxonomy import CATEGORIES, CLOSED, OPEN, normalize_answer_type
 from medvl.evaluation.normalize import LANGUAGES, text_language
 
 UNCATEGORIZED = "uncategorized"
@@ -63,9 +63,9 @@ def row_answer_type(row: Mapping[str, Any], category: str | None = None) -> str 
     """``CLOSED``/``OPEN`` from the row's ``answer_type``, else from its category's, else (a row with a
     ``reference``) as the metrics infer it: closed when the reference is yes/no. ``None`` otherwise."""
     category = category or row.get("category") or UNCATEGORIZED
-    answer_type = row.get("answer_type")
-    if isinstance(answer_type, str) and answer_type.strip().upper() in (CLOSED, OPEN):
-        return answer_type.strip().upper()
+    given = normalize_answer_type(row.get("answer_type"))
+    if given is not None:
+        return given
     if category in CATEGORIES:
         return CATEGORIES[category][0]
     if "reference" in row:

@@ -33,13 +33,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from medvl.data.taxonomy import CLOSED, OPEN, normalize_answer_type
 from medvl.evaluation.extract import extract_yes_no
 from medvl.evaluation.normalize import LANGUAGES, NO, YES, chars, normalize_answer, text_language, words
 
 log = logging.getLogger(__name__)
-
-CLOSED = "CLOSED"
-OPEN = "OPEN"
 
 Level = Literal["sample", "corpus", "record"]
 
@@ -567,9 +565,7 @@ def _mean(values: Sequence[float]) -> float:
 
 def resolve_answer_type(answer_type: object, reference: object) -> str:
     """``CLOSED`` or ``OPEN`` for a row; unknown rows are closed when the reference is yes/no."""
-    if isinstance(answer_type, str) and answer_type.strip().upper() in (CLOSED, OPEN):
-        return answer_type.strip().upper()
-    return CLOSED if normalize_answer(reference) in (YES, NO) else OPEN
+    return normalize_answer_type(answer_type) or (CLOSED if normalize_answer(reference) in (YES, NO) else OPEN)
 
 
 class MetricError(ValueError):

@@ -15,35 +15,15 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from medvl.data.format import answer_of, question_of
 from medvl.data.splits import load_split, resolve_image_root
 from medvl.evaluation import ranks
 from medvl.evaluation.checkpoint import Checkpoint, CheckpointError, resolve_checkpoint
 from medvl.evaluation.generate import generate_batch, iter_batches
-from medvl.evaluation.perplexity import answer_nll, corpus_perplexity, perplexity
+from medvl.evaluation.perplexity import answer_nll
+from medvl.evaluation.scoring import likelihood_fields, prediction_record, score
 from medvl.models.loading import load_model, load_processor, resolve_model_path
 
 log = logging.getLogger(__name__)
-
-#: Dataset labels kept in ``meta`` that get their own breakdown table.
-BREAKDOWNS = {
-    "slake": ["modality", "content_type"],
-    "vqa_rad": ["question_type"],
-    "gmai_mmbench": ["task", "department", "granularity", "modality"],
-    "synth": ["modality"],
-}
-#: Breakdown keys whose value can list several labels ("ABN, POS"): such a row counts under each.
-MULTI_LABEL = {("vqa_rad", "question_type")}
-
-
-def breakdown_labels(data_name: str, key: str, value: object) -> list[str]:
-    """The breakdown groups a row's ``meta[key]`` puts it in (none for a missing or empty value)."""
-    if value in (None, ""):
-        return []
-    if (data_name, key) in MULTI_LABEL:
-        return list(dict.fromkeys(label.strip() for label in str(value).split(",") if label.strip()))
-    return [str(value)]
-
 
 #: Config groups ``+ckpt=<run>`` evaluation takes from the run: the model and data it was trained on, and the
 #: prompt it was trained with (a model tuned on "Answer with a single word" is scored with that prompt).
@@ -252,7 +232,7 @@ def predict(model, processor, rows: list[dict[str, Any]], cfg: DictConfig, out: 
             for chunk in list(iter_batches(missing, cfg.batch_size))[rank::world]:
                 for row, (nll, n) in zip(chunk, answer_nll(model, processor, chunk, cfg.data.root,
                                                            system_prompt=system_prompt)):
-                    rec = {**done[row["id"]], "nll": nll, "n_tokens": n, "perplexity": perplexity(nll, n)}
+                    rec = {**done[row["id"]], **likelihood_fields(nll, n)}
                     f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             f.flush()
         # Whole batches per rank: each is the batch one process would form, so the predictions are the same.
@@ -264,13 +244,7 @@ def predict(model, processor, rows: list[dict[str, Any]], cfg: DictConfig, out: 
             nlls = (answer_nll(model, processor, chunk, cfg.data.root, system_prompt=system_prompt)
                     if cfg.perplexity else [(None, 0)] * len(chunk))
             for row, pred, (nll, n) in zip(chunk, preds, nlls):
-                rec = {
-                    "id": row["id"], "question": question_of(row), "reference": answer_of(row), "prediction": pred,
-                    "category": row.get("category"), "answer_type": row.get("answer_type"),
-                    "meta": row.get("meta", {}), "nll": nll, "n_tokens": n,
-                    "perplexity": perplexity(nll, n) if nll is not None else None,
-                }
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                f.write(json.dumps(prediction_record(row, pred, nll, n), ensure_ascii=False) + "\n")
             f.flush()
             progress.advance(task, len(chunk))
     ranks.barrier()
@@ -293,80 +267,6 @@ def fill_categories(rows: list[dict[str, Any]]) -> int:
             row["category"] = row.get("category") or category
             n += 1
     return n
-
-
-def score(records: list[dict[str, Any]], cfg: DictConfig, data_name: str) -> dict[str, Any]:
-    """Per-sample metrics into ``records`` and the aggregated tables."""
-    from medvl.evaluation.aggregate import aggregate, row_answer_type, row_language
-    from medvl.evaluation.extract import extract_choice
-    from medvl.evaluation.metrics import compute_metrics, make_corpus_fn
-
-    preds = [r["prediction"] for r in records]
-    refs = [r["reference"] for r in records]
-    names = list(cfg.metrics) or None
-    languages = [row_language(r) for r in records]
-    notes: dict[str, str] = {}
-    # The answer type the tables group rows by, so that closed_accuracy is scored on the "closed" rows.
-    per_sample, _ = compute_metrics(preds, refs, [row_answer_type(r) for r in records], metrics=names,
-                                    bertscore_model=cfg.bertscore.model,
-                                    bertscore_num_layers=cfg.bertscore.num_layers,
-                                    bertscore_dtype=cfg.bertscore.dtype,
-                                    bertscore_model_zh=OmegaConf.select(cfg, "bertscore.model_zh", default=None),
-                                    languages=languages, notes=notes)
-    for rec, scores in zip(records, per_sample):
-        options = (rec.get("meta") or {}).get("options")
-        if options:
-            # Multiple choice: the letter is extracted first, then compared (strict exact match stays too).
-            rec["extracted_choice"] = extract_choice(rec["prediction"], options)
-            scores["choice_accuracy"] = float(rec["extracted_choice"] == str(rec["reference"]).strip().upper())
-        if rec.get("perplexity") is not None:
-            scores["nll_per_token"] = rec["nll"] / rec["n_tokens"]
-        rec["metrics"] = scores
-    corpus_fn = make_corpus_fn(preds, refs, metrics=names)
-    tables = aggregate(records, [r["metrics"] for r in records], corpus_fn)
-    for group_rows, group in _groups(records, tables):
-        _finish_group(group, group_rows)
-    for key in BREAKDOWNS.get(data_name, []):
-        by_value: dict[str, list[int]] = {}
-        for i, rec in enumerate(records):
-            for label in breakdown_labels(data_name, key, (rec.get("meta") or {}).get(key)):
-                by_value.setdefault(label, []).append(i)
-        if by_value:
-            # The same numbers as a category's: corpus BLEU/CIDEr/METEOR on the group's rows, corpus perplexity.
-            tables[f"by_{key}"] = {v: _breakdown(records, by_value[v], corpus_fn) for v in sorted(by_value)}
-    if len(set(languages)) > 1:  # en and zh (Slake data.lang=all) are also reported apart
-        tables["by_lang"] = {lang: _breakdown(records, [i for i, x in enumerate(languages) if x == lang], corpus_fn)
-                             for lang in sorted(set(languages))}
-    if notes:
-        tables["notes"] = notes  # why a metric is missing from some groups (metrics.json, tables.md, console)
-    return tables
-
-
-def _breakdown(records: list[dict[str, Any]], indices: list[int], corpus_fn) -> dict[str, Any]:
-    from medvl.evaluation.aggregate import aggregate
-
-    rows = [records[i] for i in indices]
-    group = aggregate(rows, [r["metrics"] for r in rows], lambda sub: corpus_fn([indices[j] for j in sub]))["overall"]
-    _finish_group(group, rows)
-    return group
-
-
-def _finish_group(group: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    """Corpus perplexity of the group (only when every row has its NLL) in place of the per-token mean."""
-    group.pop("nll_per_token", None)
-    pairs = [(r["nll"], r["n_tokens"]) for r in rows if r.get("nll") is not None]
-    if pairs and len(pairs) == len(rows):
-        group.update(corpus_perplexity(pairs))
-
-
-def _groups(records, tables):
-    from medvl.evaluation.aggregate import row_answer_type
-
-    yield records, tables["overall"]
-    yield [r for r in records if row_answer_type(r) == "CLOSED"], tables["closed"]
-    yield [r for r in records if row_answer_type(r) == "OPEN"], tables["open"]
-    for cat, group in tables["by_category"].items():
-        yield [r for r in records if (r.get("category") or "uncategorized") == cat], group
 
 
 def evaluate_one(cfg: DictConfig, ckpt: Checkpoint | None, out: Path, name: str) -> dict[str, Any]:
@@ -392,7 +292,7 @@ def evaluate_one(cfg: DictConfig, ckpt: Checkpoint | None, out: Path, name: str)
         torch.cuda.empty_cache()  # compare_base loads the next model next
     if records is None:  # another rank of a data-parallel evaluation: rank 0 scores and writes
         return {}
-    tables = score(records, cfg, cfg.data.name)
+    tables = score(records, cfg, cfg.data.breakdowns, cfg.data.multi_label)
     tables["run"] = {"name": name, "ckpt": str(ckpt.path) if ckpt else None, "model": cfg.model.name_or_path,
                      "data": cfg.data.name, "split": split, "prompt": cfg.prompt.name,
                      "system_prompt": cfg.prompt.system_prompt}
@@ -405,7 +305,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> di
 
     ``overrides`` are the command line's, so that they win over a run directory's own config.
     """
-    from medvl.config import validate_eval
+    from medvl.config import add_dataset_labels, validate_eval
     from medvl.evaluation.metrics import check_scoring
     from medvl.evaluation.report import print_side_by_side
 
@@ -418,6 +318,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> di
     if cfg.compare_base and ckpt is None:
         raise CheckpointError("compare_base=true compares the base model with a checkpoint: add +ckpt=<run dir>")
     if ckpt is not None:
+        add_dataset_labels(ckpt.run_config)  # a run saved before data configs named their breakdowns
         apply_run_config(cfg, ckpt, list(overrides))
     resolve_image_root(cfg.data, required=False)  # without data.root, the folder prepare recorded for data.dir
     check_placement(cfg)

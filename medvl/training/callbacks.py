@@ -34,10 +34,6 @@ def flatten(tables: dict[str, Any], prefix: str = "eval") -> dict[str, float]:
     return flat
 
 
-#: Validation values that come from the reference answer's likelihood, not from the generated text.
-PERPLEXITY_METRICS = ("perplexity", "perplexity_median")
-
-
 def validation_metrics(eval_metrics: list[str], metric_for_best: str | None) -> list[str]:
     """The metrics validation computes: ``eval_metrics`` plus ``metric_for_best`` when it is not among them.
 
@@ -47,9 +43,10 @@ def validation_metrics(eval_metrics: list[str], metric_for_best: str | None) -> 
     """
     from medvl.config import ConfigError
     from medvl.evaluation.metrics import METRICS
+    from medvl.evaluation.scoring import LIKELIHOOD_METRICS
 
     names = list(dict.fromkeys([*eval_metrics, *([metric_for_best] if metric_for_best else [])]))
-    valid = [*METRICS, *PERPLEXITY_METRICS]
+    valid = [*METRICS, *LIKELIHOOD_METRICS]
     for key, values in (("trainer.eval_metrics", eval_metrics), ("trainer.metric_for_best", [metric_for_best])):
         unknown = [m for m in values if m and m not in valid]
         if unknown:
@@ -85,7 +82,7 @@ class GenerationEvalCallback(TrainerCallback):
 
     def __init__(self, processor, rows: list[dict[str, Any]], image_root: str | Path, *, eval_steps: int,
                  system_prompt: str | None, batch_size: int, max_new_tokens: int, metrics: list[str],
-                 metric_for_best: str | None, best_dir: Path, data_name: str, is_main: bool = True):
+                 metric_for_best: str | None, best_dir: Path, is_main: bool = True):
         self.processor = processor
         self.rows = rows
         self.image_root = image_root
@@ -94,16 +91,16 @@ class GenerationEvalCallback(TrainerCallback):
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         from medvl.config import BertScoreConfig
+        from medvl.evaluation.scoring import LIKELIHOOD_METRICS
 
         names = validation_metrics(list(metrics), metric_for_best)
         #: Perplexity needs the reference answer's NLL (logits only at the answer positions).
-        self.perplexity = any(m in PERPLEXITY_METRICS for m in names)
+        self.perplexity = any(m in LIKELIHOOD_METRICS for m in names)
         # An empty list would mean "every metric" (METEOR, BERTScore) to the scorer.
-        text_metrics = [m for m in names if m not in PERPLEXITY_METRICS] or ["exact_match"]
+        text_metrics = [m for m in names if m not in LIKELIHOOD_METRICS] or ["exact_match"]
         self.score_cfg = OmegaConf.create({"metrics": text_metrics, "bertscore": OmegaConf.structured(BertScoreConfig)})
         self.metric_for_best = metric_for_best
         self.best_dir = Path(best_dir)
-        self.data_name = data_name
         self.is_main = is_main
         self.trainer = None  # set by the caller: Trainer.log reaches every logger integration
         self.last_step = -1
@@ -118,10 +115,9 @@ class GenerationEvalCallback(TrainerCallback):
         return higher_is_better(self.metric_for_best)
 
     def run(self, model, step: int) -> dict[str, Any]:
-        from medvl.data.format import answer_of, question_of
         from medvl.evaluation.generate import generate, iter_batches
-        from medvl.evaluation.perplexity import answer_nll, perplexity
-        from medvl.evaluation.run import score
+        from medvl.evaluation.perplexity import answer_nll
+        from medvl.evaluation.scoring import prediction_record, score
 
         was_training = model.training
         with mixed_precision(model):
@@ -134,11 +130,9 @@ class GenerationEvalCallback(TrainerCallback):
                                                system_prompt=self.system_prompt)]
         if was_training:
             model.train()
-        records = [{"id": r["id"], "question": question_of(r), "reference": answer_of(r), "prediction": p,
-                    "category": r.get("category"), "answer_type": r.get("answer_type"), "meta": r.get("meta", {}),
-                    "nll": nll, "n_tokens": n, "perplexity": perplexity(nll, n) if nll is not None else None}
-                   for r, p, (nll, n) in zip(self.rows, preds, nlls)]
-        tables = score(records, self.score_cfg, self.data_name)
+        records = [prediction_record(r, p, nll, n) for r, p, (nll, n) in zip(self.rows, preds, nlls)]
+        # No breakdown tables: validation logs the overall, closed/open and category values only.
+        tables = score(records, self.score_cfg)
         self.records = records
         self.history.append({"step": step, "overall": tables["overall"]})
         return tables

@@ -393,7 +393,7 @@ def validation_callback(cfg: DictConfig, processor, out: Path):
         processor, rows, cfg.data.root, eval_steps=cfg.trainer.eval_steps, system_prompt=cfg.prompt.system_prompt,
         batch_size=cfg.trainer.per_device_eval_batch_size, max_new_tokens=cfg.max_new_tokens,
         metrics=list(cfg.trainer.eval_metrics), metric_for_best=cfg.trainer.metric_for_best,
-        best_dir=out / "best", data_name=cfg.data.name, is_main=is_main_process())
+        best_dir=out / "best", is_main=is_main_process())
 
 
 def evaluate_run(cfg: DictConfig, out: Path) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from medvl.data.converters._common import Reject, Row, convert_records, llava_row, split_file
-from medvl.data.taxonomy import ANSWER_TYPES, CATEGORIES, answer_type_of
+from medvl.data.taxonomy import ANSWER_TYPES, CATEGORIES, answer_type_of, normalize_answer_type
 
 
 def _files(split: str) -> dict[str, tuple[str, ...]]:
@@ -44,8 +44,8 @@ def convert_llava(root: Path, split: str, *, file: str | None = None,
 def _given_labels(record: dict, loc: str) -> tuple[str | None, str | None] | Reject:
     answer_type, category = record.get("answer_type"), record.get("category")
     if answer_type is not None:
-        answer_type = str(answer_type).strip().upper()
-        if answer_type not in ANSWER_TYPES:
+        answer_type = normalize_answer_type(answer_type)
+        if answer_type is None:
             return Reject(loc, "bad_value", f"answer_type must be one of {ANSWER_TYPES}, got "
                           f"{record['answer_type']!r}", raw=record)
     if category is None:
