@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -21,10 +22,17 @@ from hydra.core.global_hydra import GlobalHydra
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from medvl.config import CONF_DIR
-from medvl.data.dataset import VQADataset, random_batches
+from medvl.data.dataset import VQADataset
 from medvl.data.splits import load_split
 from medvl.models.loading import load_processor
 from medvl.training.run import train
+
+
+def random_batches(n: int, batch_size: int, seed: int = 0) -> list[list[int]]:
+    """Shuffled fixed-size batches of indices: the baseline length grouping is measured against."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
 def efficiency(lengths: list[int], batches: list[list[int]]) -> float:

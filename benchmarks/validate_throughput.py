@@ -3,6 +3,7 @@
     python benchmarks/validate_throughput.py                       # 3000 rows, 750 images, model=tiny, 2 workers
     python benchmarks/validate_throughput.py --rows 6000 --images 1500 --workers 2
     python benchmarks/validate_throughput.py --min-pixels 200704 --max-pixels 1003520 --max-length 2048  # 7B's pixels
+    python benchmarks/validate_throughput.py --headers --images 400   # image_size's parsers against Pillow's verify()
 
 Generates, in a temporary folder, LLaVA-format rows over images of realistic sizes (long side 256-2000 px)
 in the formats and pixel modes medical datasets come in (JPEG RGB/L/CMYK, PNG L/I;16/RGBA/P/RGB), with
@@ -12,11 +13,18 @@ smooth anatomy-like content plus noise so files compress like real scans, severa
 row gets the same verdict and token length, and prints rows/s of both (end to end: conversion, checks,
 writing) and their ratio (target: fast >= 20x full), plus CPU time per row, which other jobs on a shared
 machine disturb far less than wall time.
+
+``--headers`` times, on the same files in one run, how prepare's fast path judges an image
+(:func:`medvl.data.images.image_size`: header plus the hand-written JPEG/PNG structure checks) against
+Pillow's lazy ``Image.open().size`` plus ``verify()`` and a full decode (``load_rgb``, what training does),
+and checks each verdict against the full decode's on the generated images and on the damaged files the
+tests plant (cut, truncated by two bytes, trailing bytes, a flipped byte, no IEND, empty, not an image).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import random
@@ -93,6 +101,86 @@ def generate(root: Path, n_rows: int, n_images: int, seed: int) -> int:
     return n_rows
 
 
+def damaged_images(folder: Path) -> list[Path]:
+    """The damaged files tests/test_prepare.py plants, each a case an image check must judge as a decode does."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+
+    def encoded(fmt: str, mode: str, size: tuple[int, int]) -> bytes:
+        buf = io.BytesIO()
+        grey = Image.fromarray(rng.normal(128, 30, size[::-1]).clip(0, 255).astype(np.uint8))
+        grey.convert(mode).save(buf, format=fmt)
+        return buf.getvalue()
+
+    jpeg, png, gif = encoded("JPEG", "RGB", (700, 500)), encoded("PNG", "RGB", (300, 260)), encoded("GIF", "P", (200, 200))
+    flipped = bytearray(png)
+    flipped[len(png) // 2] ^= 0xFF
+    files = {"garbage.jpg": b"this is not an image\n" * 20, "empty.png": b"", "cut.jpg": jpeg[: len(jpeg) // 2],
+             "no_eoi.jpg": jpeg[:-2], "trailing.jpg": jpeg + b"\0" * 100, "cut.png": png[: len(png) // 2],
+             "flipped.png": bytes(flipped), "no_iend.png": png[:-12], "cut.gif": gif[: len(gif) // 3],
+             "thin.png": encoded("PNG", "L", (2000, 8))}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return [folder / name for name in files]
+
+
+def pillow_verify(path: Path) -> tuple[int, int]:
+    """The size from Pillow's lazy open, after ``verify()`` (and the same pixel-mode check as image_size)."""
+    from medvl.data.images import mode_converts, no_pixel_limit
+
+    with no_pixel_limit(), Image.open(path) as im:
+        size, mode = im.size, im.mode
+        im.verify()
+    mode_converts(mode)
+    return size
+
+
+def verdict(fn, path: Path):
+    try:
+        return tuple(fn(path))
+    except Exception as exc:  # noqa: BLE001 - any error is a rejection; the kind does not matter here
+        return "reject" if not isinstance(exc, AssertionError) else repr(exc)
+
+
+def compare_headers(images: list[Path], damaged: list[Path], repeat: int) -> int:
+    """Time each way of judging an image on the same files; count verdicts that differ from a full decode's."""
+    from medvl.data.images import image_size, load_rgb
+
+    ways = {"image_size (hand-written JPEG/PNG checks)": image_size,
+            "Pillow Image.open().size + verify()": pillow_verify,
+            "full decode (load_rgb)": lambda p: load_rgb(p).size}
+    files = images + damaged
+    truth = {p: verdict(ways["full decode (load_rgb)"], p) for p in files}  # also warms the page cache
+    print(f"{len(images)} generated images ({sum(p.suffix == '.jpg' for p in images)} JPEG, "
+          f"{sum(p.suffix == '.png' for p in images)} PNG) + {len(damaged)} damaged files; single process, "
+          f"median of {repeat} passes")
+    failed = 0
+    for name, fn in ways.items():
+        seconds, got = [], {}
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            got = {p: verdict(fn, p) for p in files}
+            seconds.append(time.perf_counter() - t0)
+        wrong = [p for p in files if got[p] != truth[p]]
+        wrong_damaged = [f"{p.name} ({got[p] if got[p] == 'reject' else 'accepted'})" for p in damaged if p in wrong]
+        per_format = {ext: [p for p in images if p.suffix == ext] for ext in (".jpg", ".png")}
+        per_file = {ext: 1e6 * min(timeit(fn, paths) for _ in range(repeat)) / max(1, len(paths))
+                    for ext, paths in per_format.items()}
+        print(f"{name:42s} {1e6 * statistics.median(seconds) / len(files):8.1f} us/file ({per_file['.jpg']:8.1f} "
+              f"us/JPEG, {per_file['.png']:8.1f} us/PNG); verdicts unlike a full decode: "
+              f"{len(wrong) - len(wrong_damaged)} generated, {len(wrong_damaged)} of {len(damaged)} damaged"
+              + (f": {', '.join(wrong_damaged)}" if wrong_damaged else ""))
+        failed += bool(wrong) and fn is image_size
+    return 1 if failed else 0
+
+
+def timeit(fn, paths: list[Path]) -> float:
+    t0 = time.perf_counter()
+    for p in paths:
+        verdict(fn, p)
+    return time.perf_counter() - t0
+
+
 def cpu_seconds() -> float:
     """User + system CPU time of this process and of its finished children (the pool's workers)."""
     t = os.times()
@@ -116,7 +204,11 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="fast runs (the median is reported)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the generated data and outputs")
+    parser.add_argument("--headers", action="store_true",
+                        help="only time image_size's JPEG/PNG checks against Pillow's verify() and a full decode")
     args = parser.parse_args()
+    if args.headers:
+        return headers_main(args)
 
     from hydra import compose, initialize_config_dir
 
@@ -168,6 +260,17 @@ def main() -> int:
             print(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def headers_main(args: argparse.Namespace) -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="medvl-headers-bench-"))
+    try:
+        n_rows = generate(tmp / "data", args.images, args.images, args.seed)
+        images = sorted((tmp / "data" / "images").glob("img*"))
+        assert len(images) == n_rows
+        return compare_headers(images, damaged_images(tmp / "damaged"), args.repeat)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

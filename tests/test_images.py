@@ -3,13 +3,14 @@ gives load_rgb's verdict (its size, or its error) without decoding where the fil
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from medvl.data.images import load_rgb
+from medvl.data.images import UnsupportedMode, image_size, load_rgb
 
 
 def saved(tmp_path: Path, image: Image.Image, name: str) -> Path:
@@ -74,3 +75,44 @@ def test_load_rgb_palette(tmp_path: Path) -> None:
     assert load_rgb(path).getpixel((0, 0)) == (255, 255, 255)
 
 
+
+
+# --- image_size --------------------------------------------------------------------------------
+
+
+def _encoded(fmt: str, mode: str, size: tuple[int, int], **save) -> bytes:
+    rng = np.random.default_rng(sum(size))
+    grey = Image.fromarray(rng.normal(128, 30, size[::-1]).clip(0, 255).astype(np.uint8))
+    buf = io.BytesIO()
+    grey.convert(mode).save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+def _damaged() -> dict[str, bytes]:
+    """Files whose damage a header alone does not show (Pillow's verify() accepts the cut JPEGs and GIF)."""
+    jpeg, png = _encoded("JPEG", "RGB", (700, 500)), _encoded("PNG", "RGB", (300, 260))
+    gif = _encoded("GIF", "P", (200, 200))
+    flipped = bytearray(png)
+    flipped[len(png) // 2] ^= 0xFF
+    return {"garbage.jpg": b"this is not an image\n" * 20, "empty.png": b"", "cut.jpg": jpeg[: len(jpeg) // 2],
+            "no_eoi.jpg": jpeg[:-2], "trailing.jpg": jpeg + b"\0" * 100, "cut.png": png[: len(png) // 2],
+            "flipped.png": bytes(flipped), "no_iend.png": png[:-12], "cut.gif": gif[: len(gif) // 3],
+            "progressive.jpg": _encoded("JPEG", "RGB", (90, 70), progressive=True),
+            "cmyk.jpg": _encoded("JPEG", "CMYK", (64, 48)), "grey16.png": _encoded("PNG", "I;16", (40, 30)),
+            "thin.png": _encoded("PNG", "L", (2000, 8)), "ok.bmp": _encoded("BMP", "RGB", (33, 21))}
+
+
+def _outcome(fn, path: Path):
+    try:
+        return tuple(fn(path))
+    except UnsupportedMode:
+        return "unsupported"
+    except Exception:  # noqa: BLE001 - any other error rejects the image as unreadable
+        return "unreadable"
+
+
+@pytest.mark.parametrize("name", sorted(_damaged()))
+def test_image_size_gives_the_verdict_of_a_full_decode(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(_damaged()[name])
+    assert _outcome(image_size, path) == _outcome(lambda p: load_rgb(p).size, path)

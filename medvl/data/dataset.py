@@ -8,7 +8,6 @@ the assistant's answers and their end-of-turn token. The dataset, the collator a
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -283,10 +282,3 @@ class Collator:
             batch["mm_token_type_ids"] = self._pad(
                 [it.get("mm_token_type_ids", torch.zeros_like(it["input_ids"])) for it in items], 0)
         return batch
-
-
-def random_batches(n: int, batch_size: int, seed: int = 0) -> list[list[int]]:
-    """Shuffled fixed-size batches of indices (the baseline length grouping is measured against)."""
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    return [order[i : i + batch_size] for i in range(0, n, batch_size)]

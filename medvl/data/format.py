@@ -21,7 +21,7 @@ Image paths are relative to the data root: the folder given as ``data.root``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -80,14 +80,6 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     if path.suffix == ".json":
         return json.loads(text)
     return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, str]]:
-    """Yield (1-based line number, raw line) for each non-empty line; parsing is the caller's job."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():
-                yield lineno, line
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:

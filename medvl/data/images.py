@@ -109,12 +109,15 @@ def image_size(path: Path) -> tuple[int, int]:
         f.seek(0)
         intact = (fmt == "JPEG" and _jpeg_intact(f)) or (fmt == "PNG" and _png_intact(f))
     if intact:
-        _mode_converts(mode)
+        mode_converts(mode)
         return size
     load_rgb(path)
     return size
 
 
+# Why hand-written checks: Pillow's lazy open plus verify() costs about the same, but its verdict is not the
+# loader's: it does not look at JPEG or GIF data (a cut file passes) and rejects a PNG without IEND that
+# decodes. Decoding instead costs ~100x per JPEG (``python benchmarks/validate_throughput.py --headers``).
 _SOF_TRUSTED = {0xC0, 0xC1, 0xC2}  # baseline, extended sequential, progressive Huffman
 _SOF_OTHER = {0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _STANDALONE = {0x01, *range(0xD0, 0xD9)}  # TEM, RSTn, SOI: no length field
@@ -201,7 +204,7 @@ def _png_intact(f: BinaryIO) -> bool:
 
 
 @functools.cache
-def _mode_converts(mode: str) -> None:
+def mode_converts(mode: str) -> None:
     """Raise UnsupportedMode if :func:`to_rgb` cannot convert ``mode``; conversion support depends
     on the mode alone, so a 1x1 image of the mode stands in for the file (cached per mode)."""
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +76,6 @@ class Reject:
     @property
     def is_filter(self) -> bool:
         return self.reason in FILTER_REASONS
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def split_file(root: Path, split: str, files: Mapping[str, tuple[str, ...]], file: str | None,
