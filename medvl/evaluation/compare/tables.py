@@ -28,30 +28,14 @@ MISSING = "—"
 def metric_directions(
     metrics: Sequence[str], higher_is_better: Mapping[str, bool] | None = None
 ) -> dict[str, bool]:
-    """``{metric: higher_is_better}``: from ``higher_is_better``, else the metric registry, else by name.
+    """``{metric: higher_is_better}``: from ``higher_is_better``, else the metric registry.
 
-    Names absent from the registry are higher-is-better unless they mention perplexity or loss.
+    Raises:
+        MetricError: a metric that is neither given nor registered (its direction is never guessed).
     """
-    registry: Mapping[str, Any]
-    try:  # lazily, and optional: comparing finished runs must not depend on the scorers importing
-        from medvl.evaluation.metrics import METRICS as registry
-    except Exception:
-        registry = {}
     explicit = dict(higher_is_better or {})
-    out = {}
-    for metric in metrics:
-        if metric in explicit:
-            out[metric] = bool(explicit[metric])
-        elif metric in registry and hasattr(registry[metric], "higher_is_better"):
-            out[metric] = bool(registry[metric].higher_is_better)
-        else:
-            out[metric] = registered_direction(metric)  # MetricError for an unregistered name: never guessed
-    return out
-
-
-def _default_higher_is_better(metric: str) -> bool:
-    lowered = metric.lower()
-    return not any(word in lowered for word in ("perplexity", "loss", "nll"))
+    return {metric: bool(explicit[metric]) if metric in explicit else registered_direction(metric)
+            for metric in metrics}
 
 
 def available_metrics(runs: Sequence[Run]) -> list[str]:
