@@ -117,9 +117,9 @@ def main() -> None:
     import torch
 
     from medvl.data.splits import load_split
-    from medvl.evaluation.checkpoint import resolve_checkpoint
     from medvl.evaluation.generate import generate, generate_batch, iter_batches
     from medvl.evaluation.run import load_for_eval
+    from medvl.runs import RunDir
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -133,10 +133,10 @@ def main() -> None:
         ckpt = None
         run_dir = args.run_dir or Path(tmp) / "run"
         if args.train_steps > 0 and (run_dir / "adapter").is_dir():
-            ckpt = resolve_checkpoint(run_dir)
+            ckpt = RunDir.from_ckpt(run_dir)
             print(f"reusing the adapter in {run_dir}")
         elif args.train_steps > 0:
-            ckpt = resolve_checkpoint(train_adapter(cache_dir, run_dir, args.train_steps, args.train_batch_size,
+            ckpt = RunDir.from_ckpt(train_adapter(cache_dir, run_dir, args.train_steps, args.train_batch_size,
                                                     data))
         model, processor = load_for_eval(cfg, ckpt)
         model.eval()

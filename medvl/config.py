@@ -1,14 +1,14 @@
 """Typed config schemas, registered in Hydra's ConfigStore, and start-up validation.
 
 The YAML files under ``conf/`` are merged onto these dataclasses, so a misspelt key fails when the
-config is composed. :func:`preflight` turns every composition or validation failure into one line
-that names the key and the valid choices, before any weights are loaded.
+config is composed. :func:`validate` checks what the types cannot (ranges, cross-field rules); the metric
+names a config asks for are checked a layer up, where the metric registry is (:mod:`medvl.training.checks`), and
+:mod:`medvl.preflight` turns every failure into one line before any weights are loaded.
 """
 
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -16,6 +16,8 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+
+from medvl.runs import ADAPTER_DIR, MODEL_DIR, RunDir
 
 #: The config tree: the repository's top-level conf/, through the link medvl/conf -> ../conf, which a wheel
 #: ships as the package's own files (pyproject.toml's package-data), so an installed medvl runs from anywhere.
@@ -328,7 +330,7 @@ def _slug(path: str) -> str:
     """A directory-name-safe label for a checkpoint path: its last two components."""
     if path in ("", "None", "base"):
         return "base"
-    parts = [p for p in str(path).replace("\\", "/").split("/") if p not in ("", ".", "adapter", "model")]
+    parts = [p for p in str(path).replace("\\", "/").split("/") if p not in ("", ".", ADAPTER_DIR, MODEL_DIR)]
     return "_".join(parts[-2:]).replace("=", "-").replace(",", "_") or "base"
 
 
@@ -336,7 +338,7 @@ def _eval_name(ckpt: str, model: str, data: str, split: str, prompt: str) -> str
     """The default eval directory name, ``<model>_<data>_<split>_<prompt>_<checkpoint>``.
 
     With ``+ckpt=<run>``, medvl.eval takes model, data and prompt from the run unless the command
-    line chooses them (:func:`medvl.evaluation.run.apply_run_config`); the name says the same, so
+    line chooses them (:meth:`medvl.runs.RunDir.apply_config`); the name says the same, so
     that an eval of a 7B Slake run is not filed under the defaults' ``tiny_synth``.
     """
     run = _run_config_of(ckpt)
@@ -356,10 +358,8 @@ def _eval_name(ckpt: str, model: str, data: str, split: str, prompt: str) -> str
 def _run_config_of(ckpt: str) -> DictConfig | None:
     if ckpt in ("", "None", "base"):
         return None
-    from medvl.evaluation.checkpoint import resolve_checkpoint
-
     try:
-        return resolve_checkpoint(ckpt).run_config
+        return RunDir.from_ckpt(ckpt).config
     except ValueError:  # a bad +ckpt gets its one-line error when medvl.eval starts, not here
         return None
 
@@ -479,7 +479,7 @@ def starts_from_base(init_from: Any) -> bool:
     return init_from is not None and str(init_from).strip().lower() in BASE_INIT
 
 
-def _check_init_from(cfg: DictConfig) -> None:
+def check_init_from(cfg: DictConfig) -> None:
     # An experiment's ``init_from: ???`` merges onto the schema's null as null, so a later stage says
     # ``init_from_required: true`` instead and forgetting init_from stops here.
     if cfg.init_from is None and cfg.init_from_required:
@@ -514,7 +514,7 @@ def secret_keys(node: Any, prefix: str = "") -> list[str]:
     return found
 
 
-def _refuse_secrets(keys: list[str]) -> None:
+def refuse_secrets(keys: list[str]) -> None:
     if keys:
         raise ConfigError(f"{', '.join(keys)}: secrets must not be in the config (it is saved with the run and "
                           "logged); use the environment (WANDB_API_KEY, HF_TOKEN) or `wandb login`")
@@ -522,8 +522,8 @@ def _refuse_secrets(keys: list[str]) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Resolve ``lora=auto`` and check values the type system cannot: ranges and cross-field rules."""
-    _refuse_secrets(secret_keys(cfg))
-    _check_init_from(cfg)
+    refuse_secrets(secret_keys(cfg))
+    check_init_from(cfg)
     _check(cfg, [("lora.r", cfg.lora.r > 0, "must be a positive integer")])
     resolve_lora(cfg)
     checks = [
@@ -550,26 +550,11 @@ def validate(cfg: DictConfig) -> None:
                           f"inside the {cfg.lora.scope}, e.g. self_attn.q_proj) or choose a preset such as "
                           f"lora=attn_ffn, or lora=none")
     _check(cfg, _eval_settings_checks(cfg.eval, "eval."))
-    if cfg.trainer.eval_steps > 0:  # a misspelt metric would otherwise surface after the model loads
-        from medvl.training.callbacks import validation_metrics
-
-        validation_metrics(list(cfg.trainer.eval_metrics), cfg.trainer.metric_for_best)
-
-
-def check_eval_after_train(cfg: DictConfig) -> None:
-    """What the evaluation after training scores with (``eval.*``): metric names, Java for METEOR, each
-    metric's library and the BERTScore model files, or one ConfigError naming the key to change."""
-    from medvl.evaluation.metrics import MetricError, check_scoring  # light: no torch
-
-    try:
-        check_scoring(cfg.eval, prefix="eval.")
-    except MetricError as exc:
-        raise ConfigError(f"the evaluation after training (eval_after_train) cannot run: {exc}") from None
 
 
 def validate_eval(cfg: DictConfig) -> None:
     """The checks of :func:`validate` for ``python -m medvl.eval``."""
-    _refuse_secrets(secret_keys(cfg))
+    refuse_secrets(secret_keys(cfg))
     _check(cfg, [
         ("device", re.fullmatch(r"auto|auto_shard|cpu|cuda(:\d+)?", str(cfg.device)) is not None,
          "must be auto, auto_shard, cpu, cuda or cuda:N"),
@@ -602,138 +587,3 @@ def _check(cfg: DictConfig, checks: list[tuple[str, bool, str]]) -> None:
 def group_choices(group: str) -> list[str]:
     """The option names of a config group, read from the conf tree."""
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-
-
-def _one_line(exc: BaseException, overrides: list[str], schema: type) -> str:
-    """Explain a composition failure in one line naming the key and the valid choices."""
-    for ov in overrides:
-        key, _, value = ov.lstrip("+~").partition("=")
-        if "." in key or not (CONF_DIR / key).is_dir():
-            continue
-        if value not in group_choices(key):
-            return f"invalid choice {key}={value}; valid choices for {key}: {', '.join(group_choices(key))}"
-    msg = str(exc).strip()
-    full_key = getattr(exc, "full_key", None)
-    cause = exc.__cause__ or exc.__context__
-    if full_key is None and cause is not None:
-        full_key = getattr(cause, "full_key", None)
-        msg = str(cause).strip() or msg
-    first = msg.splitlines()[0] if msg else type(exc).__name__
-    if full_key and "not in" in first:
-        parent, _, _ = str(full_key).rpartition(".")
-        node = OmegaConf.structured(schema)
-        valid = OmegaConf.select(node, parent) if parent else node
-        names = ", ".join(valid.keys()) if isinstance(valid, DictConfig) else ""
-        return f"unknown key {full_key}; valid keys{' in ' + parent if parent else ''}: {names}"
-    if full_key:
-        return f"{full_key}: {first}"
-    return first
-
-
-_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-dir", "-cd",
-                     "--config-path", "-cp", "--experimental-rerun"}
-
-
-def _secret_override_keys(argv: list[str]) -> list[str]:
-    """Secret-named keys among the overrides: their own keys, and keys inside dict values, every
-    value of a sweep included (``-m '+extra={api_key:...},{}'``), which no composed config shows
-    before Hydra writes multirun.yaml."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parser = OverridesParser.create()
-    keys = []
-    for arg in argv:
-        if "=" not in arg or arg.startswith("-"):
-            continue
-        key = arg.lstrip("+~").partition("=")[0]
-        if is_secret_key(key.rpartition(".")[2]):
-            keys.append(key)
-            continue
-        try:
-            override = parser.parse_override(arg)
-            values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
-        except Exception:  # noqa: BLE001 - a malformed override gets Hydra's own error
-            continue
-        keys += [f"{key}.{path}" for value in values for path in secret_keys(value)]
-    return keys
-
-
-def preflight(config_name: str, argv: list[str]) -> None:
-    """Compose ``config_name`` with the command-line overrides and validate it, or exit with one line.
-
-    Multirun sweeps and Hydra's own flags are left to Hydra; each swept job still runs
-    :func:`validate` when it starts.
-    """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    # Before Hydra writes .hydra/ (and, for -m, multirun.yaml) with the overrides in them.
-    try:
-        _refuse_secrets(_secret_override_keys(argv))
-    except ConfigError as exc:
-        sys.exit(f"medvl: {exc}")
-    if any(a in ("--help", "-h", "--hydra-help", "--info") or a.startswith("--info") for a in argv):
-        return
-    overrides, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in _FLAGS_WITH_VALUE:
-            skip = True
-        elif not arg.startswith("-") and not arg.startswith("hydra"):
-            overrides.append(arg)
-    if any(a in ("-m", "--multirun") for a in argv):
-        if config_name == "train":
-            _preflight_sweep(overrides)
-        return
-    printing = any(a in ("--cfg", "-c") for a in argv)
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name=config_name, overrides=overrides)
-            if config_name == "train":
-                validate(cfg)
-                if cfg.eval_after_train and not printing:
-                    check_eval_after_train(cfg)
-            elif config_name == "eval":
-                validate_eval(cfg)
-    except ConfigError as exc:
-        sys.exit(f"medvl: {exc}")
-    except Exception as exc:  # noqa: BLE001 - every composition error becomes one line
-        sys.exit(f"medvl: {_one_line(exc, overrides, SCHEMAS[config_name])}")
-    finally:
-        GlobalHydra.instance().clear()
-
-
-def _preflight_sweep(overrides: list[str]) -> None:
-    """Before a multirun starts: a later stage's ``init_from`` and what every job's evaluation after training
-    needs (Java for METEOR, ...), checked on the first job's config, or exit with one line. Otherwise each job
-    would fail alike.
-
-    Other errors are left to the jobs, each of which validates its own config when it starts.
-    """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parser, first = OverridesParser.create(), []
-    for arg in overrides:
-        try:
-            override = parser.parse_override(arg)
-            value = next(override.sweep_string_iterator()) if override.is_sweep_override() else None
-        except Exception:  # noqa: BLE001 - a malformed override gets Hydra's own error
-            return
-        first.append(arg if value is None else f"{arg.partition('=')[0]}={value}")
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="train", overrides=first)
-        _check_init_from(cfg)  # a later stage's sweep without init_from: every job would stop alike
-        if cfg.eval_after_train is not False:  # null: on in a sweep
-            check_eval_after_train(cfg)
-    except ConfigError as exc:
-        sys.exit(f"medvl: {exc}")
-    except Exception:  # noqa: BLE001 - composition errors are Hydra's and the jobs' to report
-        return
-    finally:
-        GlobalHydra.instance().clear()

@@ -7,7 +7,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from medvl.config import CONF_DIR, preflight
+from medvl.config import CONF_DIR
+from medvl.preflight import preflight
 from medvl.training.distributed import rank_argv
 
 
@@ -17,10 +18,10 @@ def main(cfg: DictConfig) -> None:
 
     from medvl.config import ConfigError
     from medvl.evaluation import ranks
-    from medvl.evaluation.checkpoint import CheckpointError
     from medvl.evaluation.metrics import MetricError
     from medvl.evaluation.run import evaluate
     from medvl.models.loading import ModelLoadError
+    from medvl.runs import CheckpointError
 
     ranks.start()  # under torchrun: data-parallel, each rank predicts its share of the batches
     try:

@@ -7,16 +7,17 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from medvl.config import CONF_DIR, preflight
+from medvl.config import CONF_DIR
+from medvl.preflight import preflight
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="export", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from medvl.evaluation.checkpoint import CheckpointError
     from medvl.models.export import export
     from medvl.models.loading import ModelLoadError
+    from medvl.runs import CheckpointError
 
     try:
         print(export(cfg, list(HydraConfig.get().overrides.task)))

@@ -10,7 +10,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from medvl.config import CONF_DIR, preflight
+from medvl.config import CONF_DIR
+from medvl.preflight import preflight
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="prepare", version_base="1.3")
@@ -21,7 +22,7 @@ def main(cfg: DictConfig) -> None:
 
 
 def cli() -> None:
-    """``python -m medvl.prepare`` and ``medvl prepare`` (medvl.cli): Hydra reads the overrides from ``sys.argv``."""
+    """``python -m medvl.prepare`` and ``medvl prepare``: Hydra reads the overrides from ``sys.argv``."""
     preflight("prepare", sys.argv[1:])
     main()
 

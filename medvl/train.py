@@ -7,7 +7,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from medvl.config import CONF_DIR, preflight
+from medvl.config import CONF_DIR
+from medvl.preflight import preflight
 from medvl.training.distributed import rank_argv
 
 
@@ -15,6 +16,7 @@ from medvl.training.distributed import rank_argv
 def main(cfg: DictConfig) -> dict:
     from medvl.config import ConfigError
     from medvl.models.loading import ModelLoadError
+    from medvl.runs import CheckpointError
     from medvl.training.run import train
     from medvl.training.sweep import in_multirun, run_sweep_job
 
@@ -24,7 +26,7 @@ def main(cfg: DictConfig) -> dict:
         return run_sweep_job(train, cfg)
     try:
         return train(cfg)
-    except (ConfigError, ModelLoadError, FileNotFoundError) as exc:
+    except (CheckpointError, ConfigError, ModelLoadError, FileNotFoundError) as exc:
         # What the user can fix (a model that cannot load, a path that does not exist) is one line.
         sys.exit(f"medvl: {exc}")
 

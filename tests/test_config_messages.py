@@ -118,8 +118,3 @@ def test_missing_resume_checkpoint_names_what_works(compose, tmp_path):
         resume_checkpoint(compose([f"resume={tmp_path}"]), tmp_path)
 
 
-def test_init_from_without_an_adapter_names_what_works(tmp_path):
-    from medvl.models.lora import resolve_adapter_dir
-
-    with pytest.raises(FileNotFoundError, match=r"; name a medvl.train run directory \(with adapter/ or model/\)"):
-        resolve_adapter_dir(tmp_path)

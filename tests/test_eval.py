@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from medvl.evaluation.checkpoint import resolve_checkpoint
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -27,6 +26,7 @@ from medvl.evaluation.metrics import METRICS
 from medvl.evaluation.perplexity import answer_nll, corpus_perplexity
 from medvl.evaluation.report import SUMMARY_GROUPS
 from medvl.evaluation.run import load_for_eval
+from medvl.runs import RunDir
 
 from .conftest import REPO, compose_config, run_eval, small_data_overrides
 
@@ -183,8 +183,8 @@ def test_run_dir_adapter_dir_and_merged_model_agree(cache_dir, run_dir, run_eval
     merged = PeftModel.from_pretrained(load_model(trained.model), str(run_dir / "adapter")).merge_and_unload()
     merged.save_pretrained(merged_dir)
     load_processor(trained.model, str(run_dir / "adapter")).save_pretrained(merged_dir)
-    assert resolve_checkpoint(merged_dir).kind == "model"
-    assert resolve_checkpoint(run_dir / "adapter").kind == "adapter"
+    assert RunDir.from_ckpt(merged_dir).kind == "model"
+    assert RunDir.from_ckpt(run_dir / "adapter").kind == "adapter"
 
     reference = predictions(run_eval_dir)
     assert len({r["prediction"] for r in reference}) > 3  # not one answer for every row
@@ -347,8 +347,8 @@ def _reference_nll(model, processor, row, root) -> tuple[float, int]:
 
 
 def test_answer_nll_matches_full_vocabulary_logits(run_dir, small_synth):
-    ckpt = resolve_checkpoint(run_dir)
-    model, processor = load_for_eval(ckpt.run_config, ckpt)
+    ckpt = RunDir.from_ckpt(run_dir)
+    model, processor = load_for_eval(ckpt.config, ckpt)
     model.eval()
     rows, lengths = [], set()
     for row in read_jsonl(small_synth / "test.jsonl"):
@@ -514,15 +514,17 @@ def test_eval_device_auto_is_this_ranks_gpu_or_the_cpu(monkeypatch):
 
 def test_load_for_eval_puts_the_model_on_the_configured_device(cache_dir, run_dir, tmp_path, monkeypatch):
     moved: list[str] = []
-    real = eval_run.load_model
+    from medvl.models import loading
+
+    real = loading.load_model
 
     def spy(model_cfg, path=None, *, device=None):
         moved.append(device)
         return real(model_cfg, path, device=device)
 
-    monkeypatch.setattr(eval_run, "load_model", spy)
+    monkeypatch.setattr(loading, "load_model", spy)
     cfg = compose_config(cache_dir, "eval", [], tmp_path)
-    model, _ = load_for_eval(cfg, resolve_checkpoint(run_dir))
+    model, _ = load_for_eval(cfg, RunDir.from_ckpt(run_dir))
     assert moved == ["cpu"] and next(model.parameters()).device.type == "cpu"
     # device=cuda:1 on the command line is what is resolved (to the CPU here, standing in for it).
     asked: list[str] = []
@@ -533,7 +535,7 @@ def test_load_for_eval_puts_the_model_on_the_configured_device(cache_dir, run_di
 
 @pytest.mark.gpu
 def test_eval_model_runs_on_the_gpu(cache_dir, run_dir, tmp_path):
-    model, _ = load_for_eval(compose_config(cache_dir, "eval", [], tmp_path), resolve_checkpoint(run_dir))
+    model, _ = load_for_eval(compose_config(cache_dir, "eval", [], tmp_path), RunDir.from_ckpt(run_dir))
     assert next(model.parameters()).is_cuda
 
 

@@ -14,10 +14,10 @@ from omegaconf import OmegaConf
 import medvl.evaluation.run as eval_run
 from medvl.config import dataset_labels
 from medvl.data.format import read_jsonl
-from medvl.evaluation.checkpoint import CheckpointError
 from medvl.evaluation.metrics import make_corpus_fn
 from medvl.evaluation.perplexity import answer_nll
 from medvl.evaluation.scoring import breakdown_labels, score
+from medvl.runs import CheckpointError, RunDir
 
 
 def _score_cfg(metrics: list[str]):
@@ -169,11 +169,9 @@ def test_an_empty_split_is_one_line(cache_dir, tmp_path):
 def test_a_run_trained_on_top_of_an_earlier_stage_is_evaluated_with_that_stage_merged(compose, tmp_path):
     """Stage 2 (``init_from=<stage-1 run>``) trains its LoRA on base + stage-1 weights; eval and export
     must rebuild that, not put the stage-2 adapter on the bare base."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, PeftModel, get_peft_model
 
-    from medvl.evaluation.checkpoint import resolve_checkpoint
     from medvl.evaluation.run import load_for_eval
-    from medvl.models.lora import merge_init_from
 
     cfg = compose([], config_name="eval")
 
@@ -187,8 +185,8 @@ def test_a_run_trained_on_top_of_an_earlier_stage_is_evaluated_with_that_stage_m
     get_peft_model(base(), LoraConfig(r=2, target_modules=r".*language_model.*q_proj")).save_pretrained(run / "adapter")
     (run / "config.yaml").write_text(OmegaConf.to_yaml({"init_from": str(stage1)}))
 
-    model, _ = load_for_eval(cfg, resolve_checkpoint(run), device="cpu")
-    expected = merge_init_from(base(), stage1)
+    model, _ = load_for_eval(cfg, RunDir.from_ckpt(run), device="cpu")
+    expected = PeftModel.from_pretrained(base(), str(stage1 / "adapter")).merge_and_unload()
     name = next(n for n, _ in expected.named_parameters() if "visual.merger.mlp.0.weight" in n)
     got = dict(model.named_parameters())[name]
     assert not torch.equal(expected.get_parameter(name), base().get_parameter(name))
@@ -196,22 +194,21 @@ def test_a_run_trained_on_top_of_an_earlier_stage_is_evaluated_with_that_stage_m
 
     (run / "config.yaml").write_text(OmegaConf.to_yaml({"init_from": str(tmp_path / "gone")}))
     with pytest.raises(CheckpointError, match="init_from=.*does not exist"):
-        load_for_eval(cfg, resolve_checkpoint(run), device="cpu")
+        load_for_eval(cfg, RunDir.from_ckpt(run), device="cpu")
 
 
 def test_an_adapter_put_on_another_base_model_is_warned_about(compose, tmp_path, caplog):
     from peft import LoraConfig, get_peft_model
 
-    from medvl.evaluation.checkpoint import resolve_checkpoint
     from medvl.evaluation.run import load_for_eval
 
     tiny = compose([], config_name="eval")
     get_peft_model(load_for_eval(tiny, None, device="cpu")[0],
                    LoraConfig(r=2, target_modules=r".*language_model.*q_proj")).save_pretrained(tmp_path / "lone")
-    with caplog.at_level("WARNING", logger="medvl.evaluation.run"):
-        load_for_eval(tiny, resolve_checkpoint(tmp_path / "lone"), device="cpu")
+    with caplog.at_level("WARNING", logger="medvl.models.loading"):
+        load_for_eval(tiny, RunDir.from_ckpt(tmp_path / "lone"), device="cpu")
         assert "trained on" not in caplog.text
-        load_for_eval(compose(["model=tiny25"], config_name="eval"), resolve_checkpoint(tmp_path / "lone"),
+        load_for_eval(compose(["model=tiny25"], config_name="eval"), RunDir.from_ckpt(tmp_path / "lone"),
                       device="cpu")
     assert f"was trained on {tiny.model.name_or_path} but is applied to" in caplog.text
 

@@ -9,12 +9,12 @@ import json
 from pathlib import Path
 
 import pytest
-from medvl.evaluation.checkpoint import CheckpointError, resolve_checkpoint
 from omegaconf import OmegaConf
 
 import medvl.evaluation.run as eval_run
 from medvl.config import DEFAULT_MAX_NEW_TOKENS, _eval_name
 from medvl.evaluation.compare import CompareError, compare
+from medvl.runs import CheckpointError, RunDir
 
 from .conftest import compare_cli, make_eval_dir, prediction_row
 
@@ -148,10 +148,10 @@ def custom_prompt_run(compose, tmp_path: Path) -> Path:
 def test_ckpt_evaluation_uses_the_runs_prompt_unless_the_command_line_names_one(
         compose, custom_prompt_run, overrides, name, system_prompt) -> None:
     cfg = compose([f"+ckpt={custom_prompt_run}", *overrides], config_name="eval")
-    eval_run.apply_run_config(cfg, resolve_checkpoint(custom_prompt_run), [f"+ckpt={custom_prompt_run}", *overrides])
+    RunDir.from_ckpt(custom_prompt_run).apply_config(cfg, [f"+ckpt={custom_prompt_run}", *overrides])
     assert (cfg.prompt.name, cfg.prompt.system_prompt) == (name, system_prompt)
 
 
 def test_default_eval_dir_names_the_runs_prompt(custom_prompt_run) -> None:
-    # Outside a Hydra app no override was given: the folder says what apply_run_config evaluates.
+    # Outside a Hydra app no override was given: the folder says what RunDir.apply_config evaluates.
     assert _eval_name(str(custom_prompt_run), "tiny", "synth", "test", "default").split("_")[3] == "custom"

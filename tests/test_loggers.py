@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from medvl.config import ConfigError, is_secret_key, preflight
+from medvl.config import ConfigError, is_secret_key
+from medvl.preflight import preflight
 from medvl.training import loggers
 from medvl.training.run import learning_rate, train
 

@@ -35,7 +35,7 @@ def no_weights(monkeypatch):
     def never(*args, **kwargs):
         raise AssertionError("the model was loaded before the start-up checks failed")
 
-    monkeypatch.setattr(run, "load_model", never)
+    monkeypatch.setattr("medvl.models.loading.load_model", never)
     monkeypatch.setattr(run, "load_processor", never)
 
 
@@ -159,7 +159,7 @@ def test_sweep_without_java_is_refused_before_any_job(tmp_path, cache_dir):
 
 
 def test_sweep_preflight_checks_the_first_job_and_lets_metrics_drop_meteor(no_java):
-    from medvl.config import _preflight_sweep
+    from medvl.preflight import _preflight_sweep
 
     with pytest.raises(SystemExit, match="meteor"):
         _preflight_sweep(["lora.r=4,8"])
@@ -170,7 +170,7 @@ def test_sweep_preflight_checks_the_first_job_and_lets_metrics_drop_meteor(no_ja
 
 
 def test_stage_two_sweep_without_init_from_is_refused_before_any_job():
-    from medvl.config import _preflight_sweep
+    from medvl.preflight import _preflight_sweep
 
     with pytest.raises(SystemExit, match="init_from is not set"):
         _preflight_sweep(["experiment=slake_instruct_7b", "lora.r=8,16", "eval_after_train=false"])

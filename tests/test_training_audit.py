@@ -114,7 +114,7 @@ def _training_dtype(compose, monkeypatch, overrides: list[str]) -> str:
     def fake_load(model_cfg, path=None, **kwargs):
         raise Loaded(str(model_cfg.dtype))
 
-    monkeypatch.setattr(run, "load_model", fake_load)
+    monkeypatch.setattr("medvl.models.loading.load_model", fake_load)
     monkeypatch.setattr(run, "load_processor", lambda *a, **k: None)
     with pytest.raises(Loaded) as got:
         run.build_model(compose(overrides))
@@ -186,7 +186,7 @@ def test_bad_paths_fail_before_weights_load(compose, monkeypatch, overrides):
     def never(*args, **kwargs):
         raise AssertionError("weights were loaded before the paths were checked")
 
-    monkeypatch.setattr(run, "load_model", never)
+    monkeypatch.setattr("medvl.models.loading.load_model", never)
     monkeypatch.setattr(run, "load_processor", never)
     with pytest.raises(FileNotFoundError):
         run.train(compose(overrides))
@@ -252,12 +252,3 @@ def test_without_mixed_precision_a_bf16_model_trains_as_loaded(compose, tiny_dir
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
 
 
-def test_stage_chain_lists_every_earlier_stage_nearest_first(compose, tmp_path, tiny_dir):
-    from medvl.models.lora import stage_chain
-
-    align = _fake_stage(compose, tmp_path, "align", ["stage=align"], None)
-    instruct = _fake_stage(compose, tmp_path, "instruct", ["stage=instruct"], str(align))
-    third = _fake_stage(compose, tmp_path, "third", ["stage=instruct"], str(instruct))
-    assert stage_chain(third) == [str(instruct.resolve()), str(align.resolve())]
-    assert stage_chain(third / "adapter") == stage_chain(third)
-    assert stage_chain(align) == []

@@ -97,7 +97,7 @@ def test_wandb_mode_online_stops_training_before_the_model_loads(compose, small_
     from medvl.training import run
 
     monkeypatch.setenv("WANDB_MODE", "online")
-    monkeypatch.setattr(run, "load_model", lambda *a, **k: pytest.fail("the model loaded first"))
+    monkeypatch.setattr("medvl.models.loading.load_model", lambda *a, **k: pytest.fail("the model loaded first"))
     cfg = compose([*small_data_overrides(small_synth), "logger=wandb", "trainer.max_steps=1"], output_dir=tmp_path)
     with pytest.raises(ConfigError, match="WANDB_MODE=offline"):
         run.train(cfg)

@@ -13,41 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from medvl.data.splits import load_split, resolve_image_root
 from medvl.evaluation import ranks
-from medvl.evaluation.checkpoint import Checkpoint, CheckpointError, resolve_checkpoint
 from medvl.evaluation.generate import generate_batch, iter_batches
 from medvl.evaluation.perplexity import answer_nll
 from medvl.evaluation.scoring import likelihood_fields, prediction_record, score
-from medvl.models.loading import load_model, load_processor, resolve_model_path
+from medvl.models.loading import load_run
+from medvl.runs import CheckpointError, RunDir
 
 log = logging.getLogger(__name__)
-
-#: Config groups ``+ckpt=<run>`` evaluation takes from the run: the model and data it was trained on, and the
-#: prompt it was trained with (a model tuned on "Answer with a single word" is scored with that prompt).
-RUN_GROUPS = ("model", "data", "prompt")
-
-
-def apply_run_config(cfg: DictConfig, ckpt: Checkpoint, overrides: list[str]) -> None:
-    """Take model, data and prompt from the run the checkpoint came from, except what the command line sets.
-
-    ``data=slake`` keeps the command line's whole data group; ``data.max_eval_samples=64`` keeps
-    that one key on top of the run's data config.
-    """
-    if ckpt.run_config is None:
-        return
-    keys = [o.lstrip("+~").split("=", 1)[0] for o in overrides if "=" in o]
-    with open_dict(cfg):
-        for group in RUN_GROUPS:
-            if group in keys or group not in ckpt.run_config or group not in cfg:
-                continue
-            dotted = {k: OmegaConf.select(cfg, k) for k in keys if k.startswith(group + ".")}
-            cfg[group] = OmegaConf.merge(cfg[group], ckpt.run_config[group])
-            for key, value in dotted.items():
-                OmegaConf.update(cfg, key, value)
-
 
 def eval_device(device: str = "auto") -> str:
     """``auto``: this process's GPU (``cuda:$LOCAL_RANK``) when torch sees one, else ``cpu``.
@@ -65,50 +41,11 @@ def placement(device: str) -> dict[str, str]:
     return {"device_map": "auto"} if device == "auto_shard" else {"device": device}
 
 
-def load_for_eval(cfg: DictConfig, ckpt: Checkpoint | None, device: str | None = None):
-    """(model, processor) for the base model or a checkpoint, on ``device`` (default: ``cfg.device``)."""
+def load_for_eval(cfg: DictConfig, ckpt: RunDir | None, device: str | None = None):
+    """(model, processor) for the base model or a checkpoint, on ``device`` (default: ``cfg.device``).
+    An adapter comes merged into its base (merged weights generate faster and give the same outputs)."""
     device = eval_device(device or str(OmegaConf.select(cfg, "device", default="auto")))  # a train config has none
-    place = placement(device)
-    base = resolve_model_path(cfg.model)
-    if ckpt is None:
-        return load_model(cfg.model, base, **place), load_processor(cfg.model, base)
-    if ckpt.kind == "model":
-        return load_model(cfg.model, str(ckpt.path), **place), load_processor(cfg.model, str(ckpt.path))
-    from peft import PeftModel
-
-    _warn_if_other_base(ckpt, base)
-    model = PeftModel.from_pretrained(_adapter_base(cfg, ckpt, base, place), str(ckpt.path))
-    # Merged weights generate faster and give the same outputs.
-    return model.merge_and_unload(), load_processor(cfg.model, base)
-
-
-def _warn_if_other_base(ckpt: Checkpoint, base: str) -> None:
-    """peft applies an adapter to any model whose module names match (a Qwen2-VL adapter to a Qwen2.5-VL
-    model, silently): say so when the adapter records another base than the one it is put on."""
-    recorded = json.loads((ckpt.path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if not recorded or recorded == base:
-        return
-    if Path(recorded).exists() and Path(base).exists() and Path(recorded).resolve() == Path(base).resolve():
-        return
-    log.warning("The adapter in %s was trained on %s but is applied to %s; set model=... (or "
-                "model.name_or_path=...) if that is not the same model", ckpt.path, recorded, base)
-
-
-def _adapter_base(cfg: DictConfig, ckpt: Checkpoint, base: str, place: dict[str, str]):
-    """The weights the adapter was trained on: the base model, with the earlier stage's weights when the
-    run was trained on top of one (``init_from``), exactly as training built them."""
-    init_from = _init_from(ckpt)
-    if not init_from:
-        return load_model(cfg.model, base, **place)
-    init_dir = Path(init_from)
-    if not init_dir.exists():
-        raise CheckpointError(f"{ckpt.path} was trained on top of init_from={init_from}, which does not exist "
-                              f"(relative paths are read from the current directory)")
-    if (init_dir / "model" / "config.json").exists():  # the earlier stage saved a whole model
-        return load_model(cfg.model, str(init_dir / "model"), **place)
-    from medvl.models.lora import merge_init_from
-
-    return merge_init_from(load_model(cfg.model, base, **place), init_dir)
+    return load_run(cfg.model, ckpt, **placement(device))
 
 
 #: Fingerprint keys that only the scores depend on: every run re-scores all its rows, so a resumed run may
@@ -116,7 +53,7 @@ def _adapter_base(cfg: DictConfig, ckpt: Checkpoint, base: str, place: dict[str,
 RESCORED = ("scoring",)
 
 
-def fingerprint(cfg: DictConfig, ckpt: Checkpoint | None, split: str) -> dict[str, Any]:
+def fingerprint(cfg: DictConfig, ckpt: RunDir | None, split: str) -> dict[str, Any]:
     """What the predictions and scores in an eval directory depend on (``eval_fingerprint.json``).
 
     Resuming requires an exact match outside :data:`RESCORED`. ``prompt``, ``generation`` and
@@ -124,8 +61,9 @@ def fingerprint(cfg: DictConfig, ckpt: Checkpoint | None, split: str) -> dict[st
     """
     from medvl.evaluation.generate import DECODING
 
-    weights = None
+    weights = init_from = None
     if ckpt is not None:
+        init_from = ckpt.init_from  # the earlier stage's weights are part of this run's
         files = sorted(ckpt.path.glob("*.safetensors"))
         weights = [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files]
     return {"ckpt": str(ckpt.path) if ckpt else None, "weights": weights, "model": str(cfg.model.name_or_path),
@@ -134,16 +72,8 @@ def fingerprint(cfg: DictConfig, ckpt: Checkpoint | None, split: str) -> dict[st
             "generation": {"max_new_tokens": int(cfg.max_new_tokens), **DECODING},
             "min_pixels": int(cfg.model.min_pixels), "max_pixels": int(cfg.model.max_pixels),
             "dtype": str(cfg.model.dtype), "attn_implementation": str(cfg.model.attn_implementation),
-            "init_from": _init_from(ckpt),
+            "init_from": str(init_from) if init_from else None,
             "scoring": {"bertscore": OmegaConf.to_container(cfg.bertscore, resolve=True)}}
-
-
-def _init_from(ckpt: Checkpoint | None) -> str | None:
-    """The earlier-stage run a checkpoint was trained on top of (part of its weights), if any."""
-    if ckpt is None or ckpt.run_config is None:
-        return None
-    init_from = OmegaConf.select(ckpt.run_config, "init_from")
-    return str(Path(init_from).resolve()) if init_from else None
 
 
 def check_resumable(out: Path, fp: dict[str, Any]) -> None:
@@ -269,7 +199,7 @@ def fill_categories(rows: list[dict[str, Any]]) -> int:
     return n
 
 
-def evaluate_one(cfg: DictConfig, ckpt: Checkpoint | None, out: Path, name: str) -> dict[str, Any]:
+def evaluate_one(cfg: DictConfig, ckpt: RunDir | None, out: Path, name: str) -> dict[str, Any]:
     from medvl.evaluation.report import write_reports
 
     out.mkdir(parents=True, exist_ok=True)
@@ -314,12 +244,12 @@ def evaluate(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> di
     torch.manual_seed(cfg.seed)
     out = Path(cfg.output_dir)
     ckpt_arg = cfg.get("ckpt")
-    ckpt = resolve_checkpoint(ckpt_arg) if ckpt_arg is not None else None
+    ckpt = RunDir.from_ckpt(ckpt_arg) if ckpt_arg is not None else None
     if cfg.compare_base and ckpt is None:
         raise CheckpointError("compare_base=true compares the base model with a checkpoint: add +ckpt=<run dir>")
     if ckpt is not None:
-        add_dataset_labels(ckpt.run_config)  # a run saved before data configs named their breakdowns
-        apply_run_config(cfg, ckpt, list(overrides))
+        add_dataset_labels(ckpt.config)  # a run saved before data configs named their breakdowns
+        ckpt.apply_config(cfg, list(overrides))
     resolve_image_root(cfg.data, required=False)  # without data.root, the folder prepare recorded for data.dir
     check_placement(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -328,8 +258,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> di
     if ckpt is None:
         return {"base": evaluate_one(cfg, None, out, "base")}
     if not cfg.compare_base:
-        return {"ckpt": evaluate_one(cfg, ckpt, out, ckpt.path.parent.name if ckpt.path.name in (
-            "adapter", "model") else ckpt.path.name)}
+        return {"ckpt": evaluate_one(cfg, ckpt, out, ckpt.name)}
     results = {"base": evaluate_one(cfg, None, out / "base", "base"),
                "ckpt": evaluate_one(cfg, ckpt, out / "ckpt", "fine-tuned")}
     if ranks.is_main():

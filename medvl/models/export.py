@@ -9,30 +9,29 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from medvl.models.loading import load_run
+from medvl.runs import CheckpointError, RunDir
+
 log = logging.getLogger(__name__)
 
 
 def export(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> Path:
     """Save ``+ckpt`` merged into its base model, with the processor, as safetensors; return the dir."""
-    from medvl.evaluation.checkpoint import CheckpointError, resolve_checkpoint
-    from medvl.evaluation.run import apply_run_config, load_for_eval
-
     if not cfg.get("ckpt"):
         raise CheckpointError("medvl.export needs +ckpt=<run dir or adapter dir>")
-    ckpt = resolve_checkpoint(cfg.ckpt)
-    apply_run_config(cfg, ckpt, list(overrides))
-    # load_for_eval merges the adapter (merge_and_unload also folds modules_to_save copies in).
-    model, processor = load_for_eval(cfg, ckpt, device="cpu")  # a 32B merge must not need its GPU memory
+    run = RunDir.from_ckpt(cfg.ckpt)
+    run.apply_config(cfg, list(overrides))
+    # load_run merges the adapter (merge_and_unload also folds modules_to_save copies in).
+    model, processor = load_run(cfg.model, run, device="cpu")  # a 32B merge must not need its GPU memory
     if cfg.dtype != "auto":
         model = model.to(getattr(torch, cfg.dtype))
     out = Path(cfg.save_dir or Path(cfg.output_dir) / "merged")
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
-    from medvl.models.lora import stage_chain
-
     # Provenance: the adapter, the base, and the earlier stages merged in beneath it (nearest first).
-    provenance = {"ckpt": str(ckpt.path), "base": cfg.model.name_or_path, "init_from": stage_chain(ckpt.path)}
+    provenance = {"ckpt": str(run.path), "base": cfg.model.name_or_path,
+                  "init_from": [str(stage.root) for stage in run.stage_chain()]}
     (out / "medvl_export.json").write_text(json.dumps(provenance, indent=2))
-    log.info("Merged %s into %s -> %s", ckpt.path, cfg.model.name_or_path, out)
+    log.info("Merged %s into %s -> %s", run.path, cfg.model.name_or_path, out)
     return out

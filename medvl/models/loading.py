@@ -3,15 +3,23 @@
 The tiny offline models are built into the cache on first use and then go through the very same
 ``from_pretrained`` calls as ``Qwen/Qwen2-VL-7B-Instruct``. Loading never runs checkpoint code:
 safetensors only, ``trust_remote_code`` off unless the model config asks for it.
+
+A run's weights (:class:`medvl.runs.RunDir`) are loaded here too, by train, eval and export alike: an adapter on
+top of its stage chain, merged exactly as training built it (:func:`load_run_weights`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from medvl.runs import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -141,3 +149,48 @@ def load_model(model_cfg: Any, path: str | None = None, *, device: str | torch.d
     if device is not None and device_map is None:
         model.to(device)
     return model
+
+
+def load_run(model_cfg: Any, run: RunDir | None, **place):
+    """(model, processor) of a run as it ended training (the base model when ``run`` is None), e.g. to evaluate
+    or export it. ``place``: :func:`load_model`'s ``device`` or ``device_map``."""
+    base = resolve_model_path(model_cfg)
+    model = load_run_weights(model_cfg, run, base, **place)
+    return model, load_processor(model_cfg, str(run.path) if run is not None and run.kind == "model" else base)
+
+
+def load_run_weights(model_cfg: Any, run: RunDir | None, base: str, *,
+                     around_merges: Callable[[Any], AbstractContextManager] | None = None, **place):
+    """The weights ``run`` ended with, rebuilt exactly as training built them (``base`` when ``run`` is None).
+
+    A run that saved a whole model is loaded as it is. A LoRA run's adapter was trained on top of its stage
+    chain (``init_from``): the nearest earlier stage that saved a whole model (else ``base``) is loaded, and
+    every adapter above it is merged in, oldest first. ``around_merges(model)`` wraps the merges: under ZeRO-3
+    the partitioned weights are gathered for them (:func:`medvl.training.run.gathered`).
+    """
+    from peft import PeftModel
+
+    stages = run.weight_stages() if run is not None else []
+    start = str(stages[-1].path) if stages and stages[-1].kind == "model" else base
+    adapters = [stage for stage in stages if stage.kind == "adapter"]
+    model = load_model(model_cfg, start, **place)
+    if not adapters:
+        return model
+    with (around_merges or nullcontext)(model):
+        for stage in reversed(adapters):
+            _warn_if_other_base(stage, start)
+            log.info("Merging the adapter in %s into the base weights", stage.path)
+            model = PeftModel.from_pretrained(model, str(stage.path)).merge_and_unload()
+    return model
+
+
+def _warn_if_other_base(adapter: RunDir, base: str) -> None:
+    """peft applies an adapter to any model whose module names match (a Qwen2-VL adapter to a Qwen2.5-VL
+    model, silently): say so when the adapter records another base than the one it is put on."""
+    recorded = json.loads((adapter.path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not recorded or recorded == base:
+        return
+    if Path(recorded).exists() and Path(base).exists() and Path(recorded).resolve() == Path(base).resolve():
+        return
+    log.warning("The adapter in %s was trained on %s but is applied to %s; set model=... (or "
+                "model.name_or_path=...) if that is not the same model", adapter.path, recorded, base)

@@ -1,4 +1,4 @@
-"""What a stage trains: freezing, LoRA targets resolved by full module path, and stage chaining.
+"""What a stage trains: freezing, and LoRA targets resolved by full module path.
 
 Targets are scoped by component: ``model.language_model`` for the LLM and ``model.visual.merger``
 for the vision-language merger. Qwen2.5-VL's vision blocks also contain ``gate_proj``/``up_proj``/
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import re
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -155,76 +154,3 @@ def upcast_trainable(model: torch.nn.Module) -> int:
 
 def trainable_parameter_names(model: torch.nn.Module) -> set[str]:
     return {n for n, p in model.named_parameters() if p.requires_grad}
-
-
-def merge_init_from(model: torch.nn.Module, init_from: str | Path, _seen: tuple[Path, ...] = ()) -> torch.nn.Module:
-    """Merge an earlier stage's adapter into the base weights (stage chaining).
-
-    When that earlier run was itself trained on top of another (its ``config.yaml`` names an
-    ``init_from``), the weights it was trained on are rebuilt first, recursively: otherwise a
-    third stage would silently lose the first stage's weights.
-    """
-    from peft import PeftModel
-
-    adapter = resolve_adapter_dir(init_from)
-    if adapter.resolve() in _seen:
-        from medvl.config import ConfigError
-
-        raise ConfigError(f"init_from chain loops back to {adapter}: each run's config.yaml must name an earlier "
-                          f"run as init_from; fix init_from in {Path(init_from) / 'config.yaml'}")
-    earlier = earlier_init_from(init_from)
-    if earlier is not None:
-        if (earlier / "model" / "config.json").exists():  # that stage saved a whole model
-            model = _load_like(model, earlier / "model")
-        else:
-            model = merge_init_from(model, earlier, (*_seen, adapter.resolve()))
-    log.info("Merging the adapter in %s into the base weights", adapter)
-    return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-
-
-def stage_chain(run: str | Path) -> list[str]:
-    """The earlier stages a run (or adapter dir) was trained on top of, nearest first, as absolute paths."""
-    chain: list[str] = []
-    earlier = earlier_init_from(run)
-    while earlier is not None and str(earlier.resolve()) not in chain:
-        chain.append(str(earlier.resolve()))
-        earlier = earlier_init_from(earlier)
-    return chain
-
-
-def earlier_init_from(run: str | Path) -> Path | None:
-    """The ``init_from`` recorded in a run directory's ``config.yaml`` (None when there is none)."""
-    from omegaconf import OmegaConf
-
-    run = Path(run)
-    candidates = [run / "config.yaml"]
-    if run.name == "adapter":
-        candidates.append(run.parent / "config.yaml")
-    for cfg_file in candidates:
-        if cfg_file.is_file():
-            value = OmegaConf.select(OmegaConf.load(cfg_file), "init_from")
-            if not value:
-                return None
-            earlier = Path(str(value)).expanduser()
-            if not earlier.exists():
-                raise FileNotFoundError(f"{run} was trained on top of init_from={value}, which does not exist; "
-                                        f"restore that run directory (its weights are part of this run's)")
-            return earlier
-    return None
-
-
-def _load_like(model: torch.nn.Module, path: Path) -> torch.nn.Module:
-    """``path``'s weights in a model of ``model``'s class, dtype, attention and device."""
-    loaded = type(model).from_pretrained(str(path), dtype=model.dtype, use_safetensors=True,
-                                         attn_implementation=model.config._attn_implementation)
-    return loaded.to(model.device)
-
-
-def resolve_adapter_dir(path: str | Path) -> Path:
-    """A run dir's ``adapter/`` or the adapter dir itself."""
-    path = Path(path)
-    for cand in (path / "adapter", path):
-        if (cand / "adapter_config.json").exists():
-            return cand
-    raise FileNotFoundError(f"no LoRA adapter (adapter_config.json) in {path} or {path / 'adapter'}; name a "
-                            f"medvl.train run directory (with adapter/ or model/) or its adapter/ folder")

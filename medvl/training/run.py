@@ -12,18 +12,14 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from medvl.config import check_eval_after_train, starts_from_base, validate
+from medvl.config import starts_from_base
 from medvl.data.dataset import Collator, VQADataset
 from medvl.data.splits import check_train_lengths, ensure_data, load_split
 from medvl.data.token_length import resolve_max_length
-from medvl.models.loading import load_model, load_processor, resolve_model_path
-from medvl.models.lora import (
-    apply_training_setup,
-    merge_init_from,
-    resolve_adapter_dir,
-    trainable_parameter_names,
-    upcast_trainable,
-)
+from medvl.models.loading import load_processor, load_run_weights, resolve_model_path
+from medvl.models.lora import apply_training_setup, trainable_parameter_names, upcast_trainable
+from medvl.runs import CONFIG_FILE, RunDir, weights_dir
+from medvl.training.checks import check_eval_after_train, validate_training
 from medvl.training.distributed import one_gpu_without_launcher
 
 log = logging.getLogger(__name__)
@@ -115,16 +111,9 @@ def build_model(cfg: DictConfig):
     """Processor and model ready for training: stage chaining merged, adapters added, freezing applied."""
     base = resolve_model_path(cfg.model)
     processor = load_processor(cfg.model, base)
-    model_cfg = training_model_config(cfg)
-    init_dir = Path(cfg.init_from) if cfg.init_from else None
-    if init_dir is not None and (init_dir / "model" / "config.json").exists():
-        # The earlier stage trained without LoRA and saved a whole model: start from it.
-        model = load_model(model_cfg, str(init_dir / "model"))
-    else:
-        model = load_model(model_cfg, base)
-        if init_dir is not None:
-            with gathered(model):
-                model = merge_init_from(model, init_dir)
+    # The weights the earlier stage ended with, rebuilt as eval and export rebuild them.
+    init_from = RunDir.from_init_from(cfg.init_from) if cfg.init_from else None
+    model = load_run_weights(training_model_config(cfg), init_from, base, around_merges=gathered)
     model = apply_training_setup(model, cfg)
     if mixed_precision_bf16(cfg) and not cfg.deepspeed.config:  # the forward runs under bf16 autocast
         upcast = upcast_trainable(model)
@@ -247,7 +236,7 @@ def save_outputs(model, processor, trainer, cfg: DictConfig, out: Path) -> None:
     """
     from peft import PeftModel
 
-    target = out / ("adapter" if isinstance(model, PeftModel) else "model")
+    target = weights_dir(out, adapter=isinstance(model, PeftModel))
     if trainer.is_deepspeed_enabled:
         trainer.save_model(str(target))  # collective; needs stage3_gather_16bit_weights_on_model_save
     elif is_main_process():
@@ -255,7 +244,7 @@ def save_outputs(model, processor, trainer, cfg: DictConfig, out: Path) -> None:
     if not is_main_process():
         return
     processor.save_pretrained(target)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (out / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     trainer.state.save_to_json(str(out / "trainer_state.json"))
     plot_loss(trainer.state.log_history, out / "loss.png")
 
@@ -304,15 +293,15 @@ def check_evaluation_needs(cfg: DictConfig) -> None:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train one stage as configured; return the final training metrics (and eval metrics if asked)."""
-    validate(cfg)
+    validate_training(cfg)
     resolve_init_from(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.trainer.seed)
     log.info("Run %s -> %s", cfg.run_name, out)
-    # Everything a path can get wrong fails here, before minutes of loading weights.
-    if cfg.init_from and not (Path(cfg.init_from) / "model" / "config.json").exists():
-        resolve_adapter_dir(cfg.init_from)
+    # Everything a path can get wrong fails here, before minutes of loading weights (every earlier stage too).
+    if cfg.init_from:
+        RunDir.from_init_from(cfg.init_from).weight_stages()
     resume_from = resume_checkpoint(cfg, out)
     ensure_data_once(cfg)
     rows = load_split(cfg.data, cfg.data.train_split, cfg.data.max_train_samples)
