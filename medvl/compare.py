@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from medvl.evaluation.compare import CompareError, compare, console_tables
+from medvl.evaluation.metrics import MetricError
 from medvl.tables import console as wide_console
 
 
@@ -45,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = compare(args.paths, reference=args.reference, out_dir=args.out, metrics=metrics,
                          n_boot=args.n_boot, seed=args.seed, allow_mixed_settings=args.allow_mixed_settings)
-    except CompareError as error:
+    except (CompareError, MetricError) as error:  # MetricError: a metric without a registered direction
         print(f"medvl: {error}", file=sys.stderr)
         return 2
     console = wide_console()

@@ -239,6 +239,16 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path: Path) -> None:
         assert bad in proc.stderr
 
 
+def test_cli_refuses_a_metric_without_a_registered_direction_in_one_line(tmp_path: Path) -> None:
+    # Which run is best on an unregistered metric is unknown: never guessed from its name.
+    for name in ("a", "b"):
+        make_eval_dir(tmp_path / name, name.upper(), [prediction_row(0, True, 1.0)],
+                      overall={"exact_match": 0.5, "my_score": 0.3})
+    proc = compare_cli("a", "b", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("medvl: ") and "'my_score'" in proc.stderr
+
+
 def test_cli_compares_a_sweep(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     make_eval_dir(sweep / "0" / "eval", "base", [prediction_row(i, i < 2, 0.5) for i in range(4)])
