@@ -39,7 +39,7 @@ def test_full_text_matches_the_models_own_chat_template(processor, small_synth):
     multi = {**row, "conversations": row["conversations"] + [
         {"from": "human", "value": "And the modality?"}, {"from": "gpt", "value": "CT"}]}
     item = encode(multi, processor, small_synth, system_prompt="Answer with a single word or phrase.")
-    from medvl.data.dataset import to_messages
+    from medvl.data.chat import to_messages
 
     expected = processor.apply_chat_template(to_messages(multi, "Answer with a single word or phrase."),
                                              tokenize=False)

@@ -16,7 +16,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from medvl.config import CONF_DIR
-from medvl.data.dataset import to_messages
+from medvl.data.chat import to_messages
 
 SAMPLES = Path(__file__).parent / "fixtures" / "samples"
 

@@ -24,8 +24,8 @@ from typing import Any
 
 from PIL import UnidentifiedImageError
 
+from medvl.data.chat import to_messages
 from medvl.data.converters._common import Row
-from medvl.data.dataset import to_messages
 from medvl.data.format import GPT, HUMAN, IMAGE_TOKEN, image_paths
 from medvl.data.images import UnsupportedMode, load_rgb
 from medvl.data.taxonomy import ANSWER_TYPES, CATEGORIES

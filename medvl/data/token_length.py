@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medvl.data.dataset import segments, to_messages
+from medvl.data.chat import segments, to_messages
 from medvl.data.format import image_paths
 from medvl.data.images import header_size
 

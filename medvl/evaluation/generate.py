@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from medvl.data.dataset import END_OF_TURN, Collator, encode_prompts
+from medvl.data.chat import END_OF_TURN
+from medvl.data.dataset import Collator, encode_prompts
 
 #: How answers are decoded: greedy, one beam. Recorded in each eval's fingerprint so that medvl.compare
 #: can tell runs decoded differently apart.
