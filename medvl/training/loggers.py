@@ -47,7 +47,7 @@ def logger_callbacks(cfg: DictConfig, out: Path) -> list:
             import wandb  # noqa: F401
         except ImportError as exc:
             raise ImportError("logger=wandb needs the wandb package: pip install wandb") from exc
-        from medvl.training.run import wants_eval_after_train
+        from medvl.training.sweep import wants_eval_after_train
 
         reason = wandb_offline_reason()
         callbacks.append(WandbRun(wandb_init_kwargs(cfg, out, offline_reason=reason), image_root=cfg.data.root,
@@ -69,9 +69,10 @@ def redact(value: Any) -> Any:
 def sweep_group() -> str | None:
     """The sweep directory's name inside a Hydra multirun, else None."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    from medvl.training.sweep import in_multirun
+
+    if in_multirun():
         return Path(HydraConfig.get().sweep.dir).name
     return None
 

@@ -21,6 +21,7 @@ from medvl.models.lora import apply_training_setup, trainable_parameter_names, u
 from medvl.runs import CONFIG_FILE, RunDir, weights_dir
 from medvl.training.checks import check_eval_after_train, validate_training
 from medvl.training.distributed import one_gpu_without_launcher
+from medvl.training.sweep import wants_eval_after_train
 
 log = logging.getLogger(__name__)
 
@@ -169,16 +170,6 @@ def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
         log.warning("resume=auto: skipping incomplete checkpoint %s", ckpt)
     log.info("resume=auto: no checkpoint in %s yet, starting fresh", out)
     return None
-
-
-def wants_eval_after_train(cfg: DictConfig) -> bool:
-    """``eval_after_train`` as set, or by default on in a multirun sweep and off in a single run."""
-    if cfg.eval_after_train is not None:
-        return bool(cfg.eval_after_train)
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def learning_rate(cfg: DictConfig) -> float:

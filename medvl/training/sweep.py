@@ -23,10 +23,18 @@ STATUS_FILE = "job_status.json"
 
 
 def in_multirun() -> bool:
+    """Whether this process runs a job of a Hydra multirun (``-m``)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def wants_eval_after_train(cfg: DictConfig) -> bool:
+    """``eval_after_train`` as set, or by default on in a multirun sweep and off in a single run."""
+    if cfg.eval_after_train is not None:
+        return bool(cfg.eval_after_train)
+    return in_multirun()
 
 
 def _one_line(exc: BaseException) -> str:
