@@ -193,7 +193,7 @@ def outcomes(out: Path) -> tuple[list, list]:
     return kept, rejects
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=3000)
     parser.add_argument("--images", type=int, default=750)
@@ -206,7 +206,11 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the generated data and outputs")
     parser.add_argument("--headers", action="store_true",
                         help="only time image_size's JPEG/PNG checks against Pillow's verify() and a full decode")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
     if args.headers:
         return headers_main(args)
 

@@ -309,7 +309,7 @@ def test_written_split_loads_as_training_reads_it(runs, dataset, compose) -> Non
 
 
 def test_a_worker_that_dies_costs_only_its_row(dataset, cache_dir, tmp_path, monkeypatch) -> None:
-    import medvl.data.prepare as prep
+    import medvl.data.checking as checking
 
     root = tmp_path / "small"
     rows = [json.loads(line) for line in (dataset["root"] / "test.jsonl").read_text().splitlines()[:12]]
@@ -317,14 +317,14 @@ def test_a_worker_that_dies_costs_only_its_row(dataset, cache_dir, tmp_path, mon
     for row in rows:
         write(root / row["image"], (dataset["root"] / row["image"]).read_bytes())
     (root / "test.jsonl").write_text(jsonl(rows), encoding="utf-8")
-    measure = prep.RowChecker.measure_fast
+    measure = checking.RowChecker.measure_fast
 
     def crash_on_one_row(self, row):
         if row["id"] == rows[5]["id"]:
             os._exit(3)  # as a segfault in an image library would; forked workers inherit this patch
         return measure(self, row)
 
-    monkeypatch.setattr(prep.RowChecker, "measure_fast", crash_on_one_row)
+    monkeypatch.setattr(checking.RowChecker, "measure_fast", crash_on_one_row)
     report = run_prepare(cache_dir, root, tmp_path / "out", "workers=2", "splits=[test]")
     assert report["splits"]["test"]["kept"] == 11 and report["splits"]["test"]["by_reason"] == {"bad_value": 1}
     (reject,) = read_jsonl(tmp_path / "out" / "rejects.jsonl")
