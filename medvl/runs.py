@@ -9,6 +9,7 @@ config through this module to name eval directories.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,13 @@ class RunDir:
     def name(self) -> str:
         """The run's name: its directory's, not ``adapter`` or ``model``."""
         return self.path.parent.name if self.path.name in (ADAPTER_DIR, MODEL_DIR) else self.path.name
+
+    @property
+    def trained_on(self) -> str | None:
+        """The base model an adapter records it was trained on (peft's ``base_model_name_or_path``)."""
+        if self.kind != "adapter":
+            return None
+        return json.loads((self.path / "adapter_config.json").read_text()).get("base_model_name_or_path")
 
     @property
     def init_from(self) -> Path | None:

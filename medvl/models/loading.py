@@ -10,7 +10,6 @@ top of its stage chain, merged exactly as training built it (:func:`load_run_wei
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -187,7 +186,7 @@ def load_run_weights(model_cfg: Any, run: RunDir | None, base: str, *,
 def _warn_if_other_base(adapter: RunDir, base: str) -> None:
     """peft applies an adapter to any model whose module names match (a Qwen2-VL adapter to a Qwen2.5-VL
     model, silently): say so when the adapter records another base than the one it is put on."""
-    recorded = json.loads((adapter.path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    recorded = adapter.trained_on
     if not recorded or recorded == base:
         return
     if Path(recorded).exists() and Path(base).exists() and Path(recorded).resolve() == Path(base).resolve():
