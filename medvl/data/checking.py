@@ -26,25 +26,20 @@ from typing import Any
 from medvl.data.converters import Row
 from medvl.data.dataset import Collator, VQADataset
 from medvl.data.format import image_paths
-from medvl.data.images import UnsupportedMode, image_size, load_rgb
+from medvl.data.images import image_size, load_rgb
 from medvl.data.row_checks import (
     Check,
     Problem,
     check_template_images,
     default_checks,
     first_problem,
+    image_problem,
     make_special_token_check,
 )
 from medvl.data.token_length import token_length
 
 #: (reason or None, message, token length or None) for one row.
 Verdict = tuple[str | None, str, int | None]
-
-
-def _image_problem(rel: str, exc: BaseException) -> Problem:
-    if isinstance(exc, UnsupportedMode):
-        return Problem("image_mode_unsupported", f"{rel!r}: {exc}")
-    return Problem("image_unreadable", f"{rel!r}: {type(exc).__name__}: {exc}")
 
 
 def _encode_problem(exc: BaseException) -> Problem:
@@ -120,7 +115,7 @@ class RowChecker:
                 if path not in self._sizes:
                     self._sizes[path] = image_size(path)
             except Exception as exc:  # noqa: BLE001
-                return _image_problem(rel, exc), None
+                return image_problem(rel, exc), None
             sizes.append(self._sizes[path])
         try:
             return None, token_length(row, self.processor, self.root,
@@ -140,7 +135,7 @@ class RowChecker:
                 return _encode_problem(exc), None
             path = Path(frame.f_locals.get("path", "?"))
             rel = path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
-            return _image_problem(rel, exc), None
+            return image_problem(rel, exc), None
         return None, int(batch["attention_mask"].sum())
 
     def check_chunk(self, rows: list[Any], require_category: bool) -> list[Verdict]:

@@ -158,12 +158,17 @@ def check_images_decode(row: Row, root: Path) -> Problem | None:
     for rel in image_paths(row):
         try:
             load_rgb(Path(root) / rel)
-        except UnsupportedMode as e:
-            return Problem("image_mode_unsupported", f"{rel!r}: {e}")
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
             # PIL raises SyntaxError from some format plugins for corrupt headers.
-            return Problem("image_unreadable", f"{rel!r}: {type(e).__name__}: {e}")
+            return image_problem(rel, e)
     return None
+
+
+def image_problem(rel: str, exc: BaseException) -> Problem:
+    """The reject of an image that failed to load: its pixel mode (UnsupportedMode) or anything else."""
+    if isinstance(exc, UnsupportedMode):
+        return Problem("image_mode_unsupported", f"{rel!r}: {exc}")
+    return Problem("image_unreadable", f"{rel!r}: {type(exc).__name__}: {exc}")
 
 
 def make_category_check() -> Check:
