@@ -102,8 +102,8 @@ def preflight(config_name: str, argv: list[str]) -> None:
             skip = False
         elif arg in _FLAGS_WITH_VALUE:
             skip = True
-        elif not arg.startswith("-") and not arg.startswith("hydra"):
-            overrides.append(arg)
+        elif not arg.startswith("-") and (not arg.startswith("hydra") or arg.startswith("hydra.searchpath")):
+            overrides.append(arg)  # a config folder of one's own (hydra.searchpath) adds choices to compose
     if any(a in ("-m", "--multirun") for a in argv):
         if config_name == "train":
             _preflight_sweep(overrides)

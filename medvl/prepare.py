@@ -16,9 +16,13 @@ from medvl.preflight import preflight
 
 @hydra.main(config_path=str(CONF_DIR), config_name="prepare", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from medvl.data.converters import ConverterError
     from medvl.data.prepare import prepare
 
-    prepare(cfg)
+    try:
+        prepare(cfg)
+    except (ConverterError, FileNotFoundError) as exc:  # a wrong data.format/options/root: one line
+        sys.exit(f"medvl: {exc}")
 
 
 def cli() -> None:

@@ -145,7 +145,7 @@ def test_broken_json_list_is_one_reject(tmp_path: Path) -> None:
 def test_missing_input_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="test.json"):
         list(convert("slake", tmp_path, "test"))
-    with pytest.raises(ValueError, match="unknown converter"):
+    with pytest.raises(ValueError, match="has no converter"):
         list(convert("slake2", tmp_path, "test"))
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from medvl.data.checking import Checking, CheckSpec, RowChecker, Verdict
-from medvl.data.converters import CONVERTERS, SPLITS, Reject, Row, convert, partition
+from medvl.data.converters import SPLITS, ConverterError, Reject, Row, convert, converter_for, partition
 from medvl.data.format import read_jsonl
 from medvl.data.prepare_report import (
     SplitResult,
@@ -42,14 +42,12 @@ log = logging.getLogger(__name__)
 def converter_options(fmt: str, data_cfg: Any) -> dict[str, Any]:
     """Options from the data config that the converter takes: ``lang`` (Slake) and ``data.options``
     (e.g. ``+data.options.file=my_split.json`` or ``data.options={image_dir: imgs}``)."""
-    if fmt not in CONVERTERS:
-        raise ValueError(f"data.format={fmt!r} has no converter; known: {', '.join(CONVERTERS)}")
-    params = inspect.signature(CONVERTERS[fmt]).parameters
+    params = inspect.signature(converter_for(fmt)).parameters
     options = {k: data_cfg[k] for k in ("lang",) if k in params}
     extra = dict(data_cfg.get("options") or {})
     unknown = sorted(k for k in extra if k not in params)
     if unknown and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        raise ValueError(f"data.options {unknown} not accepted by the {fmt} converter; "
+        raise ConverterError(f"data.options {unknown} not accepted by the {fmt} converter; "
                          f"it takes: {', '.join(k for k in params if k not in ('root', 'split'))}")
     return {**options, **extra}
 
@@ -168,7 +166,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
 def _inputs(data: Any) -> tuple[Path, Path, dict[str, Any]]:
     """The dataset folder, the output folder (created) and the converter's options, checked."""
     if OmegaConf.is_missing(data, "root"):
-        raise ValueError(f"data={data.name} needs the dataset folder: add data.root=<folder> to the command")
+        raise ConverterError(f"data={data.name} needs the dataset folder: add data.root=<folder> to the command")
     root, out_dir = Path(data.root), Path(data.dir)
     options = converter_options(data.format, data)
     if not root.is_dir():

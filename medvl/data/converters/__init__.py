@@ -23,6 +23,7 @@ llava                <split>.jsonl or <split>.json                file, image_di
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,12 +43,19 @@ __all__ = [
     "REASONS",
     "SPLITS",
     "Converter",
+    "ConverterError",
     "Reject",
     "Row",
     "convert",
+    "converter_for",
     "format_multiple_choice",
     "partition",
 ]
+
+
+class ConverterError(ValueError):
+    """The command names no usable input: ``data.root`` missing, or ``data.format`` / ``data.options`` wrong;
+    said in one line."""
 
 
 class Converter(Protocol):
@@ -65,6 +73,28 @@ CONVERTERS: dict[str, Converter] = {
 }
 
 
+def converter_for(name: str) -> Converter:
+    """The converter registered as ``name`` in :data:`CONVERTERS`, or one named by its import path,
+    ``package.module:function``, so a dataset of one's own needs no change inside medvl.
+
+    Raises:
+        ConverterError: not registered, or the import path does not lead to a callable.
+    """
+    if name in CONVERTERS:
+        return CONVERTERS[name]
+    module_name, _, attr = name.partition(":")
+    if not attr:
+        raise ConverterError(f"data.format={name!r} has no converter; known: {', '.join(CONVERTERS)}, "
+                         "or an import path such as mypackage.mydata:convert_mydata")
+    try:
+        found = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ConverterError(f"data.format={name!r}: cannot import the converter ({e})") from None
+    if not callable(found):
+        raise ConverterError(f"data.format={name!r} is not a function")
+    return found
+
+
 def convert(name: str, root: str | Path, split: str, **options: Any) -> Iterator[Row | Reject]:
     """Yield the unified rows and Rejects of one split of a dataset.
 
@@ -72,9 +102,7 @@ def convert(name: str, root: str | Path, split: str, **options: Any) -> Iterator
         ValueError: unknown converter, split or option value.
         FileNotFoundError: the split's input file is not there.
     """
-    if name not in CONVERTERS:
-        raise ValueError(f"unknown converter {name!r}; known: {', '.join(CONVERTERS)}")
-    for item in CONVERTERS[name](Path(root), split, **options):
+    for item in converter_for(name)(Path(root), split, **options):
         if isinstance(item, Reject):
             yield item
             continue
