@@ -32,16 +32,18 @@ def type_entry(row: Row, split: str) -> dict[str, Any]:
 
 def category_table(counts: dict[str, Counter]) -> str:
     """Markdown table: one line per taxonomy category, one column per split."""
+    import pandas as pd
+
+    from medvl.tables import markdown
+
     splits = list(counts)
-    lines = ["| answer type | category | " + " | ".join(splits) + " |",
-             "|---|---|" + "---:|" * len(splits)]
-    for cat, (answer_type, _) in CATEGORIES.items():
-        lines.append(f"| {answer_type} | `{cat}` | " + " | ".join(str(counts[s][cat]) for s in splits) + " |")
-    unlabelled = {s: counts[s][None] for s in splits}
-    if any(unlabelled.values()):
-        lines.append("| - | (none) | " + " | ".join(str(unlabelled[s]) for s in splits) + " |")
-    lines.append("| | **total** | " + " | ".join(str(sum(counts[s].values())) for s in splits) + " |")
-    return "\n".join(lines) + "\n"
+    rows = [[answer_type, f"`{cat}`", *(counts[s][cat] for s in splits)]
+            for cat, (answer_type, _) in CATEGORIES.items()]
+    if any(counts[s][None] for s in splits):
+        rows.append(["-", "(none)", *(counts[s][None] for s in splits)])
+    rows.append(["", "**total**", *(sum(counts[s].values()) for s in splits)])
+    frame = pd.DataFrame(rows, columns=["answer type", "category", *splits])
+    return markdown(frame, right=splits) + "\n"
 
 
 class SplitResult:
