@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from medvl.config import ConfigError, validate
-from medvl.evaluation import metrics as metrics_module
 
 from .conftest import REPO, small_data_overrides
 
@@ -22,8 +22,8 @@ NO_METEOR = "eval.metrics=[exact_match,closed_accuracy,bleu4]"
 @pytest.fixture
 def no_java(monkeypatch):
     """A node without a Java runtime, as far as METEOR's check can tell."""
-    real_which = metrics_module.shutil.which
-    monkeypatch.setattr(metrics_module.shutil, "which", lambda name, *a, **k: None if name == "java"
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "java"
                         else real_which(name, *a, **k))
 
 
