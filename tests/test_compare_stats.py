@@ -62,12 +62,12 @@ def test_bleu4_ci_is_of_the_corpus_bleu_not_the_mean_of_sentence_scores(tmp_path
 def test_bleu4_resample_recomputes_corpus_score(tmp_path: Path) -> None:
     # One resample by hand: the statistic of a draw equals bleu4 on the drawn rows.
     (ref, _), weak, _ = _runs(tmp_path)
-    from medvl.evaluation.compare.stats import _bleu_from_stats, corpus_stats
+    from medvl.evaluation.compare.stats import corpus_statistic, corpus_stats
 
     by_id = corpus_stats(ref, "bleu4")
     draw = [0, 0, 3, 7, 7, 7, 9, 1]
     totals = np.sum([by_id[f"q{i}"] for i in draw], axis=0)
-    assert float(_bleu_from_stats(totals)) == pytest.approx(
+    assert float(corpus_statistic("bleu4", totals)) == pytest.approx(
         bleu4([weak[i] for i in draw], [ANSWERS[i] for i in draw])[0], abs=1e-9)
 
 

@@ -180,6 +180,12 @@ def corpus_stats(run: Run, metric: str) -> dict[str, list[float]]:
 _STATISTIC = {"bleu4": _bleu_from_stats, "perplexity": _perplexity_from_stats}
 
 
+def corpus_statistic(metric: str, totals: np.ndarray) -> np.ndarray:
+    """The corpus value of a :data:`CORPUS_STATISTICS` metric from its :func:`corpus_stats` rows summed over
+    the items (last axis; leading axes are resamples): what the paired bootstrap recomputes on each draw."""
+    return _STATISTIC[metric](totals)
+
+
 def bootstrap_corpus_ci(
     reference: Sequence[Sequence[float]],
     other: Sequence[Sequence[float]],
