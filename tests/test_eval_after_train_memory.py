@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import weakref
+from pathlib import Path
 
 from .conftest import small_data_overrides
 
@@ -41,10 +42,17 @@ def test_training_model_and_optimizer_are_collected_before_the_evaluation_loads(
     monkeypatch.setattr(run, "load_for_training", load_for_training)
     monkeypatch.setattr(Trainer, "create_optimizer", create_optimizer)
     monkeypatch.setattr(eval_run, "load_for_eval", load_for_eval)
-    metrics = run.train(compose([*small_data_overrides(small_synth), *OVERRIDES]))
+    cfg = compose([*small_data_overrides(small_synth), *OVERRIDES])
+    metrics = run.train(cfg)
     assert set(refs) == {"model", "optimizer", "trainer"}
     assert alive_at_eval_load == []
     assert "exact_match" in metrics["eval"]
+    # The adapter's model card is rewritten with the evaluation's numbers as model-index metadata.
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(Path(cfg.output_dir) / "adapter" / "README.md")
+    values = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert values["exact_match"] == round(metrics["eval"]["exact_match"], 4)
 
 
 def test_release_training_drops_the_callbacks_hold_on_the_trainer():

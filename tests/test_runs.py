@@ -109,6 +109,12 @@ def test_export_merges_and_reloads(tmp_path, cache_dir, tiny_dir):
     assert (out / "model.safetensors").exists() and not (out / "adapter_config.json").exists()
     provenance = json.loads((out / "medvl_export.json").read_text())
     assert provenance["ckpt"] == str(run / "adapter") and provenance["init_from"] == []
+    # Model cards: the adapter's (written by medvl.train, replacing peft's placeholder) and the merged model's.
+    from huggingface_hub import ModelCard
+
+    adapter_card, merged_card = ModelCard.load(run / "adapter" / "README.md"), ModelCard.load(out / "README.md")
+    assert adapter_card.data.library_name == "peft" and merged_card.data.library_name == "transformers"
+    assert "## LoRA configuration" in adapter_card.text and "target modules (28)" in merged_card.text
 
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText

@@ -17,7 +17,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from omegaconf import OmegaConf
 
-from medvl.runs import RunDir
+from medvl.runs import ADAPTER_DIR, MODEL_DIR, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +138,11 @@ def model_card(run: RunDir, *, base_model: str | None = None, merged: bool = Fal
     return ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + "\n".join(lines))
 
 
-def read_eval_metrics(run_root: Path) -> dict[str, Any] | None:
-    path = run_root / EVAL_METRICS
+def read_eval_metrics(run: RunDir) -> dict[str, Any] | None:
+    """The numbers of the evaluation after training, when the run has one (``<run>/eval/metrics.json``)."""
+    if run.path.name not in (ADAPTER_DIR, MODEL_DIR, "best"):
+        return None  # an adapter or model folder on its own: no run directory around it
+    path = run.path.parent / EVAL_METRICS
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -150,3 +153,9 @@ def write_model_card(run: RunDir, out: Path, *, base_model: str | None = None, m
     model_card(run, base_model=base_model, merged=merged, metrics=metrics).save(path)
     log.info("Model card: %s", path)
     return path
+
+
+def write_run_card(run_dir: Path) -> Path:
+    """(Re)write the card in a training run's weights folder, with the run's evaluation when it has one."""
+    run = RunDir.from_ckpt(run_dir)
+    return write_model_card(run, run.path, metrics=read_eval_metrics(run))

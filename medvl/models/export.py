@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from medvl.models.card import read_eval_metrics, write_model_card
 from medvl.models.loading import load_run
 from medvl.runs import CheckpointError, RunDir
 
@@ -29,6 +30,7 @@ def export(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> Path
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
+    write_model_card(run, out, base_model=cfg.model.name_or_path, merged=True, metrics=read_eval_metrics(run))
     # Provenance: the adapter, the base, and the earlier stages merged in beneath it (nearest first).
     provenance = {"ckpt": str(run.path), "base": cfg.model.name_or_path,
                   "init_from": [str(stage.root) for stage in run.stage_chain()]}

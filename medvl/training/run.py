@@ -16,6 +16,7 @@ from medvl.config import starts_from_base
 from medvl.data.dataset import Collator, VQADataset
 from medvl.data.splits import check_train_lengths, ensure_data, load_split
 from medvl.data.token_length import resolve_max_length
+from medvl.models.card import EVAL_METRICS, write_run_card
 from medvl.models.loading import load_processor, load_run_weights, resolve_model_path
 from medvl.models.lora import apply_training_setup, trainable_parameter_names, upcast_trainable
 from medvl.runs import CONFIG_FILE, RunDir, weights_dir
@@ -236,6 +237,7 @@ def save_outputs(model, processor, trainer, cfg: DictConfig, out: Path) -> None:
         return
     processor.save_pretrained(target)
     (out / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_run_card(out)  # replaces peft's placeholder README.md; rewritten with the numbers after evaluation
     trainer.state.save_to_json(str(out / "trainer_state.json"))
     plot_loss(trainer.state.log_history, out / "loss.png")
 
@@ -389,4 +391,7 @@ def evaluate_run(cfg: DictConfig, out: Path) -> dict[str, Any]:
     eval_cfg.merge_with(OmegaConf.to_container(cfg.eval, resolve=True))  # eval.metrics, eval.max_new_tokens, ...
     with open_dict(eval_cfg):
         eval_cfg.ckpt = str(out)
-    return evaluate(eval_cfg)
+    tables = evaluate(eval_cfg)
+    if (out / EVAL_METRICS).exists():  # the card gets the evaluation's numbers (model-index)
+        write_run_card(out)
+    return tables
