@@ -4,6 +4,9 @@ import pytest
 
 from medvl.data.taxonomy import CATEGORIES
 from medvl.evaluation.aggregate import UNCATEGORIZED, aggregate
+from medvl.evaluation.metrics import compute_metrics, make_corpus_fn
+
+TOL = 1e-6
 
 
 def test_means_by_hand() -> None:
@@ -101,8 +104,6 @@ def test_categories_follow_taxonomy_order() -> None:
 
 
 def test_with_real_metrics_end_to_end() -> None:
-    from medvl.evaluation.metrics import compute_metrics, make_corpus_fn
-
     rows = [
         {"category": "closed_yes_no", "answer_type": "CLOSED", "answer": "Yes", "prediction": "Yes, it does."},
         {"category": "closed_yes_no", "answer_type": "CLOSED", "answer": "No", "prediction": "Yes"},
@@ -119,3 +120,24 @@ def test_with_real_metrics_end_to_end() -> None:
     assert result["closed"]["closed_accuracy"] == 0.5
     assert result["open"]["open_recall"] == 0.5
     assert "open_recall" not in result["closed"]
+
+
+def test_cider_of_a_subset_uses_the_whole_sets_document_frequencies() -> None:
+    rows = [
+        {"category": "a", "answer_type": "OPEN", "answer": "left lung", "prediction": "left lung"},
+        {"category": "a", "answer_type": "OPEN", "answer": "liver", "prediction": "the heart"},
+        {"category": "b", "answer_type": "CLOSED", "answer": "yes", "prediction": "yes"},
+        {"category": "c", "answer_type": "OPEN", "answer": "right kidney", "prediction": "right kidney"},
+    ]
+    preds, refs = [r["prediction"] for r in rows], [r["answer"] for r in rows]
+    per_sample, corpus = compute_metrics(preds, refs, [r["answer_type"] for r in rows], metrics=["cider"])
+    tables = aggregate(rows, per_sample, make_corpus_fn(preds, refs, metrics=["cider"]))
+    # Re-scored alone, a one-row category has IDF log(1) - log(1) = 0: CIDEr 0 for a perfect answer.
+    assert tables["by_category"]["c"]["cider"] == pytest.approx(per_sample[3]["cider"], abs=TOL)
+    assert tables["by_category"]["c"]["cider"] > 1.0
+    assert tables["closed"]["cider"] > 1.0  # every closed reference is "yes"
+    # Groups average to the overall score, as every other table row does.
+    assert tables["overall"]["cider"] == pytest.approx(corpus["cider"], abs=TOL)
+    assert tables["by_category"]["a"]["cider"] == pytest.approx(
+        (per_sample[0]["cider"] + per_sample[1]["cider"]) / 2, abs=TOL
+    )

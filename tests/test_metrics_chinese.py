@@ -68,6 +68,11 @@ def test_yes_no_folding_is_symmetric() -> None:
     assert M.exact_match("Yes", "是") == M.exact_match("是的", "是") == 1.0
 
 
+def test_exact_match_ignores_spaces_between_chinese_characters() -> None:
+    assert M.exact_match("左 肺", "左肺") == 1.0
+    assert M.exact_match("左肺", "右肺") == 0.0
+
+
 def test_chinese_is_tokenized_per_character_for_each_ngram_scorer() -> None:
     """The reference: the same library called on characters separated by spaces (how Chinese VQA work
     feeds BLEU and ROUGE), written out by hand here."""
