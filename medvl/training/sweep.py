@@ -118,10 +118,13 @@ def summarize_sweep(sweep_dir: Path) -> dict[str, Any]:
     eval_dirs = [j["eval_dir"] for j in jobs if j["status"] == "ok" and j.get("eval_dir")]
     if eval_dirs:
         from medvl.evaluation.compare import CompareError, compare
+        from medvl.evaluation.metrics import MetricError
 
         try:
             compare(eval_dirs, out_dir=sweep_dir)
-        except CompareError as error:  # e.g. a sweep over datasets: the summary above still stands
+        # What medvl.compare reports in one line (a sweep over datasets, a metric without a registered
+        # direction) is one warning here: the summary above still stands.
+        except (CompareError, MetricError) as error:
             log.warning("No comparison tables for %s: %s", sweep_dir, error)
     log.info("Sweep summary: %d jobs, %d failed -> %s", len(jobs), len(summary["failed"]),
              sweep_dir / "sweep_summary.md")
