@@ -1,0 +1,136 @@
+"""Padding-free packing (trainer.packing): a packed batch trains exactly as the same rows padded.
+
+The loss compared is the one the Trainer optimizes for these models: the mean over all label tokens of the batch
+(Qwen-VL's ``accepts_loss_kwargs`` is False, so the Trainer passes no ``num_items_in_batch`` and the model's loss is
+used as it is), checked here against that mean computed by hand.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from medvl.data.dataset import IGNORE_INDEX, Collator, encode
+from medvl.data.format import make_row, read_jsonl
+from medvl.models.loading import load_model, load_processor
+from medvl.training.packing import PackingCollator, rope_index_of
+
+FAMILIES = ["tiny", "tiny25"]  # Qwen2-VL, Qwen2.5-VL
+
+
+@pytest.fixture(scope="module")
+def rows(small_synth) -> list[dict]:
+    """Rows of different lengths: other image sizes (other grids), two images in one row, no image."""
+    for size in [(300, 170), (56, 112)]:
+        Image.new("RGB", size, color=(size[0] % 255, 90, 30)).save(small_synth / f"pack_{size[0]}x{size[1]}.png")
+    return [*read_jsonl(small_synth / "train.jsonl")[:2],
+            make_row("wide", "pack_300x170.png", "What is shown here?", "a wide grey field"),
+            make_row("text", None, "What does MRI stand for?", "magnetic resonance imaging"),
+            make_row("two", ["pack_300x170.png", "pack_56x112.png"], "Compare the two images.", "the same")]
+
+
+def loss_and_grads(model, batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad()
+    out = model(**batch)
+    out.loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return out.loss.detach(), out.logits.detach(), grads
+
+
+def mean_over_label_tokens(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy summed over every shifted label token of the batch, divided by their number."""
+    targets = labels[:, 1:].reshape(-1)
+    keep = targets != IGNORE_INDEX
+    flat = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    return torch.nn.functional.cross_entropy(flat[keep], targets[keep], reduction="sum") / keep.sum()
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("model_name", FAMILIES)
+def test_packed_batch_has_the_loss_and_gradients_of_the_padded_batch(compose, small_synth, rows, model_name, attn):
+    cfg = compose([f"model={model_name}", f"model.attn_implementation={attn}"])
+    processor, model = load_processor(cfg.model), load_model(cfg.model)
+    model.train()
+    items = [encode(row, processor, small_synth) for row in rows]
+    assert len({len(it["input_ids"]) for it in items}) > 2  # the padded batch really pads
+
+    padded = Collator(processor.tokenizer.pad_token_id)(items)
+    packed = PackingCollator(rope_index_of(model))(items)
+    assert packed["input_ids"].shape == (1, sum(len(it["input_ids"]) for it in items))
+    loss, logits, grads = loss_and_grads(model, padded)
+    packed_loss, packed_logits, packed_grads = loss_and_grads(model, packed)
+
+    torch.testing.assert_close(loss, mean_over_label_tokens(logits, padded["labels"]))
+    torch.testing.assert_close(packed_loss, loss)
+    real = torch.cat([logits[i, : len(it["input_ids"])] for i, it in enumerate(items)])
+    torch.testing.assert_close(packed_logits[0], real, atol=2e-5, rtol=1e-5)  # every token sees what it saw padded
+    assert packed_grads.keys() == grads.keys() and len(grads) > 50  # vision tower, merger and LLM all trained
+    for name, grad in grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+    # The comparison is sharp: without the restarting text positions the rows attend across their boundaries.
+    leaking = {**packed, "position_ids": packed["position_ids"][1:]}
+    assert not torch.allclose(loss_and_grads(model, leaking)[0], loss, atol=1e-3)
+
+
+def test_mrope_positions_restart_per_row_from_each_rows_own_grid(compose, small_synth, rows):
+    cfg = compose(["model=tiny"])
+    processor, model = load_processor(cfg.model), load_model(cfg.model)
+    items = [encode(row, processor, small_synth) for row in rows]
+    packed = PackingCollator(rope_index_of(model))(items)
+    position_ids = packed["position_ids"][:, 0]
+    start = 0
+    for item in items:
+        n = len(item["input_ids"])
+        alone = Collator(processor.tokenizer.pad_token_id)([item])
+        want, _ = model.model.get_rope_index(alone["input_ids"], alone.get("mm_token_type_ids",
+                                             torch.zeros_like(alone["input_ids"])), alone.get("image_grid_thw"))
+        torch.testing.assert_close(position_ids[1:, start : start + n], want[:, 0])
+        assert position_ids[0, start : start + n].tolist() == list(range(n))
+        start += n
+    assert packed["cu_seq_lens_q"].tolist() == [0, *torch.tensor([len(it["input_ids"]) for it in items]).cumsum(0)]
+    assert packed["max_length_q"] == max(len(it["input_ids"]) for it in items)
+    # Each image keeps its own grid: the vision tower's cu_seqlens come from image_grid_thw, one block per image.
+    assert packed["image_grid_thw"].shape[0] == sum(len(it.get("image_grid_thw", [])) for it in items)
+
+
+def test_a_row_boundary_label_is_never_a_target(compose, small_synth, rows):
+    """Were a row's first token labelled, the previous row's last token would learn to predict it."""
+    cfg = compose(["model=tiny"])
+    processor, model = load_processor(cfg.model), load_model(cfg.model)
+    items = [encode(row, processor, small_synth) for row in rows[:3]]
+    for item in items:
+        item["labels"][0] = item["input_ids"][0]
+    padded = Collator(processor.tokenizer.pad_token_id)(items)
+    packed = PackingCollator(rope_index_of(model))(items)
+    starts = packed["cu_seq_lens_q"][:-1].long()
+    assert (packed["labels"][0, starts] == IGNORE_INDEX).all()
+    torch.testing.assert_close(model(**packed).loss, model(**padded).loss)
+
+
+def test_packed_batch_over_the_token_budget_is_refused(compose, small_synth, rows):
+    cfg = compose(["model=tiny"])
+    processor, model = load_processor(cfg.model), load_model(cfg.model)
+    items = [encode(row, processor, small_synth) for row in rows[:2]]
+    total = sum(len(it["input_ids"]) for it in items)
+    assert PackingCollator(rope_index_of(model), max_tokens=total)(items)["input_ids"].shape[1] == total
+    with pytest.raises(ValueError, match=f"packed batch of {total} tokens > the budget of {total - 1}"):
+        PackingCollator(rope_index_of(model), max_tokens=total - 1)(items)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model_name", FAMILIES)
+def test_flash_attention_varlen_equals_padded(compose, small_synth, rows, model_name):
+    """flash_attention_2 runs the packed row through flash_attn_varlen_func on cu_seq_lens (bf16: looser bounds)."""
+    pytest.importorskip("flash_attn")
+    cfg = compose([f"model={model_name}", "model.attn_implementation=flash_attention_2", "model.dtype=bfloat16"])
+    processor, model = load_processor(cfg.model), load_model(cfg.model, device="cuda")
+    model.train()
+    items = [encode(row, processor, small_synth) for row in rows]
+    on_gpu = lambda batch: {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}  # noqa: E731
+    loss, _, grads = loss_and_grads(model, on_gpu(Collator(processor.tokenizer.pad_token_id)(items)))
+    packed_loss, _, packed_grads = loss_and_grads(model, on_gpu(PackingCollator(rope_index_of(model))(items)))
+    torch.testing.assert_close(packed_loss, loss, atol=2e-2, rtol=1e-2)
+    for name, grad in grads.items():
+        assert (packed_grads[name] - grad).float().norm() <= 0.05 * grad.float().norm() + 1e-4, name
