@@ -134,3 +134,46 @@ def test_flash_attention_varlen_equals_padded(compose, small_synth, rows, model_
     torch.testing.assert_close(packed_loss, loss, atol=2e-2, rtol=1e-2)
     for name, grad in grads.items():
         assert (packed_grads[name] - grad).float().norm() <= 0.05 * grad.float().norm() + 1e-4, name
+
+
+def varlen_reference(module, query, key, value, attention_mask, *, cu_seq_lens_q=None, max_length_q=None,
+                     is_causal=None, **kwargs):
+    """What flash_attn_varlen_func computes, in sdpa: causal attention inside each ``cu_seq_lens`` segment.
+
+    The text layers must receive the packed batch's ``cu_seq_lens`` (else this fails); the vision tower
+    (``is_causal=False``, its images already split by its own ``cu_seqlens``) and the padded batch run plain sdpa.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    causal = module.is_causal if is_causal is None else is_causal
+    if not causal or attention_mask is not None:  # the vision tower, or the padded batch
+        return sdpa_attention_forward(module, query, key, value, attention_mask, is_causal=causal, **kwargs)
+    assert cu_seq_lens_q is not None and query.shape[0] == 1, "packed text attention without cu_seq_lens"
+    bounds = cu_seq_lens_q.tolist()
+    assert max_length_q == max(b - a for a, b in zip(bounds, bounds[1:]))
+    pieces = [sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None,
+                                     is_causal=True, **kwargs)[0] for a, b in zip(bounds, bounds[1:])]
+    return torch.cat(pieces, dim=1), None
+
+
+@pytest.mark.parametrize("model_name", FAMILIES)
+def test_flash_style_varlen_kwargs_reach_every_text_layer(compose, small_synth, rows, model_name):
+    """The flash_attention_2 path on the CPU: an attention that, like flash_attn_varlen_func, knows the rows only
+    from cu_seq_lens_q/k (no mask) gives the padded batch's loss and gradients. What it cannot show is the CUDA
+    kernel itself (test_flash_attention_varlen_equals_padded, gpu)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+
+    AttentionInterface.register("varlen_reference", varlen_reference)
+    AttentionMaskInterface.register("varlen_reference", flash_attention_mask)  # no mask without padding, as flash
+    cfg = compose([f"model={model_name}", "model.attn_implementation=sdpa"])
+    processor, model = load_processor(cfg.model), load_model(cfg.model)
+    model.train()
+    items = [encode(row, processor, small_synth) for row in rows]
+    loss, _, grads = loss_and_grads(model, Collator(processor.tokenizer.pad_token_id)(items))
+    model.set_attn_implementation("varlen_reference")
+    packed = PackingCollator(rope_index_of(model))(items)
+    packed_loss, _, packed_grads = loss_and_grads(model, {**packed, "position_ids": packed["position_ids"][1:]})
+    torch.testing.assert_close(packed_loss, loss)
+    for name, grad in grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
