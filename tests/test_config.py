@@ -49,7 +49,7 @@ def test_every_model_stage_lora_combination(compose):
 def test_auto_lora_follows_the_stage(compose):
     align = compose(["stage=align"])
     validate(align)
-    assert (align.lora.name, list(align.lora.targets)) == ("merger", ["mlp.0", "mlp.2"])
+    assert (align.lora.name, list(align.lora.targets)) == ("merger", ["all-linear"])
     instruct = compose(["stage=instruct", "lora.r=8"])
     validate(instruct)
     assert instruct.lora.name == "attn_ffn" and instruct.lora.r == 8
@@ -72,7 +72,7 @@ def run_train(*args: str, env_extra: dict | None = None) -> subprocess.Completed
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("model=13b", "invalid choice model=13b; valid choices for model: 2b, 32b, 7b, 7b_base, tiny, tiny25"),
+        ("model=13b", "invalid choice model=13b; valid choices for model: 2b, 32b, 7b, 7b_base, lingshu_32b, "),
         ("stage=foo", "invalid choice stage=foo; valid choices for stage: align, instruct"),
         ("lora.r=-1", "lora.r=-1 is invalid: must be a positive integer"),
         ("trainer.warmup_ratio=3", "trainer.warmup_ratio=3.0 is invalid: must be in [0, 1)"),

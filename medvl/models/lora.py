@@ -1,8 +1,10 @@
 """What a stage trains: freezing, and LoRA targets resolved by full module path.
 
-Targets are scoped by component: ``model.language_model`` for the LLM and ``model.visual.merger``
-for the vision-language merger. Qwen2.5-VL's vision blocks also contain ``gate_proj``/``up_proj``/
-``down_proj``; scoping by full path keeps an LLM LoRA away from them.
+Targets are scoped by component, through the family's component map (:data:`COMPONENTS`): e.g.
+``model.language_model`` for the LLM and ``model.visual.merger`` for Qwen2-VL's vision-language merger.
+Qwen2.5-VL's vision blocks also contain ``gate_proj``/``up_proj``/``down_proj``, and Qwen3-VL's vision blocks
+have ``linear_fc1``/``linear_fc2`` like its mergers; scoping by full path keeps a LoRA away from them.
+Adding a model family is one entry here and one ``conf/model`` file.
 """
 
 from __future__ import annotations
@@ -17,18 +19,36 @@ from medvl.config import lora_alpha, lora_component
 
 log = logging.getLogger(__name__)
 
-#: Module-path prefix of each component, per model family (same in both families in transformers 5).
-COMPONENTS = {
-    "qwen2_vl": {"vision": "model.visual.blocks", "merger": "model.visual.merger", "llm": "model.language_model"},
-    "qwen2_5_vl": {"vision": "model.visual.blocks", "merger": "model.visual.merger", "llm": "model.language_model"},
-}
-#: Modules a component trains in full (``full``, or ``lora`` with ``lora=none``): the vision encoder is
-#: everything in ``model.visual`` but the merger (its patch embedding too), the LLM includes the output head.
-FULL_MODULES = {
+_QWEN2_VL = {
     "vision": ("model.visual.patch_embed", "model.visual.blocks"),
     "merger": ("model.visual.merger",),
-    "llm": ("model.language_model", "lm_head"),
+    "llm": ("model.language_model",),
 }
+# Qwen3-VL adds learned position embeddings to its vision encoder, and "deepstack" mergers that project the
+# features of some vision blocks into the first LLM layers: they are part of the merger (the projector).
+_QWEN3_VL = {
+    "vision": ("model.visual.patch_embed", "model.visual.pos_embed", "model.visual.blocks"),
+    "merger": ("model.visual.merger", "model.visual.deepstack_merger_list"),
+    "llm": ("model.language_model",),
+}
+#: Module-path prefixes of each component, per model family (transformers 5 module names). A component's
+#: LoRA targets are searched below its prefixes; a ``full`` component trains every weight below them
+#: (the LLM also its output head, :data:`HEAD`).
+COMPONENTS: dict[str, dict[str, tuple[str, ...]]] = {
+    "qwen2_vl": _QWEN2_VL,
+    "qwen2_5_vl": _QWEN2_VL,
+    "qwen3_vl": _QWEN3_VL,
+    "qwen3_vl_moe": _QWEN3_VL,
+    # MedGemma (Gemma 3): a SigLIP vision tower, a projector that is one weight matrix (no nn.Linear, so no
+    # LoRA: stage=align trains it with lora=none), and the Gemma 3 LLM.
+    "gemma3": {
+        "vision": ("model.vision_tower",),
+        "merger": ("model.multi_modal_projector",),
+        "llm": ("model.language_model",),
+    },
+}
+#: The output head, trained with the LLM when the LLM is trained fully.
+HEAD = "lm_head"
 ALL_LINEAR = "all-linear"
 
 
@@ -40,31 +60,72 @@ def _mode(value: Any) -> str:
     return str(getattr(value, "value", value))
 
 
+def component_prefixes(cfg: Any, comp: str) -> tuple[str, ...]:
+    """Module-path prefixes of component ``comp`` (vision, merger, llm) in ``cfg.model.family``."""
+    family = _family(cfg)
+    if family not in COMPONENTS:
+        from medvl.config import ConfigError
+
+        raise ConfigError(f"model.family={family} has no component map; add it to medvl.models.lora.COMPONENTS "
+                          f"(known: {', '.join(COMPONENTS)})")
+    return COMPONENTS[family][comp]
+
+
+def _under(name: str, prefixes: tuple[str, ...]) -> bool:
+    return name.startswith(tuple(p + "." for p in prefixes))
+
+
+def _lora_targets(model: torch.nn.Module, cfg: Any) -> tuple[list[str], list[str]]:
+    """(modules, parameters): full names of the ``nn.Linear`` modules and of the bare weight tensors (a MoE's
+    stacked experts, e.g. ``mlp.experts.gate_up_proj``) that ``lora.targets`` names in the stage's LoRA component."""
+    comp = lora_component(cfg)
+    if comp is None or cfg.lora.name == "none":
+        return [], []
+    prefixes = component_prefixes(cfg, comp)
+    suffixes = list(cfg.lora.targets)
+    matched: set[str] = set()
+    modules, parameters = [], []
+    for name, module in model.named_modules():
+        if not _under(name, prefixes):
+            continue
+        if ALL_LINEAR in suffixes:
+            if isinstance(module, torch.nn.Linear):
+                modules.append(name)
+                matched.add(ALL_LINEAR)
+            continue
+        hits = [s for s in suffixes if name.endswith("." + s)]
+        if hits:
+            modules.append(name)
+            matched.update(hits)
+        # peft wraps a module's own nn.Parameter (not a Linear's weight) with ``target_parameters``.
+        for pname, _ in module.named_parameters(recurse=False):
+            hits = [s for s in suffixes if f"{name}.{pname}".endswith("." + s)]
+            if hits and not isinstance(module, torch.nn.Linear):
+                parameters.append(f"{name}.{pname}")
+                matched.update(hits)
+    where = ", ".join(prefixes)
+    if not modules and not parameters:
+        from medvl.config import ConfigError
+
+        raise ConfigError(f"lora={cfg.lora.name} (lora.targets={suffixes}) matched no module under {where}; "
+                          f"name module-name suffixes found there (e.g. self_attn.q_proj, mlp.0) or use "
+                          f"lora=all_linear")
+    unmatched = [s for s in suffixes if s not in matched]
+    if unmatched:
+        # A MoE LLM has no dense mlp.*_proj: lora=attn_ffn (instruct's default) then trains attention only.
+        log.info("lora=%s: %s matched nothing under %s; adapters go on the %d modules and %d weights that matched",
+                 cfg.lora.name, ", ".join(unmatched), where, len(modules), len(parameters))
+    return modules, parameters
 
 
 def target_modules(model: torch.nn.Module, cfg: Any) -> list[str]:
     """Full names of the modules that get LoRA adapters, in model order."""
-    comp = lora_component(cfg)
-    if comp is None or cfg.lora.name == "none":
-        return []
-    prefix = COMPONENTS[_family(cfg)][comp]
-    suffixes = list(cfg.lora.targets)
-    names = []
-    for name, module in model.named_modules():
-        if not name.startswith(prefix + "."):
-            continue
-        if ALL_LINEAR in suffixes:
-            if isinstance(module, torch.nn.Linear):
-                names.append(name)
-        elif any(name.endswith("." + s) for s in suffixes):
-            names.append(name)
-    if not names:
-        from medvl.config import ConfigError
+    return _lora_targets(model, cfg)[0]
 
-        raise ConfigError(f"lora={cfg.lora.name} (lora.targets={suffixes}) matched no module under {prefix}; "
-                          f"name module-name suffixes found there (e.g. self_attn.q_proj, mlp.0) or use "
-                          f"lora=all_linear")
-    return names
+
+def target_parameters(model: torch.nn.Module, cfg: Any) -> list[str]:
+    """Full names of the bare weight tensors that get LoRA adapters (a MoE's experts with lora=attn_experts)."""
+    return _lora_targets(model, cfg)[1]
 
 
 def full_components(cfg: Any) -> list[str]:
@@ -76,7 +137,11 @@ def full_components(cfg: Any) -> list[str]:
     return out
 
 
-def _modules_to_save(model: torch.nn.Module, full: list[str]) -> list[str]:
+def _full_prefixes(cfg: Any, full: list[str]) -> list[str]:
+    return [p for c in full for p in component_prefixes(cfg, c) + ((HEAD,) if c == "llm" else ())]
+
+
+def _modules_to_save(model: torch.nn.Module, prefixes: list[str]) -> list[str]:
     """Full names of the modules peft keeps trainable copies of beside the adapters.
 
     peft cannot wrap a ``ModuleList`` (the vision blocks), so those are listed block by block; a head
@@ -84,12 +149,12 @@ def _modules_to_save(model: torch.nn.Module, full: list[str]) -> list[str]:
     """
     modules = dict(model.named_modules())
     out = []
-    for prefix in (p for c in full for p in FULL_MODULES[c]):
+    for prefix in prefixes:
         module = modules.get(prefix)
         if module is None:
             continue
-        if prefix == "lm_head" and any(module.weight is m.weight for m in modules.values()
-                                       if isinstance(m, torch.nn.Embedding)):
+        if prefix == HEAD and any(module.weight is m.weight for m in modules.values()
+                                  if isinstance(m, torch.nn.Embedding)):
             continue
         if isinstance(module, (torch.nn.ModuleList, torch.nn.ModuleDict)):
             out += [f"{prefix}.{child}" for child, _ in module.named_children()]
@@ -98,8 +163,10 @@ def _modules_to_save(model: torch.nn.Module, full: list[str]) -> list[str]:
     return out
 
 
-def peft_lora_config(cfg: Any, targets: list[str], modules_to_save: list[str] | None = None):
-    """peft's ``LoraConfig`` for ``cfg.lora`` on the modules named ``targets`` (full names).
+def peft_lora_config(cfg: Any, targets: list[str], modules_to_save: list[str] | None = None,
+                     parameters: list[str] | None = None):
+    """peft's ``LoraConfig`` for ``cfg.lora`` on the modules named ``targets`` (full names), and on the bare
+    weight tensors named ``parameters`` (peft's ``target_parameters``: a MoE's stacked experts).
 
     The scale peft applies is ``alpha / r``, or ``alpha / sqrt(r)`` with ``lora.use_rslora``; a null
     ``lora.alpha`` follows r (:func:`medvl.config.lora_alpha`).
@@ -112,7 +179,8 @@ def peft_lora_config(cfg: Any, targets: list[str], modules_to_save: list[str] | 
         lora_dropout=float(cfg.lora.dropout),
         use_rslora=bool(cfg.lora.get("use_rslora", False)),
         # An exact alternation of full names: nothing outside the scoped component can match.
-        target_modules="^(" + "|".join(re.escape(n) for n in targets) + ")$",
+        target_modules="^(" + "|".join(re.escape(n) for n in targets) + ")$" if targets else [],
+        target_parameters=parameters or None,
         modules_to_save=modules_to_save or None,
         task_type="CAUSAL_LM",
     )
@@ -123,15 +191,16 @@ def apply_training_setup(model: torch.nn.Module, cfg: Any) -> torch.nn.Module:
     from peft import get_peft_model
 
     model.requires_grad_(False)
-    targets = target_modules(model, cfg)
-    full = full_components(cfg)
-    if targets:
-        return get_peft_model(model, peft_lora_config(cfg, targets, _modules_to_save(model, full)))
-    prefixes = tuple(p + "." for c in full for p in FULL_MODULES[c])
+    targets, parameters = _lora_targets(model, cfg)
+    full = _full_prefixes(cfg, full_components(cfg))
+    if targets or parameters:
+        return get_peft_model(model, peft_lora_config(cfg, targets, _modules_to_save(model, full), parameters))
+    prefixes = tuple(p + "." for p in full)
     for name, param in model.named_parameters():
         if name.startswith(prefixes):
             param.requires_grad_(True)
     return model
+
 
 
 def upcast_trainable(model: torch.nn.Module) -> int:
