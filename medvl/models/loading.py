@@ -1,4 +1,4 @@
-"""Load a Qwen2-VL-family model and its processor from a hub id or a local directory.
+"""Load a model (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3) and its processor from a hub id or a local directory.
 
 The tiny offline models are built into the cache on first use and then go through the very same
 ``from_pretrained`` calls as ``Qwen/Qwen2-VL-7B-Instruct``. Loading never runs checkpoint code:
@@ -23,6 +23,14 @@ from medvl.runs import RunDir
 log = logging.getLogger(__name__)
 
 
+#: Families whose processor resizes every image to one fixed square (model.min_pixels = model.max_pixels).
+FIXED_IMAGE_SIZE = ("gemma3",)
+
+
+def _family(model_cfg: Any) -> str:
+    return str(getattr(model_cfg.family, "value", model_cfg.family))
+
+
 class ModelLoadError(RuntimeError):
     """A model or processor could not be loaded; the message is one line."""
 
@@ -35,7 +43,7 @@ def resolve_model_path(model_cfg: Any) -> str:
     if model_cfg.build_tiny:
         from medvl.models.tiny import build_tiny
 
-        build_tiny(path, family=str(getattr(model_cfg.family, "value", model_cfg.family)))
+        build_tiny(path, family=_family(model_cfg))
     return path
 
 
@@ -109,14 +117,12 @@ def load_processor(model_cfg: Any, path: str | None = None):
 
     path = path or resolve_model_path(model_cfg)
     check_available(path)
+    # Qwen-VL image processors in transformers 5 take the pixel budget as `size`; `min_pixels=`/`max_pixels=`
+    # keyword arguments are silently ignored there. Gemma 3 resizes every image to its one square: no budget.
+    budget = {} if _family(model_cfg) in FIXED_IMAGE_SIZE else {
+        "size": {"shortest_edge": int(model_cfg.min_pixels), "longest_edge": int(model_cfg.max_pixels)}}
     try:
-        # Qwen2-VL's image processor in transformers 5 takes the pixel budget as `size`;
-        # `min_pixels=`/`max_pixels=` keyword arguments are silently ignored there.
-        return AutoProcessor.from_pretrained(
-            path,
-            size={"shortest_edge": int(model_cfg.min_pixels), "longest_edge": int(model_cfg.max_pixels)},
-            trust_remote_code=bool(model_cfg.trust_remote_code),
-        )
+        return AutoProcessor.from_pretrained(path, trust_remote_code=bool(model_cfg.trust_remote_code), **budget)
     except (OSError, ValueError) as exc:
         raise _explain(path, exc) from None
 
