@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import medvl.evaluation.run as eval_run
-from medvl.config import DEFAULT_MAX_NEW_TOKENS, _eval_name
+from medvl.config import DEFAULT_MAX_NEW_TOKENS, eval_dir_name
 from medvl.evaluation.compare import CompareError, compare
 from medvl.runs import CheckpointError, RunDir
 
@@ -154,4 +154,4 @@ def test_ckpt_evaluation_uses_the_runs_prompt_unless_the_command_line_names_one(
 
 def test_default_eval_dir_names_the_runs_prompt(custom_prompt_run) -> None:
     # Outside a Hydra app no override was given: the folder says what RunDir.apply_config evaluates.
-    assert _eval_name(str(custom_prompt_run), "tiny", "synth", "test", "default").split("_")[3] == "custom"
+    assert eval_dir_name(str(custom_prompt_run), "tiny", "synth", "test", "default").split("_")[3] == "custom"
