@@ -158,23 +158,26 @@ def test_sweep_without_java_is_refused_before_any_job(tmp_path, cache_dir):
     assert not (tmp_path / "sweep").exists()
 
 
-def test_sweep_preflight_checks_the_first_job_and_lets_metrics_drop_meteor(no_java):
-    from medvl.preflight import _preflight_sweep
+def _preflight_multirun(*overrides: str) -> None:
+    """``medvl train -m <overrides>``'s start-up, in this process."""
+    from medvl.preflight import preflight
 
+    preflight("train", ["-m", *overrides])
+
+
+def test_sweep_preflight_checks_the_first_job_and_lets_metrics_drop_meteor(no_java):
     with pytest.raises(SystemExit, match="meteor"):
-        _preflight_sweep(["lora.r=4,8"])
+        _preflight_multirun("lora.r=4,8")
     with pytest.raises(SystemExit, match="meteor"):
-        _preflight_sweep(["experiment=lora_rank_sweep", "data.root=/data/Slake1.0"])
-    _preflight_sweep(["lora.r=4,8", NO_METEOR])
-    _preflight_sweep(["lora.r=4,8", "eval_after_train=false"])
+        _preflight_multirun("experiment=lora_rank_sweep", "data.root=/data/Slake1.0")
+    _preflight_multirun("lora.r=4,8", NO_METEOR)
+    _preflight_multirun("lora.r=4,8", "eval_after_train=false")
 
 
 def test_stage_two_sweep_without_init_from_is_refused_before_any_job():
-    from medvl.preflight import _preflight_sweep
-
     with pytest.raises(SystemExit, match="init_from is not set"):
-        _preflight_sweep(["experiment=slake_instruct_7b", "lora.r=8,16", "eval_after_train=false"])
-    _preflight_sweep(["experiment=slake_instruct_7b", "lora.r=8,16", "init_from=a,b", "eval_after_train=false"])
+        _preflight_multirun("experiment=slake_instruct_7b", "lora.r=8,16", "eval_after_train=false")
+    _preflight_multirun("experiment=slake_instruct_7b", "lora.r=8,16", "init_from=a,b", "eval_after_train=false")
 
 
 # -- a later stage cannot silently start from the base model --------------------------------------------------
