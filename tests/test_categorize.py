@@ -159,3 +159,14 @@ def test_docs_tables_match_code() -> None:
 
     for name, _, category in CLOSED_RULES + OPEN_RULES:
         assert re.search(rf"^\| `{name}` \|.*\| `{category}` \|$", text, re.M), name
+
+
+@pytest.mark.parametrize("task", ["Muscle", "Nervous Tissue"])
+def test_gmai_task_names_as_the_tsv_spells_them(task: str) -> None:
+    # VLMEvalKit's per-task results for GMAI-MMBench_VAL name these two tasks without "Recognition";
+    # a polar question of such a task must not leave the task's table for the question rules.
+    row = make_row("g", "a.jpg", "Is this muscle the biceps?\nA. yes\nB. no", "A", source="gmai_mmbench",
+                   meta={"task": task, "options": {"A": "yes", "B": "no"}})
+    answer_type, category, rule = categorize(row)
+    assert (answer_type, category) == ("CLOSED", "closed_general")
+    assert rule.endswith(f"category=gmai_mmbench.task={task}"), rule

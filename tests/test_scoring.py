@@ -14,7 +14,8 @@ from medvl.config import add_dataset_labels, dataset_labels
 from medvl.data.format import make_row
 from medvl.data.taxonomy import normalize_answer_type
 from medvl.evaluation import metrics as M
-from medvl.evaluation.scoring import prediction_record, score
+from medvl.evaluation.metrics import make_corpus_fn
+from medvl.evaluation.scoring import breakdown_labels, prediction_record, score
 
 CFG = OmegaConf.create({"metrics": ["exact_match", "word_f1", "bleu4"],
                         "bertscore": {"model": None, "num_layers": None, "dtype": "float32"}})
@@ -107,3 +108,80 @@ def test_an_answer_type_label_is_read_in_one_place(label: object, expected: str 
     assert normalize_answer_type(label) == expected
     # Scoring's answer type follows the label (a yes/no reference would otherwise make the row closed).
     assert M.resolve_answer_type(label, "yes") == (expected or "CLOSED")
+
+
+def _score_cfg(metrics: list[str]):
+    return OmegaConf.create({"metrics": metrics, "bertscore": {"model": None, "num_layers": None,
+                                                               "dtype": "float32"}})
+
+
+def _record(i: int, modality: str | None, reference: str, prediction: str, nll: float, n: int) -> dict:
+    return {"id": f"r{i}", "question": "q", "reference": reference, "prediction": prediction,
+            "category": "open_anatomy", "answer_type": "OPEN",
+            "meta": None if modality is None else {"modality": modality},
+            "nll": nll, "n_tokens": n, "perplexity": math.exp(nll / n)}
+
+
+def test_breakdowns_use_corpus_scores_and_corpus_perplexity_like_categories():
+    records = [
+        _record(0, "CT", "the left lung", "the left lung", 1.0, 2),
+        _record(1, "CT", "a round mass in the liver", "a mass in the liver", 6.0, 3),
+        _record(2, "MRI", "brain", "brain", 0.5, 1),
+        _record(3, "MRI", "two small lesions", "one lesion", 9.0, 4),
+        _record(4, None, "heart", "lung", 2.0, 2),  # a row without meta is left out of the breakdown
+    ]
+    names = ["exact_match", "bleu4", "cider"]
+    tables = score(records, _score_cfg(names), **dataset_labels("synth"))
+    corpus_fn = make_corpus_fn([r["prediction"] for r in records], [r["reference"] for r in records],
+                               metrics=names)
+    for modality, indices in (("CT", [0, 1]), ("MRI", [2, 3])):
+        group = tables["by_modality"][modality]
+        assert group["count"] == 2
+        # BLEU-4 and CIDEr of the group's rows as a corpus, as by_category reports them.
+        for name, value in corpus_fn(indices).items():
+            assert group[name] == pytest.approx(value), (modality, name)
+        nll = sum(records[i]["nll"] for i in indices)
+        n = sum(records[i]["n_tokens"] for i in indices)
+        assert group["perplexity"] == pytest.approx(math.exp(nll / n))
+        assert "nll_per_token" not in group
+    assert set(tables["by_modality"]) == {"CT", "MRI"}
+
+
+def test_perplexity_is_not_reported_for_a_group_where_only_some_rows_have_it():
+    records = [_record(0, "CT", "a", "a", 1.0, 2), _record(1, "CT", "b", "b", 2.0, 2)]
+    records[1].update(nll=None, n_tokens=0, perplexity=None)
+    tables = score(records, _score_cfg(["exact_match"]), **dataset_labels("synth"))
+    assert "perplexity" not in tables["overall"] and "perplexity" not in tables["by_modality"]["CT"]
+
+
+def test_a_vqa_rad_row_with_two_question_types_counts_under_each():
+    assert breakdown_labels("ABN, POS", multi_label=True) == ["ABN", "POS"]
+    assert breakdown_labels(None, multi_label=True) == []
+    assert breakdown_labels("Organ, Position") == ["Organ, Position"]  # Slake's content_type is one label
+    records = [_record(i, None, "lung", pred, 1.0, 1) for i, pred in enumerate(["lung", "heart", "lung"])]
+    for record, qtype in zip(records, ["ABN, POS", "ABN", "POS"]):
+        record["meta"] = {"question_type": qtype}
+    tables = score(records, _score_cfg(["exact_match"]), **dataset_labels("vqa_rad"))
+    assert set(tables["by_question_type"]) == {"ABN", "POS"}
+    assert tables["by_question_type"]["ABN"]["count"] == 2
+    assert tables["by_question_type"]["ABN"]["exact_match"] == pytest.approx(0.5)
+    assert tables["by_question_type"]["POS"]["exact_match"] == pytest.approx(1.0)
+
+
+def test_closed_and_open_metrics_follow_the_answer_type_the_tables_use():
+    # No answer_type: the category says CLOSED (an "A or B?" question), although the reference is not yes/no.
+    records = [_record(0, None, "Left", "The left one.", 1.0, 1), _record(1, None, "yes", "Yes.", 1.0, 1)]
+    records[0].update(category="closed_location", answer_type=None)
+    records[1].update(category="mystery", answer_type=None)  # unknown category: yes/no reference -> CLOSED
+    tables = score(records, _score_cfg(["closed_accuracy", "open_recall"]), **dataset_labels("synth"))
+    for record in records:
+        assert record["metrics"]["closed_accuracy"] == 1.0 and "open_recall" not in record["metrics"]
+    assert tables["closed"]["count"] == 2 and tables["closed"]["closed_accuracy"] == 1.0
+    assert tables["open"]["count"] == 0
+
+
+def test_a_lowercase_letter_reference_is_matched():
+    record = {**_record(0, None, "b", "(B) polyp", 1.0, 1), "answer_type": "CLOSED"}
+    record["meta"] = {"options": {"A": "mass", "B": "polyp"}}
+    score([record], _score_cfg(["exact_match"]), **dataset_labels("gmai_mmbench"))
+    assert record["extracted_choice"] == "B" and record["metrics"]["choice_accuracy"] == 1.0

@@ -3,6 +3,7 @@ and prepared data alone (without ``data.root``) is enough to evaluate."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +108,16 @@ def test_without_data_root_or_a_report_it_is_one_line(tmp_path) -> None:
     assert "Traceback" not in proc.stderr and "MissingMandatoryValue" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("medvl: data=vqa_rad: data.root is not set") and "add data.root=" in last
+
+
+def test_an_empty_split_is_one_line(cache_dir, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "test.jsonl").write_text("")
+    proc = subprocess.run([sys.executable, "-m", "medvl.eval", "data.format=medvl", f"data.root={data}",
+                           f"data.dir={data}", "metrics=[exact_match]", f"hydra.run.dir={tmp_path / 'out'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "MEDVL_CACHE": str(cache_dir), "HYDRA_FULL_ERROR": "0"})
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"medvl: data=synth: the test split at {data / 'test.jsonl'} has no rows"]

@@ -1,5 +1,6 @@
-"""medvl.train start-up: what the evaluation after training needs, and a later stage's init_from, are checked
-before the model loads (so that no job trains for hours and then fails)."""
+"""medvl.train start-up: what the evaluation after training needs, a later stage's init_from and every path are
+checked before the model loads (so that no job trains for hours and then fails), errors a user can fix are one
+line, and sweep jobs started together get their own directories."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from medvl.config import ConfigError, validate
+from medvl.models.loading import ModelLoadError, load_model
 
 from .conftest import REPO, small_data_overrides
 
@@ -227,3 +230,67 @@ def test_init_from_a_run_is_kept_absolute(compose, tmp_path, monkeypatch):
     validate(cfg)
     resolve_init_from(cfg)
     assert cfg.init_from == str(tmp_path / "outputs/train/align_7b")
+
+
+@pytest.mark.parametrize("path", ["/no/such/qwen7b", "./qwen7b", "models/qwen/7b", "'~/no-such-qwen7b'"])
+def test_missing_local_directory_says_so(compose, path):
+    cfg = compose(["model=7b", f"model.name_or_path={path}"])
+    with pytest.raises(ModelLoadError) as err:
+        load_model(cfg.model)
+    msg = str(err.value)
+    assert "no such directory" in msg and "\n" not in msg and "huggingface-cli download" not in msg
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("model=7b", "medvl: cannot load 'Qwen/Qwen2-VL-7B-Instruct'"),
+        ("init_from=/no/such/run", "medvl: no LoRA adapter (adapter_config.json) in /no/such/run"),
+    ],
+)
+def test_train_cli_errors_a_user_can_fix_are_one_line(cache_dir, tmp_path, override, expected):
+    proc = subprocess.run(
+        [sys.executable, "-m", "medvl.train", override, f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "MEDVL_CACHE": str(cache_dir)})
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "Warning" not in ln and "warn" not in ln]
+    assert lines and lines[-1].startswith(expected), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("overrides", [["init_from=/no/such/stage1"], ["resume=/no/such/checkpoint-5"],
+                                       ["data=slake", "data.root=/no/such/slake", "data.dir=/no/such/prepared"]])
+def test_bad_paths_fail_before_weights_load(compose, monkeypatch, overrides):
+    from medvl.training import run
+
+    def never(*args, **kwargs):
+        raise AssertionError("weights were loaded before the paths were checked")
+
+    monkeypatch.setattr("medvl.models.loading.load_model", never)
+    monkeypatch.setattr(run, "load_processor", never)
+    with pytest.raises(FileNotFoundError):
+        run.train(compose(overrides))
+
+
+def test_sweeps_started_in_the_same_second_get_their_own_directory(compose):
+    import time
+
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from medvl.config import CONF_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose("train", return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    pattern = OmegaConf.to_container(cfg.hydra.sweep)["dir"]
+
+    def resolve() -> str:  # a fresh node: ${now:} is cached per config
+        return OmegaConf.to_container(OmegaConf.create({"dir": pattern}), resolve=True)["dir"]
+
+    first = resolve()
+    time.sleep(0.002)
+    assert resolve() != first

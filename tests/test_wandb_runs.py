@@ -1,4 +1,4 @@
-"""Audit: W&B runs of a sweep's jobs are told apart, and a failed job's run does not swallow the next job's."""
+"""W&B runs of a sweep's jobs are told apart, and a failed job's run does not swallow the next job's."""
 
 from __future__ import annotations
 
