@@ -7,14 +7,22 @@ used as it is), checked here against that mean computed by hand.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
+from medvl.config import ConfigError
 from medvl.data.dataset import IGNORE_INDEX, Collator, encode
 from medvl.data.format import make_row, read_jsonl
 from medvl.models.loading import load_model, load_processor
-from medvl.training.packing import PackingCollator, rope_index_of
+from medvl.training.checks import validate_training
+from medvl.training.packing import PackingCollator, check_packing, rope_index_of
+from medvl.training.run import train
+
+from .conftest import small_data_overrides
 
 FAMILIES = ["tiny", "tiny25"]  # Qwen2-VL, Qwen2.5-VL
 
@@ -177,3 +185,39 @@ def test_flash_style_varlen_kwargs_reach_every_text_layer(compose, small_synth, 
     torch.testing.assert_close(packed_loss, loss)
     for name, grad in grads.items():
         torch.testing.assert_close(packed_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_a_packed_training_run_follows_the_padded_run(compose, small_synth, tiny_dir, tmp_path, monkeypatch):
+    """medvl.train with trainer.packing=true: the same rows per step, one packed row each, and the same losses and
+    gradient norms step after step as the padded run (LoRA dropout off: its masks depend on the batch's shape).
+    ``tiny_dir``: the tiny model is built before either run, as building it draws from the seeded RNG that then
+    initialises LoRA's A matrices."""
+    packed_shapes, collate = [], PackingCollator.__call__
+
+    def recording(self, items):
+        batch = collate(self, items)
+        packed_shapes.append((len(items), tuple(batch["input_ids"].shape)))
+        return batch
+
+    monkeypatch.setattr(PackingCollator, "__call__", recording)
+    steps = ["trainer.max_steps=3", "trainer.per_device_train_batch_size=8", "trainer.logging_steps=1",
+             "trainer.save_steps=1000", "lora.dropout=0", *small_data_overrides(small_synth)]
+    logged, tokens_seen = {}, {}
+    for packing in (False, True):
+        out = tmp_path / f"packing-{packing}"
+        train(compose([*steps, f"trainer.packing={str(packing).lower()}"], output_dir=out))
+        state = json.loads((out / "trainer_state.json").read_text())
+        logged[packing] = [(h["loss"], h["grad_norm"]) for h in state["log_history"] if "loss" in h]
+        tokens_seen[packing] = state["num_input_tokens_seen"]  # the monitor's tokens/s: no padding counted
+    assert len(logged[True]) == 3 and (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert tokens_seen[True] == tokens_seen[False] > 0
+    assert len(packed_shapes) >= 3 and all(n == 8 and shape[0] == 1 for n, shape in packed_shapes)
+    for (loss, norm), (packed_loss, packed_norm) in zip(logged[False], logged[True]):
+        assert packed_loss == pytest.approx(loss, abs=2e-4) and packed_norm == pytest.approx(norm, rel=1e-3)
+
+
+def test_packing_a_family_without_mrope_positions_is_refused_at_start_up(compose):
+    validate_training(compose(["trainer.packing=true"]))  # Qwen2-VL: accepted
+    gemma = OmegaConf.create({"model": {"family": "gemma3"}, "trainer": {"packing": True}})
+    with pytest.raises(ConfigError, match="trainer.packing=true: model.family=gemma3 is not supported"):
+        check_packing(gemma)

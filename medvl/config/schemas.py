@@ -166,6 +166,9 @@ class TrainerConfig:
     seed: int = 42
     gradient_checkpointing: bool = False
     group_by_length: bool = True
+    #: Padding-free packing: each batch's rows laid end to end in one row, positions restarting per row, no
+    #: attention across rows (medvl.training.packing; Qwen-VL families).
+    packing: bool = False
     dataloader_num_workers: int = 0
     max_grad_norm: float = 1.0
     #: bf16 is used when a GPU supports it; ``false`` forces float32.

@@ -13,6 +13,10 @@ from medvl.config import ConfigError, validate
 def validate_training(cfg: DictConfig) -> None:
     """:func:`medvl.config.validate`, then the validation metrics' names (one ConfigError naming the key)."""
     validate(cfg)
+    if cfg.trainer.packing:  # a family without known positions would train on wrong ones
+        from medvl.training.packing import check_packing
+
+        check_packing(cfg)
     if cfg.trainer.eval_steps > 0:  # a misspelt metric would otherwise surface after the model loads
         from medvl.training.callbacks import validation_metrics
 

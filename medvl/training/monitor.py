@@ -12,6 +12,8 @@ import time
 import torch
 from transformers import TrainerCallback
 
+from medvl.training.packing import PackingCollator
+
 
 class TrainingMonitor(TrainerCallback):
     """Logs, every time HF logs the loss, the averages since the previous log.
@@ -44,6 +46,8 @@ class TrainingMonitor(TrainerCallback):
         # off by default, and reading it is simpler and safer than re-counting in a collator that may
         # run in dataloader worker processes.
         args.include_num_input_tokens_seen = "non_padding"
+        if self.trainer is not None and isinstance(self.trainer.data_collator, PackingCollator):
+            args.include_num_input_tokens_seen = "all"  # no padding, and no attention_mask to sum
         self._tokens = state.num_input_tokens_seen
         self._elapsed, self._steps = 0.0, 0
         if args.device.type == "cuda":

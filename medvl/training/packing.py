@@ -60,10 +60,16 @@ def train_collator(cfg: DictConfig, processor, model):
     if not cfg.trainer.packing:
         return Collator(processor.tokenizer.pad_token_id)
     budget = cfg.trainer.per_device_train_batch_size * resolve_max_length(cfg.model, cfg.data)
-    log.info("Packing: each batch of %d rows is one padding-free row of at most %d tokens, positions restarting "
-             "per row (attention: %s)", cfg.trainer.per_device_train_batch_size, budget,
-             model.config._attn_implementation)
+    log.info("Packing: each batch of %d rows is one padding-free row of at most %d tokens; rows kept apart by %s",
+             cfg.trainer.per_device_train_batch_size, budget, attention_path(model.config._attn_implementation))
     return PackingCollator(rope_index_of(model), max_tokens=budget)
+
+
+def attention_path(attn_implementation: str | None) -> str:
+    """How the model's attention keeps packed rows apart, for the run log."""
+    if attn_implementation and "flash" in attn_implementation:
+        return f"{attn_implementation} varlen on cu_seq_lens"
+    return f"a block-diagonal causal mask ({attn_implementation}) from the restarting positions"
 
 
 def rope_index_of(model) -> RopeIndex:

@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from medvl.config import starts_from_base
-from medvl.data.dataset import Collator, VQADataset
+from medvl.data.dataset import VQADataset
 from medvl.data.splits import check_train_lengths, ensure_data, load_split
 from medvl.data.token_length import resolve_max_length
 from medvl.models.card import EVAL_METRICS, write_run_card
@@ -22,6 +22,7 @@ from medvl.models.lora import apply_training_setup, trainable_parameter_names, u
 from medvl.runs import CONFIG_FILE, RunDir, weights_dir
 from medvl.training.checks import check_eval_after_train, validate_training
 from medvl.training.distributed import one_gpu_without_launcher
+from medvl.training.packing import train_collator
 from medvl.training.sweep import wants_eval_after_train
 
 log = logging.getLogger(__name__)
@@ -319,7 +320,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         model=model,
         args=args,
         train_dataset=dataset,
-        data_collator=Collator(processor.tokenizer.pad_token_id),
+        data_collator=train_collator(cfg, processor, model),
         callbacks=callbacks,
     )
     for cb in callbacks:
