@@ -24,6 +24,10 @@ class Family(str, Enum):
     qwen2_5_vl = "qwen2_5_vl"
 
 
+#: ``model.attn_implementation`` choices: ``auto`` and transformers' own attention kernels.
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
 @dataclass
 class ModelConfig:
     name: str = MISSING
@@ -32,12 +36,17 @@ class ModelConfig:
     #: Built offline on first use when set (``tiny`` / ``tiny25``); ``name_or_path`` is then its cache dir.
     build_tiny: bool = False
     dtype: str = "auto"
-    attn_implementation: str = "sdpa"
+    #: One of :data:`ATTN_IMPLEMENTATIONS`; ``auto``: FlashAttention 2 where flash_attn is installed (on a GPU, bf16
+    #: or fp16 weights), else SDPA (:func:`medvl.models.speed.resolve_attn_implementation`).
+    attn_implementation: str = "auto"
     min_pixels: int = 3136
     max_pixels: int = 401408
     trust_remote_code: bool = False
     #: Overrides the stage's learning rate for this model size (``null``: the stage's).
     learning_rate: float | None = None
+    #: Training default for this model size (``trainer.gradient_checkpointing`` overrides it): recomputing the
+    #: activations in the backward pass costs about a third more compute and pays off from 7B up.
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -66,6 +75,10 @@ class LoraConfig:
     dropout: float = 0.05
     #: Rank-stabilised LoRA (peft's ``use_rslora``): scale alpha/sqrt(r) instead of alpha/r.
     use_rslora: bool = False
+    #: DoRA (peft's ``use_dora``): each adapted weight split into a magnitude vector and a LoRA-updated direction.
+    dora: bool = False
+    #: QLoRA: the base weights load in 4-bit NF4 through bitsandbytes (a CUDA GPU and ``medvl[qlora]``).
+    qlora: bool = False
 
 
 @dataclass
@@ -164,7 +177,8 @@ class TrainerConfig:
     #: Keep the adapter with the best ``overall`` value of this metric in ``<run>/best`` (null: off).
     metric_for_best: str | None = "exact_match"
     seed: int = 42
-    gradient_checkpointing: bool = False
+    #: ``null``: the model's default (``model.gradient_checkpointing``, on for 7B and larger).
+    gradient_checkpointing: bool | None = None
     group_by_length: bool = True
     #: Padding-free packing: each batch's rows laid end to end in one row, positions restarting per row, no
     #: attention across rows (medvl.training.packing; Qwen-VL families).
@@ -173,6 +187,9 @@ class TrainerConfig:
     max_grad_norm: float = 1.0
     #: bf16 is used when a GPU supports it; ``false`` forces float32.
     bf16: bool = True
+    #: Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy): a CUDA GPU and
+    #: ``medvl[liger]`` (:mod:`medvl.models.speed`).
+    liger: bool = False
 
 
 @dataclass

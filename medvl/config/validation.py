@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from medvl.config.errors import ConfigError
 from medvl.config.lora import resolve_lora
+from medvl.config.schemas import ATTN_IMPLEMENTATIONS
 from medvl.config.secrets import refuse_secrets, secret_keys
 
 #: ``init_from`` values that start a later-stage config from the base model on purpose.
@@ -45,6 +46,7 @@ def validate(cfg: DictConfig) -> None:
         ("lora.dropout", 0.0 <= cfg.lora.dropout < 1.0, "must be in [0, 1)"),
         ("lora.scope", cfg.lora.scope in ("llm", "merger", "none"), "must be one of: auto, llm, merger"),
         _pixels_check(cfg),
+        _attn_check(cfg),
         ("data.max_length", cfg.data.max_length is None or cfg.data.max_length > 0,
          "must be a positive integer, or null (derived from the model's pixel budget)"),
         ("data.text_tokens", cfg.data.text_tokens > 0, "must be a positive integer"),
@@ -74,6 +76,7 @@ def validate_eval(cfg: DictConfig) -> None:
          "must be auto, auto_shard, cpu, cuda or cuda:N"),
         *_eval_settings_checks(cfg),
         _pixels_check(cfg),
+        _attn_check(cfg),
     ])
 
 
@@ -90,6 +93,11 @@ def _eval_settings_checks(settings: DictConfig, prefix: str = "") -> list[tuple[
 def _pixels_check(cfg: DictConfig) -> tuple[str, bool, str]:
     return ("model.min_pixels", 0 < cfg.model.min_pixels <= cfg.model.max_pixels,
             "must be positive and not above model.max_pixels")
+
+
+def _attn_check(cfg: DictConfig) -> tuple[str, bool, str]:
+    return ("model.attn_implementation", str(cfg.model.attn_implementation) in ATTN_IMPLEMENTATIONS,
+            f"must be one of: {', '.join(ATTN_IMPLEMENTATIONS)}")
 
 
 def _check(cfg: DictConfig, checks: list[tuple[str, bool, str]]) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from medvl.models.speed import resolve_attn_implementation
 from medvl.runs import RunDir
 
 log = logging.getLogger(__name__)
@@ -128,12 +129,13 @@ def load_processor(model_cfg: Any, path: str | None = None):
 
 
 def load_model(model_cfg: Any, path: str | None = None, *, device: str | torch.device | None = None,
-               device_map: str | dict[str, Any] | None = None):
+               device_map: str | dict[str, Any] | None = None, quantization_config: Any = None):
     """Load the model for image-text-to-text generation in the configured dtype and attention.
 
     ``device`` moves the whole model to one device after loading. ``device_map="auto"`` places its layers
     over all visible GPUs (then CPU memory) as they load, for a model larger than one GPU (accelerate's
-    big-model inference; generation then runs the layers one GPU after another).
+    big-model inference; generation then runs the layers one GPU after another). ``quantization_config``:
+    QLoRA's 4-bit base (:func:`medvl.models.speed.quantization_config`), quantized on the GPU as it loads.
     """
     from transformers import AutoModelForImageTextToText
 
@@ -141,13 +143,17 @@ def load_model(model_cfg: Any, path: str | None = None, *, device: str | torch.d
     check_available(path)
     log.info("Loading model %s", path)
     try:
+    dtype = _torch_dtype(str(model_cfg.dtype))
+    extra = {"device_map": device_map} if device_map is not None else {}
+    if quantization_config is not None:
+        extra["quantization_config"] = quantization_config
         model = AutoModelForImageTextToText.from_pretrained(
             path,
-            dtype=_torch_dtype(str(model_cfg.dtype)),
-            attn_implementation=str(model_cfg.attn_implementation),
+            dtype=dtype,
+            attn_implementation=resolve_attn_implementation(model_cfg.attn_implementation, dtype),
             use_safetensors=True,
             trust_remote_code=bool(model_cfg.trust_remote_code),
-            **({"device_map": device_map} if device_map is not None else {}),
+            **extra,
         )
     except (OSError, ValueError) as exc:
         raise _explain(path, exc) from None

@@ -169,7 +169,8 @@ def peft_lora_config(cfg: Any, targets: list[str], modules_to_save: list[str] | 
     weight tensors named ``parameters`` (peft's ``target_parameters``: a MoE's stacked experts).
 
     The scale peft applies is ``alpha / r``, or ``alpha / sqrt(r)`` with ``lora.use_rslora``; a null
-    ``lora.alpha`` follows r (:func:`medvl.config.lora_alpha`).
+    ``lora.alpha`` follows r (:func:`medvl.config.lora_alpha`). ``lora.dora``: DoRA, a learned magnitude vector
+    per adapted weight beside the LoRA-updated direction.
     """
     from peft import LoraConfig
 
@@ -178,6 +179,7 @@ def peft_lora_config(cfg: Any, targets: list[str], modules_to_save: list[str] | 
         lora_alpha=lora_alpha(cfg.lora),
         lora_dropout=float(cfg.lora.dropout),
         use_rslora=bool(cfg.lora.get("use_rslora", False)),
+        use_dora=bool(cfg.lora.get("dora", False)),
         # An exact alternation of full names: nothing outside the scoped component can match.
         target_modules="^(" + "|".join(re.escape(n) for n in targets) + ")$" if targets else [],
         target_parameters=parameters or None,

@@ -8,11 +8,13 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from medvl.config import ConfigError, validate
+from medvl.models.speed import check_speed_options
 
 
 def validate_training(cfg: DictConfig) -> None:
     """:func:`medvl.config.validate`, then the validation metrics' names (one ConfigError naming the key)."""
     validate(cfg)
+    check_speed_options(cfg)  # Liger or QLoRA on the CPU, a missing optional package: one line before loading
     if cfg.trainer.packing:  # a family without known positions would train on wrong ones
         from medvl.training.packing import check_packing
 

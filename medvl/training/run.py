@@ -19,6 +19,7 @@ from medvl.data.token_length import resolve_max_length
 from medvl.models.card import EVAL_METRICS, write_run_card
 from medvl.models.loading import load_processor, load_run_weights, resolve_model_path
 from medvl.models.lora import apply_training_setup, trainable_parameter_names, upcast_trainable
+from medvl.models.speed import apply_liger, prepare_quantized, quantization_config
 from medvl.runs import CONFIG_FILE, RunDir, weights_dir
 from medvl.training.checks import check_eval_after_train, validate_training
 from medvl.training.distributed import one_gpu_without_launcher
@@ -114,17 +115,32 @@ def build_model(cfg: DictConfig):
     """Processor and model ready for training: stage chaining merged, adapters added, freezing applied."""
     base = resolve_model_path(cfg.model)
     processor = load_processor(cfg.model, base)
-    # The weights the earlier stage ended with, rebuilt as eval and export rebuild them.
+    # The weights the earlier stage ended with, rebuilt as eval and export rebuild them (4-bit for QLoRA).
     init_from = RunDir.from_init_from(cfg.init_from) if cfg.init_from else None
-    model = load_run_weights(training_model_config(cfg), init_from, base, around_merges=gathered)
+    model = load_run_weights(training_model_config(cfg), init_from, base, around_merges=gathered,
+                             **({"quantization_config": quantization_config(cfg)} if cfg.lora.qlora else {}))
+    return processor, setup_for_training(model, cfg)
+
+
+def setup_for_training(model, cfg: DictConfig):
+    """A loaded model as a stage trains it: Liger's kernels, QLoRA's preparation, LoRA adapters and freezing,
+    float32 trainable weights under bf16 autocast, and gradient checkpointing's input gradients."""
+    checkpointing = gradient_checkpointing(cfg)
+    if cfg.trainer.liger:
+        apply_liger(model, str(getattr(cfg.model.family, "value", cfg.model.family)))
+    if cfg.lora.qlora:
+        model = prepare_quantized(model, checkpointing)
     model = apply_training_setup(model, cfg)
     if mixed_precision_bf16(cfg) and not cfg.deepspeed.config:  # the forward runs under bf16 autocast
         upcast = upcast_trainable(model)
         if upcast:
             log.info("Trainable weights kept in float32 (%d parameters loaded in half precision)", upcast)
-    if cfg.trainer.gradient_checkpointing:
+    source = "trainer.gradient_checkpointing" if cfg.trainer.gradient_checkpointing is not None else \
+        f"model={cfg.model.name}'s default"
+    log.info("Gradient checkpointing: %s (%s)", "on" if checkpointing else "off", source)
+    if checkpointing:  # LoRA on a frozen base: the checkpointed layers' inputs must carry gradients
         model.enable_input_require_grads()
-    return processor, model
+    return model
 
 
 def _trainer_class():
@@ -174,6 +190,12 @@ def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
     return None
 
 
+def gradient_checkpointing(cfg: DictConfig) -> bool:
+    """trainer.gradient_checkpointing, else the model size's default (on for 7B and larger)."""
+    value = cfg.trainer.gradient_checkpointing
+    return bool(cfg.model.gradient_checkpointing if value is None else value)
+
+
 def learning_rate(cfg: DictConfig) -> float:
     """trainer.learning_rate, else the model size's, else the stage's."""
     for value in (cfg.trainer.learning_rate, cfg.model.learning_rate, cfg.stage.learning_rate):
@@ -207,7 +229,7 @@ def training_arguments(cfg: DictConfig, output_dir: Path):
         seed=t.seed,
         data_seed=t.seed,
         bf16=use_bf16,
-        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing=gradient_checkpointing(cfg),
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         dataloader_num_workers=t.dataloader_num_workers,
         remove_unused_columns=False,

@@ -1,0 +1,150 @@
+"""Training speed and memory on a GPU: the attention kernel, Liger's fused kernels and QLoRA's 4-bit base.
+
+- ``model.attn_implementation=auto`` (the presets' default) picks FlashAttention 2 where ``flash_attn`` is installed,
+  a GPU is present and the weights are in half precision (FlashAttention runs in bf16/fp16 only), else PyTorch's
+  SDPA, and logs which (:func:`resolve_attn_implementation`).
+- ``trainer.liger=true``: Liger's Triton kernels (fused RMSNorm, RoPE, SwiGLU/GeGLU and the fused linear
+  cross-entropy that never materialises the logits) patched into the loaded model (:func:`apply_liger`).
+- ``lora.qlora=true``: the base weights load in 4-bit NF4 through bitsandbytes, with double quantization and bf16
+  compute (:func:`quantization_config`); peft's ``prepare_model_for_kbit_training`` then readies the model.
+
+Each option that needs a GPU or an optional package is refused in one line by :func:`check_speed_options`,
+which ``medvl.preflight`` and ``train()`` run before any weights load.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from typing import Any
+
+from medvl.config import ConfigError, lora_component
+
+log = logging.getLogger(__name__)
+
+#: Liger's patch function for each family (``liger_kernel.transformers``, 0.8). Called on a loaded model with
+#: their defaults, they patch RMSNorm, RoPE (Qwen's multimodal RoPE for Qwen2-VL and Qwen2.5-VL), the gated MLP
+#: (SwiGLU; Gemma 3's GeGLU) and the fused linear cross-entropy. Liger 0.8 has no MLP kernel for Qwen3-VL's
+#: dense text MLP: there it patches RMSNorm (q/k norms too), RoPE and the loss.
+LIGER_FUNCTIONS = {
+    "qwen2_vl": "apply_liger_kernel_to_qwen2_vl",
+    "qwen2_5_vl": "apply_liger_kernel_to_qwen2_5_vl",
+    "qwen3_vl": "apply_liger_kernel_to_qwen3_vl",
+    "qwen3_vl_moe": "apply_liger_kernel_to_qwen3_vl_moe",
+    "gemma3": "apply_liger_kernel_to_gemma3",
+}
+#: The attention a model's ``flash_attention_2`` needs, by transformers' name.
+FLASH_ATTN_PACKAGE = "flash_attn"
+HALF_DTYPES = ("bfloat16", "float16")
+
+
+def _family(cfg: Any) -> str:
+    return str(getattr(cfg.model.family, "value", cfg.model.family))
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_attn_implementation(name: str, dtype: Any = None) -> str:
+    """``model.attn_implementation`` as transformers takes it: ``auto`` becomes the fastest one installed.
+
+    ``dtype`` is the dtype the weights load in (a ``torch.dtype`` or its name); FlashAttention is taken only for
+    bf16/fp16 weights, as it runs in nothing else.
+    """
+    name = str(getattr(name, "value", name))
+    if name != "auto":
+        return name
+    half = str(dtype).removeprefix("torch.") in HALF_DTYPES
+    if _installed(FLASH_ATTN_PACKAGE) and _cuda() and half:
+        log.info("model.attn_implementation=auto: flash_attention_2")
+        return "flash_attention_2"
+    why = ("flash_attn is not installed" if not _installed(FLASH_ATTN_PACKAGE) else
+           "no CUDA GPU" if not _cuda() else f"the weights load in {str(dtype).removeprefix('torch.')}, "
+           f"not bf16/fp16")
+    log.info("model.attn_implementation=auto: sdpa (%s)", why)
+    return "sdpa"
+
+
+def check_speed_options(cfg: Any) -> None:
+    """One ConfigError, before any weights load, for a speed option this machine or config cannot run."""
+    attn = str(getattr(cfg.model.attn_implementation, "value", cfg.model.attn_implementation))
+    if attn == "flash_attention_2" and not _installed(FLASH_ATTN_PACKAGE):
+        raise ConfigError("model.attn_implementation=flash_attention_2 but flash_attn is not installed; "
+                          "install flash-attn, or set model.attn_implementation=auto (FlashAttention 2 where "
+                          "installed, else sdpa)")
+    if cfg.trainer.liger:
+        _check_liger(cfg)
+    if cfg.lora.qlora:
+        _check_qlora(cfg)
+
+
+def _check_liger(cfg: Any) -> None:
+    family = _family(cfg)
+    if family not in LIGER_FUNCTIONS:
+        raise ConfigError(f"trainer.liger=true: Liger has no kernels for model.family={family} (supported: "
+                          f"{', '.join(LIGER_FUNCTIONS)}); set trainer.liger=false")
+    if not _cuda():
+        raise ConfigError("trainer.liger=true needs a CUDA GPU (Liger's kernels are Triton GPU kernels) and none "
+                          "is visible; set trainer.liger=false")
+    if not _installed("liger_kernel"):
+        raise ConfigError("trainer.liger=true but liger-kernel is not installed; pip install 'medvl[liger]', "
+                          "or set trainer.liger=false")
+
+
+def _check_qlora(cfg: Any) -> None:
+    comp = lora_component(cfg)
+    if comp is None or cfg.lora.name == "none":
+        raise ConfigError("lora.qlora=true puts LoRA adapters on a 4-bit base, but this config trains no LoRA "
+                          "adapters; choose a lora preset (e.g. lora=attn_ffn) or set lora.qlora=false")
+    full = [c for c in ("vision", "merger", "llm") if str(getattr(cfg.stage[c], "value", cfg.stage[c])) == "full"]
+    if full:
+        raise ConfigError(f"lora.qlora=true: stage.{full[0]}=full would train 4-bit weights, which cannot be "
+                          f"trained; set stage.{full[0]}=frozen, or lora.qlora=false")
+    if not _cuda():
+        raise ConfigError("lora.qlora=true needs a CUDA GPU (bitsandbytes' 4-bit matrix products) and none is "
+                          "visible; set lora.qlora=false")
+    if not _installed("bitsandbytes"):
+        raise ConfigError("lora.qlora=true but bitsandbytes is not installed; pip install 'medvl[qlora]', or set "
+                          "lora.qlora=false")
+
+
+def apply_liger(model: Any, family: str) -> None:
+    """Patch Liger's kernels into a loaded model of ``family`` (before LoRA adapters wrap its layers).
+
+    Liger patches the model's own modules and, for RoPE and its classes, the family's transformers module:
+    models of that family built later in the same process get the kernels too.
+    """
+    import liger_kernel.transformers as liger
+
+    name = LIGER_FUNCTIONS[family]
+    getattr(liger, name)(model=model)
+    log.info("trainer.liger=true: Liger's fused kernels patched in (liger_kernel.transformers.%s)", name)
+
+
+def quantization_config(cfg: Any):
+    """``from_pretrained``'s ``quantization_config`` for ``lora.qlora``: 4-bit NF4 with double quantization and
+    bf16 compute (the QLoRA paper's recipe); None without ``lora.qlora``."""
+    if not cfg.lora.qlora:
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def prepare_quantized(model: Any, gradient_checkpointing: bool) -> Any:
+    """peft's preparation of a 4-bit model for training: the weights that stay unquantized (embeddings, norms,
+    output head) in float32, and the inputs' gradients that checkpointed layers under LoRA need."""
+    from peft import prepare_model_for_kbit_training
+
+    log.info("lora.qlora=true: the base is 4-bit NF4 (bitsandbytes), LoRA adapters train on top")
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                           gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -1,0 +1,211 @@
+"""Speed and memory options (medvl.models.speed): model.attn_implementation=auto, trainer.liger, lora.qlora, lora.dora
+and gradient checkpointing's per-model default. GPU-only options are refused in one line before any model loads;
+where a GPU or package is missing here, what medvl calls is checked with a stand-in (a fake liger_kernel module, a
+recorder for peft's k-bit preparation)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import sys
+import types
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from medvl.config import ConfigError, validate
+from medvl.models import speed
+from medvl.preflight import preflight
+from medvl.training import run
+from medvl.training.checks import validate_training
+
+from .conftest import small_data_overrides
+
+REAL_PRESETS = ["2b", "7b", "7b_base", "qwen2_5_vl_3b", "qwen2_5_vl_7b", "qwen2_5_vl_32b", "32b", "qwen2_5_vl_72b",
+                "lingshu_7b", "lingshu_32b"]
+
+
+@pytest.fixture
+def gpu_machine(monkeypatch):
+    """A machine that looks as if it had a CUDA GPU, as far as the start-up checks ask."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+
+def installed(monkeypatch, present: set[str]):
+    """``importlib.util.find_spec`` finds the optional packages in ``present`` and none of the others."""
+    real = importlib.util.find_spec
+    optional = {"flash_attn", "liger_kernel", "bitsandbytes"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (object() if name in present else None)
+                        if name in optional else real(name, *a))
+
+
+def refusal(argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exc:
+        preflight("train", argv)
+    return str(exc.value)
+
+
+# --- attention ---------------------------------------------------------------------------------------------------
+
+def test_auto_attention_is_sdpa_without_flash_attn_and_says_why(caplog):
+    with caplog.at_level(logging.INFO, logger="medvl.models.speed"):
+        assert speed.resolve_attn_implementation("auto", torch.bfloat16) == "sdpa"
+    assert "model.attn_implementation=auto: sdpa (" in caplog.text
+
+
+def test_auto_attention_takes_flash_attention_2_on_a_gpu_with_flash_attn_in_half_precision(monkeypatch, gpu_machine,
+                                                                                            caplog):
+    installed(monkeypatch, {"flash_attn"})
+    with caplog.at_level(logging.INFO, logger="medvl.models.speed"):
+        assert speed.resolve_attn_implementation("auto", torch.bfloat16) == "flash_attention_2"
+        assert speed.resolve_attn_implementation("auto", "float16") == "flash_attention_2"
+        # FlashAttention runs in bf16/fp16 only: float32 weights keep SDPA.
+        assert speed.resolve_attn_implementation("auto", torch.float32) == "sdpa"
+    assert "auto: flash_attention_2" in caplog.text and "weights load in float32" in caplog.text
+    assert speed.resolve_attn_implementation("eager", torch.bfloat16) == "eager"
+
+
+def test_the_loader_passes_the_resolved_attention_to_transformers(compose, tiny_dir):
+    from medvl.models.loading import load_model
+
+    cfg = compose()
+    assert cfg.model.attn_implementation == "auto"
+    assert load_model(cfg.model).config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("preset", REAL_PRESETS)
+def test_real_presets_use_auto_attention_and_checkpoint_from_7b_up(compose, preset):
+    cfg = compose([f"model={preset}"])
+    assert cfg.model.attn_implementation == "auto"
+    small = preset in ("2b", "qwen2_5_vl_3b")
+    assert run.gradient_checkpointing(cfg) is not small
+    assert run.gradient_checkpointing(compose([f"model={preset}", f"trainer.gradient_checkpointing={small}"])) is small
+
+
+def test_unknown_attention_and_missing_flash_attn_are_one_line(monkeypatch):
+    assert refusal(["model.attn_implementation=fast"]) == (
+        "medvl: model.attn_implementation=fast is invalid: must be one of: auto, sdpa, eager, flash_attention_2, "
+        "flash_attention_3, flex_attention")
+    installed(monkeypatch, set())
+    assert refusal(["model.attn_implementation=flash_attention_2"]).startswith(
+        "medvl: model.attn_implementation=flash_attention_2 but flash_attn is not installed; install flash-attn, or "
+        "set model.attn_implementation=auto")
+
+
+# --- refusals before loading ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("option, expected", [
+    ("trainer.liger=true", "medvl: trainer.liger=true needs a CUDA GPU (Liger's kernels are Triton GPU kernels) and "
+                           "none is visible; set trainer.liger=false"),
+    ("lora.qlora=true", "medvl: lora.qlora=true needs a CUDA GPU (bitsandbytes' 4-bit matrix products) and none is "
+                        "visible; set lora.qlora=false"),
+])
+def test_gpu_options_on_the_cpu_are_one_line_at_start_up(option, expected):
+    msg = refusal([option])
+    assert msg == expected and "\n" not in msg
+
+
+@pytest.mark.parametrize("option, extra", [("trainer.liger=true", "liger"), ("lora.qlora=true", "qlora")])
+def test_gpu_options_without_their_package_name_the_extra(monkeypatch, gpu_machine, option, extra):
+    installed(monkeypatch, set())
+    assert f"is not installed; pip install 'medvl[{extra}]', or set {option.split('=')[0]}=false" in refusal([option])
+    installed(monkeypatch, {"liger_kernel", "bitsandbytes"})
+    preflight("train", [option])  # with the package on a GPU machine: accepted
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["lora=none"], "lora.qlora=true puts LoRA adapters on a 4-bit base, but this config trains no LoRA adapters"),
+    (["stage.vision=full"], "lora.qlora=true: stage.vision=full would train 4-bit weights, which cannot be trained"),
+])
+def test_qlora_without_adapters_or_with_a_full_component_is_refused(compose, gpu_machine, overrides, expected):
+    with pytest.raises(ConfigError, match=expected.replace(".", r"\.").replace("(", r"\(")):
+        validate_training(compose(["lora.qlora=true", *overrides]))
+
+
+def test_train_refuses_liger_on_the_cpu_before_the_model_loads(compose, small_synth, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the start-up checks failed")
+
+    monkeypatch.setattr("medvl.models.loading.load_model", never)
+    monkeypatch.setattr(run, "load_processor", never)
+    with pytest.raises(ConfigError, match="trainer.liger=true needs a CUDA GPU"):
+        run.train(compose([*small_data_overrides(small_synth), "trainer.max_steps=1", "trainer.liger=true"]))
+
+
+# --- what medvl calls -----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def fake_liger(monkeypatch):
+    """A stand-in ``liger_kernel.transformers`` that records which patch function got which model."""
+    calls: list[tuple[str, object]] = []
+    package, module = types.ModuleType("liger_kernel"), types.ModuleType("liger_kernel.transformers")
+    for name in speed.LIGER_FUNCTIONS.values():
+        setattr(module, name, lambda model, _name=name: calls.append((_name, model)))
+    package.transformers = module
+    monkeypatch.setitem(sys.modules, "liger_kernel", package)
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", module)
+    return calls
+
+
+@pytest.mark.parametrize("model_name, function", [("tiny", "apply_liger_kernel_to_qwen2_vl"),
+                                                  ("tiny25", "apply_liger_kernel_to_qwen2_5_vl")])
+def test_liger_patches_the_loaded_model_of_its_family_before_lora_wraps_it(compose, fake_liger, model_name, function):
+    from peft import PeftModel
+
+    from medvl.models.loading import load_model
+
+    cfg = compose([f"model={model_name}", "trainer.liger=true"])
+    validate(cfg)
+    base = load_model(cfg.model)
+    model = run.setup_for_training(base, cfg)
+    assert fake_liger == [(function, base)] and not isinstance(fake_liger[0][1], PeftModel)
+    assert isinstance(model, PeftModel)
+
+
+def test_every_family_with_a_component_map_has_a_liger_function():
+    from medvl.models.lora import COMPONENTS
+
+    assert set(speed.LIGER_FUNCTIONS) == set(COMPONENTS)
+    assert all(name == f"apply_liger_kernel_to_{family}" for family, name in speed.LIGER_FUNCTIONS.items())
+
+
+def test_qlora_loads_nf4_with_double_quantization_and_bf16_compute(compose):
+    assert speed.quantization_config(compose()) is None
+    bnb = speed.quantization_config(compose(["lora.qlora=true"]))
+    assert bnb.load_in_4bit and bnb.bnb_4bit_quant_type == "nf4" and bnb.bnb_4bit_use_double_quant
+    assert bnb.bnb_4bit_compute_dtype == torch.bfloat16
+
+
+def test_qlora_prepares_the_quantized_model_before_adding_adapters(compose, tiny_dir, monkeypatch):
+    from medvl.models.loading import load_model
+
+    seen = []
+    monkeypatch.setattr(run, "prepare_quantized", lambda model, checkpointing: seen.append(
+        (checkpointing, any(p.requires_grad for p in model.parameters()), type(model).__name__)) or model)
+    cfg = compose(["lora.qlora=true", "model.gradient_checkpointing=true"])
+    validate(cfg)
+    run.setup_for_training(load_model(cfg.model), cfg)
+    assert seen == [(True, True, "Qwen2VLForConditionalGeneration")]  # before LoRA froze it, checkpointing on
+
+
+def test_dora_with_gradient_checkpointing_trains_magnitudes_and_directions(compose, small_synth, tmp_path, caplog):
+    out = tmp_path / "dora"
+    cfg = compose([*small_data_overrides(small_synth), "trainer.max_steps=3", "trainer.save_steps=1000",
+                   "lora.dora=true", "model.gradient_checkpointing=true"], output_dir=out)
+    with caplog.at_level(logging.INFO, logger="medvl.training.run"):
+        run.train(cfg)
+    assert "Gradient checkpointing: on (model=tiny's default)" in caplog.text
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["use_dora"] is True
+    weights = load_file(out / "adapter" / "adapter_model.safetensors")
+    magnitudes = {k: v for k, v in weights.items() if "lora_magnitude_vector" in k}
+    assert magnitudes and len(magnitudes) == len([k for k in weights if "lora_A" in k])
+    # DoRA's magnitude starts as the weight's column norms; training moved it, and B away from zero.
+    from medvl.models.loading import load_model
+
+    base = dict(load_model(cfg.model).named_parameters())
+    name, magnitude = next(iter(magnitudes.items()))
+    module = name.removeprefix("base_model.model.").split(".lora_magnitude_vector")[0]
+    assert not torch.allclose(magnitude, base[f"{module}.weight"].norm(dim=1), atol=1e-6)
+    assert any(v.abs().max() > 0 for k, v in weights.items() if "lora_B" in k)
