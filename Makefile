@@ -1,12 +1,13 @@
 # make demo : create .venv if missing, install medvl, train + evaluate the default tiny experiment
 # make test : create .venv if missing, install medvl, run the whole test suite (CI runs this)
+# make browser : install Debian's chromium and chromium-driver when missing (tests/test_html_report.py; as root)
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.medvl-installed
 DEMO    ?= outputs/demo
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench browser clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,6 +30,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The report's browser test drives the system's Chromium through chromedriver (Selenium, in the dev extra).
+browser:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py

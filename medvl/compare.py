@@ -5,11 +5,12 @@
     python -m medvl.compare multirun/2025-01-01/12-00-00          # a sweep: one column per job
     python -m medvl.compare evals/gmai_* --metrics choice_accuracy   # model x task/department tables
 
-Writes model_comparison_tables.md, model_comparison.csv, model_comparison.json and significance.md
-into --out (default: the sweep directory, else the runs' common parent, else
-outputs/compare/<timestamp>). Runs evaluated on different data, or with a different max_new_tokens,
-decoding or BERTScore model, are refused (--allow-mixed-settings compares them with the differences
-marked); a different prompt is marked. argparse, not Hydra: the arguments are paths, not an experiment.
+Writes model_comparison_tables.md, model_comparison.csv, model_comparison.json, significance.md and
+model_comparison.html (one offline page of it all) into --out (default: the sweep directory, else the runs'
+common parent, else outputs/compare/<timestamp>). Runs evaluated on different data, or with a different
+max_new_tokens, decoding or BERTScore model, are refused (--allow-mixed-settings compares them with the
+differences marked); a different prompt is marked. argparse, not Hydra: the arguments are paths, not an
+experiment.
 """
 
 from __future__ import annotations

@@ -209,7 +209,8 @@ def test_compare_writes_all_outputs(tmp_path: Path) -> None:
     b = make_eval_dir(tmp_path / "b", "B", rows)
     result = compare([a, b], out_dir=tmp_path / "out", n_boot=50, metrics=["exact_match", "closed_accuracy"])
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert names == ["model_comparison.csv", "model_comparison.json", "model_comparison_tables.md", "significance.md"]
+    assert names == ["model_comparison.csv", "model_comparison.html", "model_comparison.json", "model_comparison_tables.md",
+                     "significance.md"]
     with (tmp_path / "out" / "model_comparison.csv").open() as handle:
         records = list(csv.DictReader(handle))
     assert records[0].keys() == {"run", "breakdown", "group", "metric", "value", "count", "best"}

@@ -206,9 +206,12 @@ def test_compare_base_writes_both_and_a_comparison(cache_dir, run_dir, tmp_path)
                                        "metrics=[exact_match,closed_accuracy]", *FAST])
     assert set(result) == {"base", "ckpt"}
     for sub in ("base", "ckpt"):
-        for name in ("predictions.jsonl", "metrics.json", "by_category.csv", "tables.md"):
+        for name in ("predictions.jsonl", "metrics.json", "by_category.csv", "tables.md", "report.html"):
             assert (out / sub / name).is_file(), f"{sub}/{name}"
     assert not (out / "predictions.jsonl").exists()
+    # The two predictions side by side, with the data's images as thumbnails (tests/test_html_report.py has the rest).
+    report = (out / "report.html").read_text(encoding="utf-8")
+    assert "<th>base</th><th>fine-tuned</th>" in report and report.count('src="data:image/jpeg;base64,') == 8
     base_tables = json.loads((out / "base" / "metrics.json").read_text())
     tuned_tables = json.loads((out / "ckpt" / "metrics.json").read_text())
     assert base_tables["run"]["ckpt"] is None

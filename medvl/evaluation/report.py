@@ -1,7 +1,7 @@
-"""Eval outputs: predictions with per-sample metrics, metrics.json, CSV, markdown, charts, console.
+"""Eval outputs: predictions with per-sample metrics, metrics.json, CSV, markdown, charts, report.html, console.
 
 Every table is built from :func:`metric_records` (metrics.json as tidy records) and written through
-:mod:`medvl.tables`.
+:mod:`medvl.tables`; report.html shows the same cells (:mod:`medvl.evaluation.html` renders them).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import pandas as pd
 
 from medvl import tables as tidy
 from medvl.data.taxonomy import CATEGORIES
+from medvl.evaluation import html
+from medvl.evaluation.charts import INTERVALS_NOTE, family_charts
 from medvl.tables import console
 
 FAMILIES = {
@@ -94,6 +96,27 @@ def _breakdown(frame: pd.DataFrame, breakdown: str, groups: list[str], names: li
                       column_order=names)
 
 
+def _overall_cells(tables: dict[str, Any], frame: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """The overall table's cells: rows the count and each metric, columns overall, closed and open."""
+    counts = pd.DataFrame([[tables[g].get("count") for g in SUMMARY_GROUPS]], index=["count"],
+                          columns=list(SUMMARY_GROUPS), dtype=object)
+    return _cells(pd.concat([counts, _summary(frame, names).T]), "Metric")
+
+
+def _breakdown_cells(tables: dict[str, Any], frame: pd.DataFrame, names: list[str],
+                     skip: tuple[str, ...] = ("by_category",)) -> list[tuple[str, pd.DataFrame]]:
+    """``(breakdown, cells)`` of every ``by_*`` table but ``skip``: rows its groups (with their count)."""
+    out = []
+    for key, groups in tables.items():
+        if not key.startswith(BREAKDOWN_PREFIX) or key in skip:
+            continue
+        breakdown = key.removeprefix(BREAKDOWN_PREFIX)
+        table = _cells(_breakdown(frame, breakdown, [str(g) for g in groups], names), "Value")
+        table.insert(1, "Count", [str(group["count"]) for group in groups.values()])
+        out.append((breakdown, table))
+    return out
+
+
 def markdown_tables(tables: dict[str, Any]) -> str:
     names = metric_names(tables)
     frame = metric_records(tables)
@@ -101,10 +124,7 @@ def markdown_tables(tables: dict[str, Any]) -> str:
     lines = [f"# {run.get('name', 'eval')}: {run.get('data', '')} {run.get('split', '')}", ""]
     if run:
         lines += [f"model `{run.get('model')}`, checkpoint `{run.get('ckpt')}`, prompt `{run.get('prompt')}`", ""]
-    counts = pd.DataFrame([[tables[g].get("count") for g in SUMMARY_GROUPS]], index=["count"],
-                          columns=list(SUMMARY_GROUPS), dtype=object)
-    summary = pd.concat([counts, _summary(frame, names).T])
-    lines += ["## Overall", "", tidy.markdown(_cells(summary, "Metric"))]
+    lines += ["## Overall", "", tidy.markdown(_overall_cells(tables, frame, names))]
     keys = [(cat, m) for cat, group in tables["by_category"].items() for m in names if m in group]
     long = tidy.pivot(frame[frame["breakdown"] == "category"], ["group", "metric"], columns="breakdown",
                       row_order=keys, column_order=["category"])
@@ -112,16 +132,43 @@ def markdown_tables(tables: dict[str, Any]) -> str:
                                 for (cat, m), value in zip(keys, long["category"])],
                                columns=["Category", "Count", "Metric", "Value"], dtype=object)
     lines += ["", "## By category", "", tidy.markdown(by_category)]
-    for key, groups in tables.items():
-        if not key.startswith(BREAKDOWN_PREFIX) or key == "by_category":
-            continue
-        breakdown = key.removeprefix(BREAKDOWN_PREFIX)
-        table = _cells(_breakdown(frame, breakdown, [str(g) for g in groups], names), "Value")
-        table.insert(1, "Count", [str(group["count"]) for group in groups.values()])
+    for breakdown, table in _breakdown_cells(tables, frame, names):
         lines += ["", f"## {breakdown}", "", tidy.markdown(table)]
     if tables.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {note}" for note in tables["notes"].values()]
     return "\n".join(lines) + "\n"
+
+
+def html_report(records: list[dict[str, Any]], tables: dict[str, Any], images: Mapping[str, Path] | None = None,
+                ) -> str:
+    """report.html of one evaluation: the tables of tables.md (the same cells), the breakdowns, the charts with
+    their CIs and the predictions browser."""
+    names = metric_names(tables)
+    frame = metric_records(tables)
+    run = tables.get("run", {})
+    categories = list(tables["by_category"])
+    by_category = _cells(_breakdown(frame, "category", categories, names), "Category")
+    by_category.insert(1, "Answer type", [CATEGORIES.get(c, ("",))[0] for c in categories])
+    by_category.insert(2, "Count", [str(tables["by_category"][c]["count"]) for c in categories])
+    right = ["Count", *SUMMARY_GROUPS, *names]
+    sections = [
+        html.Section("Overall", "overall", [html.Table(_overall_cells(tables, frame, names), id="table-overall",
+                                                       right=right)],
+                     notes=["Closed and open: the rows of each answer type. -: no value (the metric does not apply "
+                            "there, or was left out: see the notes)."]),
+        html.Section("By category", "by-category", [html.Table(by_category, id="table-category", right=right)]),
+        *(html.Section(f"By {b.replace('_', ' ')}", f"by-{b}", [html.Table(t, id=f"table-{b}", right=right)])
+          for b, t in _breakdown_cells(tables, frame, names)),
+        html.Section("Charts", "charts", charts=[html.chart_svg(c) for c in family_charts(tables, FAMILIES, records)],
+                     notes=[INTERVALS_NOTE]),
+    ]
+    if tables.get("notes"):
+        sections.append(html.Section("Notes", "notes", notes=list(tables["notes"].values())))
+    meta = [(label, str(run[key])) for label, key in (("data", "data"), ("split", "split"), ("model", "model"),
+                                                      ("checkpoint", "ckpt"), ("prompt", "prompt")) if run.get(key)]
+    return html.render(f"{run.get('name', 'eval')}: {run.get('data', '')} {run.get('split', '')}".strip(),
+                       meta=meta, sections=sections, data=tables,
+                       browser=html.build_browser({str(run.get("name", "prediction")): records}, images))
 
 
 def write_csv(tables: dict[str, Any], path: Path) -> None:
@@ -136,34 +183,44 @@ def write_csv(tables: dict[str, Any], path: Path) -> None:
     tidy.write_csv(wide.rename_axis("category").reset_index(), path)
 
 
-def plot_families(tables: dict[str, Any], out: Path) -> list[Path]:
-    """One bar chart per metric family: categories on the x axis, one bar per metric."""
+def plot_families(tables: dict[str, Any], out: Path, records: list[dict[str, Any]] | None = None) -> list[Path]:
+    """One bar chart per metric family: categories (with their n) on the x axis, one bar per metric, with the
+    95% CIs of :func:`medvl.evaluation.charts.family_charts` when ``records`` are given."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    cats = list(tables["by_category"])
     paths = []
-    for family, metrics in FAMILIES.items():
-        metrics = [m for m in metrics if any(m in g for g in tables["by_category"].values())]
-        if not metrics or not cats:
-            continue
-        fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(cats) * max(1, len(metrics) / 3)), 4.5))
+    for chart in family_charts(tables, FAMILIES, records):
+        cats, metrics = chart.categories, chart.metrics
+        fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(cats) * max(1, len(metrics) / 3)), 4.8))
         width = 0.8 / len(metrics)
         x = np.arange(len(cats))
         for i, m in enumerate(metrics):
-            # A category without the metric gets no bar (NaN), not a bar at 0 that reads as a score.
-            vals = [np.nan if tables["by_category"][c].get(m) is None else tables["by_category"][c][m] for c in cats]
-            ax.bar(x + i * width - 0.4 + width / 2, vals, width, label=m)
-        ax.set_xticks(x, cats, rotation=35, ha="right", fontsize=8)
-        ax.set_title(f"{family} by category")
-        if family == "perplexity":
+            # A category without the metric gets no bar (NaN) and an "n/a" mark, not a bar at 0 that reads as a
+            # score; a true 0 gets a line in the bar's colour, so that it is seen.
+            vals = [np.nan if v is None else v for v in chart.values[m]]
+            where = x + i * width - 0.4 + width / 2
+            color = ax.bar(where, vals, width, label=m).patches[0].get_facecolor()
+            for position, value, ci in zip(where, chart.values[m], chart.intervals[m]):
+                if value is None:
+                    ax.text(position, 0.01, "n/a", transform=ax.get_xaxis_transform(), rotation=90, fontsize=6,
+                            ha="center", va="bottom", color="0.4")
+                elif value == 0 and not chart.log_scale:
+                    ax.hlines(0, position - width / 2, position + width / 2, colors=[color], linewidth=3)
+                if ci is not None:
+                    ax.errorbar(position, value, yerr=[[max(0.0, value - ci.low)], [max(0.0, ci.high - value)]], fmt="none",
+                                ecolor="0.2", elinewidth=0.8, capsize=2)
+        ax.set_xticks(x, [f"{c}\nn={n}" for c, n in zip(cats, chart.counts)], rotation=35, ha="right", fontsize=8)
+        ax.set_title(f"{chart.family} by category")
+        if chart.log_scale:
             ax.set_yscale("log")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out / f"chart_{family}.png"
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # not over the bars
+        fig.text(0.01, 0.01, INTERVALS_NOTE, fontsize=6, wrap=True, va="bottom")
+        fig.tight_layout(rect=(0, 0.07, 1, 1))
+        path = out / f"chart_{chart.family}.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)
         paths.append(path)
@@ -184,19 +241,25 @@ def console_table(tables: dict[str, Any], title: str | None = None):
                            right=["n", *names])
 
 
-def write_reports(records: list[dict[str, Any]], tables: dict[str, Any], out: Path) -> None:
+def write_reports(records: list[dict[str, Any]], tables: dict[str, Any], out: Path,
+                  images: Mapping[str, Path] | None = None) -> None:
+    """predictions.jsonl, metrics.json, by_category.csv, tables.md, the PNG charts and report.html (with
+    thumbnails of ``images``, ``{id: image path}``, when given)."""
     _atomic_write(out / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     _atomic_write(out / "metrics.json", json.dumps(tables, indent=2, ensure_ascii=False))
     write_csv(tables, out / "by_category.csv")
     _atomic_write(out / "tables.md", markdown_tables(tables))
-    plot_families(tables, out)
+    plot_families(tables, out, records)
+    html.write(out / html.REPORT, html_report(records, tables, images))
     console().print(console_table(tables))
     for note in (tables.get("notes") or {}).values():
         console().print(f"note: {note}", markup=False, highlight=False)
 
 
-def print_side_by_side(results: dict[str, dict[str, Any]], out: Path) -> None:
-    """Base vs fine-tuned on the console and in ``out/comparison.md``."""
+def print_side_by_side(results: dict[str, dict[str, Any]], out: Path, images: Mapping[str, Path] | None = None,
+                       ) -> None:
+    """Base vs fine-tuned on the console, in ``out/comparison.md`` and in ``out/report.html`` (with the two
+    predictions of each row side by side, read from ``out/base`` and ``out/ckpt``)."""
     base, tuned = results["base"], results["ckpt"]
     names = metric_names(tuned)
     groups = [(OVERALL, OVERALL), *((ANSWER_TYPE, g) for g in ANSWER_TYPE_GROUPS),
@@ -208,6 +271,39 @@ def print_side_by_side(results: dict[str, dict[str, Any]], out: Path) -> None:
     shown = wide.map(tidy.format_number).reset_index().drop(columns="breakdown")
     shown.columns = ["Group", "Metric", "base", "fine-tuned"]
     (out / "comparison.md").write_text(tidy.markdown(shown) + "\n", encoding="utf-8")
+    html.write(out / html.REPORT, _side_by_side_html(results, out, wide, shown, images))
     on_console = shown[shown["Group"].isin(SUMMARY_GROUPS) | (shown["Metric"] == "exact_match")]
     console().print(tidy.rich_table(on_console.set_axis(["group", "metric", "base", "fine-tuned"], axis=1),
                                     title="base vs fine-tuned"))
+
+
+def _side_by_side_html(results: dict[str, dict[str, Any]], out: Path, wide: pd.DataFrame, shown: pd.DataFrame,
+                       images: Mapping[str, Path] | None) -> str:
+    """report.html of ``compare_base=true``: comparison.md's table (the better value in bold, by the metric's
+    registered direction) and both runs' predictions side by side."""
+    from medvl.data.format import read_jsonl
+    from medvl.evaluation.metrics import MetricError, higher_is_better
+
+    def direction(metric: str) -> bool | None:
+        try:
+            return higher_is_better(metric)
+        except MetricError:  # not registered: no bold rather than a guessed direction
+            return None
+
+    directions = [direction(m) for m in wide.index.get_level_values("metric")]
+    best = tidy.best_mask(wide, [d is not False for d in directions])
+    best.loc[[d is None for d in directions]] = False
+    bold = pd.concat([pd.DataFrame(False, index=best.index, columns=["Group", "Metric"]), best], axis=1)
+    run = results["ckpt"].get("run", {})
+    records = {name: read_jsonl(out / sub / "predictions.jsonl") for name, sub in (("base", "base"),
+                                                                                  ("fine-tuned", "ckpt"))}
+    table = html.Table(shown, id="table-comparison", bold=bold.reset_index(drop=True), right=["base", "fine-tuned"])
+    return html.render(
+        f"base vs fine-tuned: {run.get('data', '')} {run.get('split', '')}".strip(),
+        meta=[("checkpoint", str(run.get("ckpt"))), ("model", str(run.get("model")))],
+        sections=[html.Section("Base vs fine-tuned", "comparison", [table],
+                               notes=["The better value of each row in bold (by the metric's direction); "
+                                      "-: the metric does not apply to the group."])],
+        browser=html.build_browser(records, images), data=results,
+        links=[("base report", f"base/{html.REPORT}"), ("fine-tuned report", f"ckpt/{html.REPORT}")],
+    )

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from medvl.data.splits import load_split, resolve_image_root
 from medvl.evaluation import ranks
 from medvl.evaluation.generate import generate_batch, iter_batches
+from medvl.evaluation.html import image_index
 from medvl.evaluation.perplexity import answer_nll
 from medvl.evaluation.scoring import likelihood_fields, prediction_record, score
 from medvl.models.loading import load_run
@@ -226,7 +227,7 @@ def evaluate_one(cfg: DictConfig, ckpt: RunDir | None, out: Path, name: str) -> 
     tables["run"] = {"name": name, "ckpt": str(ckpt.path) if ckpt else None, "model": cfg.model.name_or_path,
                      "data": cfg.data.name, "split": split, "prompt": cfg.prompt.name,
                      "system_prompt": cfg.prompt.system_prompt}
-    write_reports(records, tables, out)
+    write_reports(records, tables, out, images=image_index(rows, cfg.data.root))
     return tables
 
 
@@ -262,7 +263,8 @@ def evaluate(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> di
     results = {"base": evaluate_one(cfg, None, out / "base", "base"),
                "ckpt": evaluate_one(cfg, ckpt, out / "ckpt", "fine-tuned")}
     if ranks.is_main():
-        print_side_by_side(results, out)
+        rows = load_split(cfg.data, cfg.split or cfg.data.eval_split, cfg.data.max_eval_samples)
+        print_side_by_side(results, out, images=image_index(rows, cfg.data.root))
     return results
 
 

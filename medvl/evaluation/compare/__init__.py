@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from medvl import tables as tidy
+from medvl.evaluation.compare.page import write_comparison_html
 from medvl.evaluation.compare.runs import (
     CompareError,
     Run,
@@ -83,7 +84,8 @@ def write_outputs(
     confidence: float = 0.95,
     differ: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, Path]:
-    """Write model_comparison_tables.md, model_comparison.csv, model_comparison.json and significance.md.
+    """Write model_comparison_tables.md, model_comparison.csv, model_comparison.json, significance.md and
+    model_comparison.html.
 
     The CSV holds the tidy records with a ``best`` column (the bold cells of the markdown tables);
     ``differ`` (:func:`differing_settings`) marks the evaluation settings the runs do not share.
@@ -129,6 +131,8 @@ def write_outputs(
                             mixed_settings=mixed_strict_settings(differ)),
         encoding="utf-8",
     )
+    paths["report"] = write_comparison_html(out_dir, runs, table, directions, significance_results, n_boot=n_boot,
+                                            seed=seed, confidence=confidence, differ=differ)
     return paths
 
 

@@ -140,12 +140,35 @@ def _breakdown_rows(
     return rows
 
 
-def _run_columns(rows: Sequence[tuple[str, str, list[str], list[bool]]], labels: Sequence[str],
-                 run_names: Sequence[str], *, with_group: bool) -> pd.DataFrame:
-    """Rows of :func:`_breakdown_rows` as a frame of Markdown cells, best in bold."""
-    cells = [[*([group] if with_group else []), label, *(tidy.bold(c) if b else c for c, b in zip(texts, bold))]
-             for group, label, texts, bold in rows]
-    return pd.DataFrame(cells, columns=[*labels, *run_names], dtype=object)
+def breakdown_frames(rows: Sequence[tuple[str, str, list[str], list[bool]]], labels: Sequence[str],
+                     run_names: Sequence[str], *, with_group: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows of :func:`_breakdown_rows` as a frame of cells and a like frame marking the best (bold) ones."""
+    lead = len(labels)
+    cells = [[*([group] if with_group else []), label, *texts] for group, label, texts, _ in rows]
+    bold = [[False] * lead + list(flags) for _, _, _, flags in rows]
+    columns = [*labels, *run_names]
+    return (pd.DataFrame(cells, columns=columns, dtype=object),
+            pd.DataFrame(bold, columns=columns, dtype=bool) if bold else pd.DataFrame(columns=columns, dtype=bool))
+
+
+def breakdown_tables(
+    table: Sequence[Mapping[str, Any]], run_names: Sequence[str], directions: Mapping[str, bool]
+) -> list[tuple[str, pd.DataFrame, pd.DataFrame]]:
+    """``(title, cells, bold)`` of each table of :func:`render_markdown`: overall, closed/open, then one per
+    breakdown, one column per run."""
+    frame = tidy.records_frame(table)
+    out = []
+    for breakdown in pd.unique(frame["breakdown"]):
+        rows = _breakdown_rows(frame[frame["breakdown"] == breakdown], run_names, directions)
+        if breakdown == OVERALL:
+            first = rows[0][0]  # the overall table has one group
+            out.append(("Overall", *breakdown_frames([row for row in rows if row[0] == first], ["Metric"],
+                                                     run_names, with_group=False)))
+            continue
+        title = "Closed / open" if breakdown == ANSWER_TYPE else f"By {_breakdown_title(breakdown).lower()}"
+        out.append((title, *breakdown_frames(rows, [_breakdown_title(breakdown), "Metric"], run_names,
+                                             with_group=True)))
+    return out
 
 
 def render_settings(differ: Mapping[str, Mapping[str, str]], run_names: Sequence[str]) -> list[str]:
@@ -188,18 +211,52 @@ def render_markdown(
     lines += render_settings(differ or {}, run_names)
     lines += ["↑ higher is better, ↓ lower is better; the best value of each row is in **bold** (ties: all, "
               "all equal: none).", ""]
-    frame = tidy.records_frame(table)
-    for breakdown in pd.unique(frame["breakdown"]):
-        rows = _breakdown_rows(frame[frame["breakdown"] == breakdown], run_names, directions)
-        if breakdown == OVERALL:
-            first = rows[0][0]  # the overall table has one group
-            cells = _run_columns([row for row in rows if row[0] == first], ["Metric"], run_names, with_group=False)
-            lines += ["## Overall", "", tidy.markdown(cells, right=run_names), ""]
-            continue
-        title = "Closed / open" if breakdown == ANSWER_TYPE else f"By {_breakdown_title(breakdown).lower()}"
-        cells = _run_columns(rows, [_breakdown_title(breakdown), "Metric"], run_names, with_group=True)
-        lines += [f"## {title}", "", tidy.markdown(cells, right=run_names), ""]
+    for title, cells, bold in breakdown_tables(table, run_names, directions):
+        lines += [f"## {title}", "", tidy.markdown(cells.where(~bold, cells.map(tidy.bold)), right=run_names), ""]
     return "\n".join(lines)
+
+
+def significance_method(n_boot: int, seed: int, confidence: float) -> str:
+    """How the paired statistics are computed, as significance.md and report.html say it."""
+    return (
+        "Differences are run − reference, paired by id over "
+        f"the ids both runs scored (and where both have the metric). {confidence:.0%} CIs: percentile paired bootstrap, "
+        f"{n_boot} resamples of ids, seed {seed}. BLEU-4 and perplexity are corpus statistics: each resample "
+        "recomputes corpus BLEU-4 from the rows' summed n-gram counts and lengths, and exp(total NLL / total "
+        "tokens), so reference and run are the corpus values over the common ids. CIDEr is the mean of "
+        "per-sample CIDEr with document frequencies of each run's whole evaluation set (which is how the "
+        "corpus CIDEr is defined). METEOR has no CI: its corpus score pools statistics inside the Java "
+        f"scorer. * marks a CI that excludes 0. McNemar on {' and '.join(MCNEMAR_METRICS)} (the rows each "
+        "applies to): b = reference right & run wrong, c = reference wrong & run right; exact binomial test "
+        f"when b + c < {EXACT_BELOW}, else chi-square with continuity correction."
+    )
+
+
+def significance_frames(result: Mapping[str, Any], directions: Mapping[str, bool],
+                        confidence: float = 0.95) -> list[tuple[pd.DataFrame, list[str]]]:
+    """``(cells, right-aligned columns)`` of one pair's McNemar table and bootstrap CI table (those it has)."""
+    frames = []
+    if result["mcnemar"]:
+        frame = pd.DataFrame(
+            [[metric, m["n"], m["b"], m["c"], m["method"], f"{m['statistic']:.4f}", tidy.format_p(m["p_value"])]
+             for metric, m in result["mcnemar"].items()],
+            columns=["McNemar", "n", "b", "c", "method", "statistic", "p-value"], dtype=object)
+        frames.append((frame, ["n", "b", "c", "statistic", "p-value"]))
+    if result["bootstrap"]:
+        frame = pd.DataFrame(
+            [[f"{metric} {_arrow(directions.get(metric, True))}", ci["n"], f"{ci['reference_mean']:.4f}",
+              f"{ci['other_mean']:.4f}", f"{ci['diff']:+.4f}",
+              tidy.format_ci(ci["low"], ci["high"]) + (" *" if ci["low"] > _ZERO or ci["high"] < -_ZERO else "")]
+             for metric, ci in result["bootstrap"].items()],
+            columns=["Metric", "n", "reference", "run", "diff", f"{confidence:.0%} CI"], dtype=object)
+        frames.append((frame, ["n", "reference", "run", "diff"]))
+    return frames
+
+
+def pair_summary(result: Mapping[str, Any]) -> str:
+    """How many ids two runs share, and how many only one has."""
+    return (f"ids: {result['n_common']} in common; {result['n_reference'] - result['n_common']} only in the "
+            f"reference, {result['n_run'] - result['n_common']} only in this run.")
 
 
 def render_significance(
@@ -212,50 +269,22 @@ def render_significance(
     mixed_settings: Sequence[str] = (),
 ) -> str:
     """Markdown report of :func:`significance` results; ``mixed_settings`` adds a warning that they differ."""
-    level = f"{confidence:.0%}"
     lines = ["# Significance", ""]
     if not results:
         return "\n".join([*lines, "Only one run: nothing to compare.", ""])
-    lines += [
-        f"Reference: **{tidy.cell(results[0]['reference'])}**. Differences are run − reference, paired by id over "
-        f"the ids both runs scored (and where both have the metric). {level} CIs: percentile paired bootstrap, "
-        f"{n_boot} resamples of ids, seed {seed}. BLEU-4 and perplexity are corpus statistics: each resample "
-        "recomputes corpus BLEU-4 from the rows' summed n-gram counts and lengths, and exp(total NLL / total "
-        "tokens), so reference and run are the corpus values over the common ids. CIDEr is the mean of "
-        "per-sample CIDEr with document frequencies of each run's whole evaluation set (which is how the "
-        "corpus CIDEr is defined). METEOR has no CI: its corpus score pools statistics inside the Java "
-        f"scorer. * marks a CI that excludes 0. McNemar on {' and '.join(MCNEMAR_METRICS)} (the rows each "
-        "applies to): b = reference right & run wrong, c = reference wrong & run right; exact binomial test "
-        f"when b + c < {EXACT_BELOW}, else chi-square with continuity correction.",
-        "",
-    ]
+    lines += [f"Reference: **{tidy.cell(results[0]['reference'])}**. " + significance_method(n_boot, seed, confidence),
+              ""]
     if mixed_settings:
         lines += [f"**Warning: the runs were not evaluated alike ({', '.join(mixed_settings)}); these tests measure "
                   "the settings as well as the models.**", ""]
     for result in results:
         lines += [f"## {tidy.cell(result['run'])} vs {tidy.cell(result['reference'])}", ""]
-        lines.append(
-            f"ids: {result['n_common']} in common; {result['n_reference'] - result['n_common']} only in the reference, "
-            f"{result['n_run'] - result['n_common']} only in this run."
-        )
-        lines.append("")
+        lines += [pair_summary(result), ""]
         if result["note"]:
             lines += [f"**{tidy.cell(result['note'])}**", ""]
             continue
-        if result["mcnemar"]:
-            frame = pd.DataFrame(
-                [[metric, m["n"], m["b"], m["c"], m["method"], f"{m['statistic']:.4f}", tidy.format_p(m["p_value"])]
-                 for metric, m in result["mcnemar"].items()],
-                columns=["McNemar", "n", "b", "c", "method", "statistic", "p-value"], dtype=object)
-            lines += [tidy.markdown(frame, right=["n", "b", "c", "statistic", "p-value"]), ""]
-        if result["bootstrap"]:
-            frame = pd.DataFrame(
-                [[f"{metric} {_arrow(directions.get(metric, True))}", ci["n"], f"{ci['reference_mean']:.4f}",
-                  f"{ci['other_mean']:.4f}", f"{ci['diff']:+.4f}",
-                  tidy.format_ci(ci["low"], ci["high"]) + (" *" if ci["low"] > _ZERO or ci["high"] < -_ZERO else "")]
-                 for metric, ci in result["bootstrap"].items()],
-                columns=["Metric", "n", "reference", "run", "diff", f"{level} CI"], dtype=object)
-            lines += [tidy.markdown(frame, right=["n", "reference", "run", "diff"]), ""]
+        for frame, right in significance_frames(result, directions, confidence):
+            lines += [tidy.markdown(frame, right=right), ""]
         for metric, why in (result.get("skipped") or {}).items():
             lines += [f"{tidy.cell(metric)}: {tidy.cell(why)}.", ""]
     return "\n".join(lines)

@@ -1,0 +1,125 @@
+"""What the per-category charts show, for the PNG charts and the HTML report alike: for each metric family
+the categories with their row counts, each metric's value per category (None: the metric does not apply to
+that category) and its 95% confidence interval.
+
+A category's value gets an interval when it is the mean of the category's per-row scores in
+predictions.jsonl: the Wilson score interval when every row scores 0 or 1 (a proportion: exact_match,
+closed_accuracy, ...), else the percentile bootstrap of the mean. A corpus statistic (BLEU-4, METEOR, a
+category's CIDEr with that category's document frequencies, perplexity) is not the mean of what a row holds,
+and gets none; :data:`INTERVALS_NOTE` says so beside every chart.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+
+from medvl.evaluation.aggregate import UNCATEGORIZED
+
+WILSON = "Wilson"
+BOOTSTRAP = "bootstrap"
+CONFIDENCE = 0.95
+N_BOOT = 2000
+SEED = 0
+INTERVALS_NOTE = (f"Error bars: {CONFIDENCE:.0%} CI; Wilson score interval for 0/1 metrics, percentile bootstrap "
+                  f"of the mean ({N_BOOT} resamples, seed {SEED}) for other per-row means; none for corpus "
+                  "statistics (BLEU-4, CIDEr, METEOR, perplexity). n/a: the metric does not apply to the category.")
+#: Relative tolerance of "the table's value is the mean of the rows' values" (the aggregate sums in row order,
+#: numpy pairwise: the last bits differ).
+_MEAN_TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class Interval:
+    low: float
+    high: float
+    method: str  # WILSON or BOOTSTRAP
+
+
+@dataclass(frozen=True)
+class FamilyChart:
+    """One metric family by category: ``values[metric][i]`` is category ``i``'s value (None: n/a), with
+    ``intervals[metric][i]`` its CI (None: none, see the module's docstring)."""
+
+    family: str
+    categories: list[str]
+    counts: list[int | None]
+    metrics: list[str]
+    values: dict[str, list[float | None]]
+    intervals: dict[str, list[Interval | None]]
+    log_scale: bool
+
+
+def wilson(successes: float, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``successes / n`` (``n`` > 0)."""
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    p = successes / n
+    denominator = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    # Exactly 0 (1) at no (all) successes, which round-off would put a hair above (below).
+    return (0.0 if successes == 0 else max(0.0, center - half)), (1.0 if successes == n else min(1.0, center + half))
+
+
+def bootstrap_mean(values: Sequence[float], *, n_boot: int = N_BOOT, seed: int = SEED,
+                   confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of ``values``, resampled as medvl.compare resamples paired rows
+    (``numpy.random.default_rng(seed)``, ``n_boot`` draws of all rows with replacement)."""
+    data = np.asarray(values, dtype=float)
+    n = data.size
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    chunk = max(1, 4_000_000 // n)  # bound the (chunk x n) index matrix to ~32 MB
+    for start in range(0, n_boot, chunk):
+        stop = min(n_boot, start + chunk)
+        means[start:stop] = data[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def interval(values: Sequence[float], value: float) -> Interval | None:
+    """The CI of ``value`` from the rows' ``values``; None when ``value`` is not their mean (a corpus statistic)."""
+    if not values or not math.isclose(math.fsum(values) / len(values), value, rel_tol=_MEAN_TOLERANCE,
+                                      abs_tol=_MEAN_TOLERANCE):
+        return None
+    if all(v in (0.0, 1.0) for v in values):
+        return Interval(*wilson(sum(values), len(values)), WILSON)
+    return Interval(*bootstrap_mean(values), BOOTSTRAP)
+
+
+def _row_values(records: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> dict[str, dict[str, list[float]]]:
+    """``{category: {metric: [row values]}}``, rows grouped as the aggregate groups them."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for record in records:
+        scores = record.get("metrics") or {}
+        group = out.setdefault(str(record.get("category") or UNCATEGORIZED), {})
+        for metric in metrics:
+            value = scores.get(metric)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                group.setdefault(metric, []).append(float(value))
+    return out
+
+
+def family_charts(tables: Mapping[str, Any], families: Mapping[str, Sequence[str]],
+                  records: Sequence[Mapping[str, Any]] | None = None) -> list[FamilyChart]:
+    """One :class:`FamilyChart` per family with a metric some category has; CIs only with ``records``."""
+    by_category = tables.get("by_category") or {}
+    categories = list(by_category)
+    charts = []
+    for family, names in families.items():
+        metrics = [m for m in names if any(m in group for group in by_category.values())]
+        if not metrics or not categories:
+            continue
+        rows = _row_values(records or [], metrics)
+        values = {m: [by_category[c].get(m) for c in categories] for m in metrics}
+        intervals = {m: [None if value is None else interval(rows.get(c, {}).get(m, []), value)
+                         for c, value in zip(categories, values[m])] for m in metrics}
+        charts.append(FamilyChart(family, categories, [by_category[c].get("count") for c in categories], metrics,
+                                  values, intervals, log_scale=family == "perplexity"))
+    return charts
