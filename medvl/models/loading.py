@@ -142,11 +142,11 @@ def load_model(model_cfg: Any, path: str | None = None, *, device: str | torch.d
     path = path or resolve_model_path(model_cfg)
     check_available(path)
     log.info("Loading model %s", path)
-    try:
     dtype = _torch_dtype(str(model_cfg.dtype))
     extra = {"device_map": device_map} if device_map is not None else {}
     if quantization_config is not None:
         extra["quantization_config"] = quantization_config
+    try:
         model = AutoModelForImageTextToText.from_pretrained(
             path,
             dtype=dtype,
