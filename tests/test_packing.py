@@ -221,3 +221,13 @@ def test_packing_a_family_without_mrope_positions_is_refused_at_start_up(compose
     gemma = OmegaConf.create({"model": {"family": "gemma3"}, "trainer": {"packing": True}})
     with pytest.raises(ConfigError, match="trainer.packing=true: model.family=gemma3 is not supported"):
         check_packing(gemma)
+
+
+def test_packing_rows_longer_than_max_length_are_refused_at_start_up(compose, small_synth, tmp_path, monkeypatch):
+    """One line before any weights load: a packed row holds whole rows only, so none may exceed data.max_length."""
+    import medvl.training.run as run
+
+    monkeypatch.setattr(run, "load_for_training", lambda *a: pytest.fail("weights loaded"))
+    cfg = compose(["trainer.packing=true", "data.max_length=20", *small_data_overrides(small_synth)])
+    with pytest.raises(ConfigError, match=r"rows are longer than max_length=20 .*raise data.max_length"):
+        train(cfg)
