@@ -104,6 +104,9 @@ def test_every_text_is_escaped_and_embedded_json_cannot_end_its_script(eval_dir)
     page = _page(eval_dir / html.REPORT)
     assert "<b>mass</b>" not in page and '<script>alert("x")' not in page
     assert "Is the &lt;b&gt;mass&lt;/b&gt; left? &lt;/script&gt;&lt;script&gt;alert(" in page
+    garbled = html.render("t", browser=html.build_browser({"run": [{"id": "x", "question": "a\x00b\x1bc",
+                                                                     "prediction": "d\x07"}]}))
+    assert "a\ufffdb\ufffdc" in garbled and "d\ufffd" in garbled and "\x00" not in garbled
     data = html.json_script({"q": HOSTILE, "nan": math.nan})
     assert "</" not in data and "<" not in data
     assert json.loads(data) == {"q": HOSTILE, "nan": None}
@@ -197,6 +200,7 @@ def test_tables_show_the_numbers_of_tables_md(eval_dir) -> None:
         for metric in ("exact_match", "word_f1"):
             assert f">{format_number(metrics[group][metric])}<" in page
     assert 'id="table-modality"' in page  # the dataset's breakdown (synth: modality)
+    assert page.count('<svg class="chart"') == 2  # matching and fine-grained: the families scored here
 
 
 def test_compare_base_report_has_both_predictions_side_by_side(pair_dir) -> None:
@@ -289,6 +293,8 @@ def test_in_chromium_the_report_loads_shows_metrics_json_and_filters(browser, ev
     category = browser.find_element(By.ID, "table-category").text
     assert f"open_anatomy OPEN 3 {format_number(metrics['by_category']['open_anatomy']['exact_match'])}" in category
     assert browser.execute_script("return window.medvlData") == metrics
+    # the charts are drawn: 3 categories x (exact_match, closed_accuracy, open_recall, word_f1), less 3 n/a
+    assert len(browser.find_elements(By.CSS_SELECTOR, "svg.chart rect.bar")) == 9
 
     assert _visible(browser) == 10
     Select(browser.find_element(By.ID, "filter-category")).select_by_value("open_anatomy")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,12 +68,22 @@ def json_script(data: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
+#: C0 control characters but tab, newline and carriage return: a tiny model's prediction can hold any byte, and
+#: HTML has no place for them (a NUL even makes the file read as binary).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _printable(value: Any) -> Any:
+    """Text with its control characters as U+FFFD; markup marked safe (the charts' SVG) as it is."""
+    return _CONTROL.sub("\ufffd", value) if isinstance(value, str) and not hasattr(value, "__html__") else value
+
+
 def _environment():
     import jinja2
 
     return jinja2.Environment(loader=jinja2.PackageLoader("medvl.evaluation.html", "templates"),
                               autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
-                              lstrip_blocks=True)
+                              lstrip_blocks=True, finalize=_printable)
 
 
 def render(title: str, *, meta: Sequence[tuple[str, str]] = (), warnings: Sequence[str] = (),
