@@ -112,6 +112,10 @@ class DataConfig:
     multi_label: list[str] = field(default_factory=list)
     #: Extra keyword options for the converter (``file``, ``image_dir``, ...), see docs/prepare.md.
     options: dict[str, Any] = field(default_factory=dict)
+    #: ``data=hf``: the export to read (a ``save_to_disk`` folder, a Parquet file or a folder of them).
+    source: str | None = None
+    #: ``data=hf``: medvl field (question, answer, image, answer_type, category, id, lang) -> the export's column.
+    columns: dict[str, str | None] = field(default_factory=dict)
     # Synthetic data only: their values are conf/data/synth.yaml's.
     num_train: int | None = None
     num_validation: int | None = None

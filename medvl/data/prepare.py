@@ -40,16 +40,19 @@ log = logging.getLogger(__name__)
 
 
 def converter_options(fmt: str, data_cfg: Any) -> dict[str, Any]:
-    """Options from the data config that the converter takes: ``lang`` (Slake) and ``data.options``
-    (e.g. ``+data.options.file=my_split.json`` or ``data.options={image_dir: imgs}``)."""
+    """Options from the data config that the converter takes: ``lang`` (Slake), ``source`` and ``columns``
+    (``data=hf``) and ``data.options`` (e.g. ``+data.options.file=my_split.json`` or
+    ``data.options={image_dir: imgs}``)."""
     params = inspect.signature(converter_for(fmt)).parameters
-    options = {k: data_cfg[k] for k in ("lang",) if k in params}
+    options = {k: data_cfg[k] for k in ("lang", "source", "columns") if k in params}
     extra = dict(data_cfg.get("options") or {})
     unknown = sorted(k for k in extra if k not in params)
     if unknown and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
         raise ConverterError(f"data.options {unknown} not accepted by the {fmt} converter; "
                          f"it takes: {', '.join(k for k in params if k not in ('root', 'split'))}")
-    return {**options, **extra}
+    # Plain values: report.json records them, and a converter need not know OmegaConf (data.columns is a mapping).
+    return {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+            for k, v in {**options, **extra}.items()}
 
 
 def read_split(fmt: str, root: Path, split: str, options: dict[str, Any], *,
@@ -169,9 +172,9 @@ def _inputs(data: Any) -> tuple[Path, Path, dict[str, Any]]:
         raise ConverterError(f"data={data.name} needs the dataset folder: add data.root=<folder> to the command")
     root, out_dir = Path(data.root), Path(data.dir)
     options = converter_options(data.format, data)
+    out_dir.mkdir(parents=True, exist_ok=True)  # first: data=hf's root is data.dir, where its images go
     if not root.is_dir():
         raise FileNotFoundError(f"data.root={root} is not a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
     return root, out_dir, options
 
 

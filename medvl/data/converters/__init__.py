@@ -17,6 +17,8 @@ slake                train.json / validate.json / test.json       lang="en"|"zh"
 vqa_rad              trainset.json / testset.json (MEVF)          file, image_dir="images"
 pathvqa              train.json / val.json / test.json            file, image_dir=""
 gmai_mmbench         GMAI-MMBench_VAL.tsv / GMAI-MMBench_TEST.tsv file, image_dir
+hf                   data.source: a save_to_disk folder, or       source, columns, lang,
+                     Parquet (data/<split>-*.parquet)             dataset, image_dir, splits
 llava                <split>.jsonl or <split>.json                file, image_dir=""
 ==================== ============================================ ===========================
 """
@@ -31,6 +33,7 @@ from typing import Any, Protocol
 from medvl.data.categorize import categorize
 from medvl.data.converters._common import FILTER_REASONS, REASONS, SPLITS, Reject, Row
 from medvl.data.converters.gmai_mmbench import convert_gmai_mmbench, format_multiple_choice
+from medvl.data.converters.hf import convert_hf
 from medvl.data.converters.llava import convert_llava
 from medvl.data.converters.llava_med import convert_llava_med_align, convert_llava_med_instruct
 from medvl.data.converters.pathvqa import convert_pathvqa
@@ -70,6 +73,7 @@ CONVERTERS: dict[str, Converter] = {
     "pathvqa": convert_pathvqa,
     "gmai_mmbench": convert_gmai_mmbench,
     "llava": convert_llava,
+    "hf": convert_hf,
 }
 
 

@@ -30,7 +30,7 @@ REASONS: dict[str, str] = {
     "empty_answer": "the answer is empty",
     "bad_options": "a multiple-choice row has fewer than two options",
     "bad_answer_option": "the answer letter is not one of the row's options",
-    "bad_image_data": "the base64 image column does not decode to an image",
+    "bad_image_data": "an embedded image (base64 text, or bytes in Parquet/Arrow) is not an image",
     "bad_image_reference": "the image column points at a row index that has no image",
     "bad_category": "a given category is not a taxonomy id or contradicts the given answer type",
     "lang_filtered": "left out on purpose: the row's language is not the selected one",
