@@ -11,7 +11,24 @@ from typing import Any
 
 from medvl.data.format import HUMAN, IMAGE_TOKEN
 
+#: Qwen-VL's end-of-turn token; other chat templates end a turn with their own (:func:`end_of_turn`).
 END_OF_TURN = "<|im_end|>"
+_PROBE = "MEDVL_ANSWER_PROBE"
+_end_of_turn: dict[str, tuple[str, str]] = {}
+
+
+def end_of_turn(processor) -> tuple[str, str]:
+    """(end-of-turn token, what follows it before the next turn) in the processor's chat template:
+    ``("<|im_end|>", "\n")`` for Qwen-VL, ``("<end_of_turn>", "\n")`` for Gemma 3. Read from the template's own
+    rendering of an answer, so that a new family's markup needs no code here."""
+    template = str(getattr(processor, "chat_template", None) or "")
+    if template not in _end_of_turn:
+        messages = [{"role": "user", "content": [{"type": "text", "text": "q"}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": _PROBE}]}]
+        after = processor.apply_chat_template(messages, tokenize=False).split(_PROBE, 1)[1]
+        token = after.rstrip("\n")
+        _end_of_turn[template] = (token, after[len(token):])
+    return _end_of_turn[template]
 
 
 def to_messages(row: dict[str, Any], system_prompt: str | None) -> list[dict[str, Any]]:
@@ -39,14 +56,15 @@ def segments(messages: list[dict[str, Any]], processor, with_answer: bool = True
     text plus end-of-turn, so labels can cover exactly those tokens.
     """
     rendered = ""
+    end, gap = end_of_turn(processor) if with_answer else ("", "")
     for k, message in enumerate(messages):
         if message["role"] == "assistant":
             if not with_answer:
                 return
             answer = "".join(c["text"] for c in message["content"] if c["type"] == "text")
-            yield True, answer + END_OF_TURN, 0
-            yield False, "\n", 0
-            rendered += answer + END_OF_TURN + "\n"
+            yield True, answer + end, 0
+            yield False, gap, 0
+            rendered += answer + end + gap
             continue
         next_is_answer = k + 1 < len(messages) and messages[k + 1]["role"] == "assistant"
         ends_prompt = message["role"] == "user" and (next_is_answer or k + 1 == len(messages))

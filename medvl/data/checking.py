@@ -72,6 +72,8 @@ class CheckSpec:
     max_length: int
     full: bool
     follow_symlinks: bool = False
+    #: model.family: how the processor takes the pixel budget (medvl.models.loading.load_processor).
+    family: str = "qwen2_vl"
 
 
 class RowChecker:
@@ -83,7 +85,7 @@ class RowChecker:
         self.spec = spec
         self.root = Path(spec.root)
         model = SimpleNamespace(min_pixels=spec.min_pixels, max_pixels=spec.max_pixels,
-                                trust_remote_code=spec.trust_remote_code)
+                                trust_remote_code=spec.trust_remote_code, family=spec.family)
         self.processor = processor or load_processor(model, spec.model_path)
         self._checks: dict[bool, list[Check]] = {}
         # Datasets ask several questions per image; a file is inspected once per run and process.

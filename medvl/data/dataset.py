@@ -20,6 +20,10 @@ from medvl.data.format import image_paths
 from medvl.data.images import load_rgb
 
 IGNORE_INDEX = -100
+#: Per-token image markers a processor returns, passed to the model under the same name: ``mm_token_type_ids``
+#: (Qwen-VL: where its 3D rope positions change) or ``token_type_ids`` (Gemma 3: its image tokens attend to
+#: each other both ways).
+TYPE_KEYS = ("mm_token_type_ids", "token_type_ids")
 
 
 def load_image(root: str | Path, rel: str) -> Image.Image:
@@ -56,8 +60,8 @@ def encode(
     assistant header, for generation and perplexity.
 
     Returns:
-        ``input_ids`` and ``labels`` (1-D), plus ``pixel_values``, ``image_grid_thw`` and
-        ``mm_token_type_ids`` when the row has images.
+        ``input_ids`` and ``labels`` (1-D), plus ``pixel_values``, the processor's token types
+        (:data:`TYPE_KEYS`) and, for Qwen-VL, ``image_grid_thw`` when the row has images.
     """
     tokenizer = processor.tokenizer
     messages = to_messages(row, system_prompt)
@@ -67,16 +71,21 @@ def encode(
     labels: list[int] = []
     mm_types: list[int] = []
     pixel_values, grids = [], []
+    type_key = TYPE_KEYS[0]
     cursor = 0
     for is_answer, text, n_img in segments(messages, processor, with_answer):
         chunk_mm = None
         if n_img:
-            out = processor(text=[text], images=images[cursor : cursor + n_img], return_tensors="pt")
+            # The chat template already wrote the special tokens (Gemma's <bos>): the tokenizer adds none.
+            out = processor(text=[text], images=images[cursor : cursor + n_img], return_tensors="pt",
+                            add_special_tokens=False)
             cursor += n_img
             pixel_values.append(out["pixel_values"])
-            grids.append(out["image_grid_thw"])
-            if "mm_token_type_ids" in out:
-                chunk_mm = out["mm_token_type_ids"][0].tolist()
+            if "image_grid_thw" in out:
+                grids.append(out["image_grid_thw"])
+            type_key = next((k for k in TYPE_KEYS if k in out), type_key)
+            if type_key in out:
+                chunk_mm = out[type_key][0].tolist()
         else:
             out = tokenizer(text, add_special_tokens=False, return_tensors="pt")
         chunk = out["input_ids"][0].tolist()
@@ -86,8 +95,9 @@ def encode(
     item = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
     if pixel_values:
         item["pixel_values"] = torch.cat(pixel_values)
-        item["image_grid_thw"] = torch.cat(grids)
-        item["mm_token_type_ids"] = torch.tensor(mm_types)
+        if grids:
+            item["image_grid_thw"] = torch.cat(grids)
+        item[type_key] = torch.tensor(mm_types)
     return item
 
 
@@ -122,28 +132,34 @@ def encode_prompts(
     if text_only:
         out = tokenizer([flat[i][0] for i in text_only], add_special_tokens=False)
         for i, ids in zip(text_only, out["input_ids"]):
-            encoded[i] = {"input_ids": ids, "mm_token_type_ids": [0] * len(ids)}
+            encoded[i] = {"input_ids": ids, "types": [0] * len(ids)}
+    type_key = TYPE_KEYS[0]
     if with_images:
         out = processor(
             text=[flat[i][0] for i in with_images],
-            images=[image for i in with_images for image in flat[i][1]],
+            images=[flat[i][1] for i in with_images],  # one list per text: Gemma 3's processor needs them so
             padding=True,
             return_tensors="pt",
+            add_special_tokens=False,
         )
         keep = out["attention_mask"].bool()
-        grids = out["image_grid_thw"]
-        patches = torch.split(out["pixel_values"], grids.prod(-1).tolist())
+        # Qwen-VL's pixel_values are the images' patches, image_grid_thw rows of them each; Gemma 3's are one
+        # resized image each.
+        grids = out.get("image_grid_thw")
+        patches = torch.split(out["pixel_values"], grids.prod(-1).tolist() if grids is not None else 1)
+        type_key = next((key for key in TYPE_KEYS if key in out), type_key)
         first = 0
         for k, i in enumerate(with_images):
             n_img = len(flat[i][1])
-            mm = out["mm_token_type_ids"][k][keep[k]].tolist() if "mm_token_type_ids" in out else None
+            mm = out[type_key][k][keep[k]].tolist() if type_key in out else None
             ids = out["input_ids"][k][keep[k]].tolist()
             encoded[i] = {
                 "input_ids": ids,
-                "mm_token_type_ids": mm or [0] * len(ids),
+                "types": mm or [0] * len(ids),
                 "pixel_values": list(patches[first : first + n_img]),
-                "image_grid_thw": grids[first : first + n_img],
             }
+            if grids is not None:
+                encoded[i]["image_grid_thw"] = grids[first : first + n_img]
             first += n_img
 
     items, index = [], 0
@@ -155,15 +171,17 @@ def encode_prompts(
             piece = encoded[index]
             index += 1
             ids += piece["input_ids"]
-            mm_types += piece["mm_token_type_ids"]
+            mm_types += piece["types"]
             if "pixel_values" in piece:
                 pixel_values += piece["pixel_values"]
+            if "image_grid_thw" in piece:
                 grids_of_row.append(piece["image_grid_thw"])
         item = {"input_ids": torch.tensor(ids), "labels": torch.full((len(ids),), IGNORE_INDEX)}
         if pixel_values:
             item["pixel_values"] = torch.cat(pixel_values)
-            item["image_grid_thw"] = torch.cat(grids_of_row)
-            item["mm_token_type_ids"] = torch.tensor(mm_types)
+            if grids_of_row:
+                item["image_grid_thw"] = torch.cat(grids_of_row)
+            item[type_key] = torch.tensor(mm_types)
         items.append(item)
     return items
 
@@ -233,7 +251,8 @@ class Collator:
         with_images = [it for it in items if "pixel_values" in it]
         if with_images:
             batch["pixel_values"] = torch.cat([it["pixel_values"] for it in with_images])
-            batch["image_grid_thw"] = torch.cat([it["image_grid_thw"] for it in with_images])
-            batch["mm_token_type_ids"] = self._pad(
-                [it.get("mm_token_type_ids", torch.zeros_like(it["input_ids"])) for it in items], 0)
+            if "image_grid_thw" in with_images[0]:
+                batch["image_grid_thw"] = torch.cat([it["image_grid_thw"] for it in with_images])
+            key = next(k for k in TYPE_KEYS if k in with_images[0])
+            batch[key] = self._pad([it.get(key, torch.zeros_like(it["input_ids"])) for it in items], 0)
         return batch

@@ -59,11 +59,16 @@ def token_length(row: dict[str, Any], processor, image_root: str | Path, *,
                  system_prompt: str | None = None, sizes: list[tuple[int, int]] | None = None) -> int:
     """The length ``encode(row, ...)`` would give, computed from text and image headers only."""
     tokenizer = processor.tokenizer
-    if sizes is None:
+    # Gemma 3 resizes every image to one square: each placeholder becomes the same text, expanded here as its
+    # processor expands it (the newlines around it may merge with the neighbouring text's).
+    fixed = getattr(processor, "full_image_sequence", None)
+    if sizes is None and fixed is None:
         sizes = [header_size(Path(image_root) / p) for p in image_paths(row)]
-    counts = [image_token_count(w, h, processor.image_processor) for w, h in sizes]
+    counts = [] if fixed is not None else [image_token_count(w, h, processor.image_processor) for w, h in sizes]
     total, cursor = 0, 0
     for _, text, n_img in segments(to_messages(row, system_prompt), processor):
+        if fixed is not None:
+            text = text.replace(processor.image_token, fixed)
         total += len(tokenizer(text, add_special_tokens=False).input_ids)
         # Each image is one <|image_pad|> in the template text, expanded to its token count.
         total += sum(c - 1 for c in counts[cursor : cursor + n_img])

@@ -29,7 +29,8 @@ FIXED_IMAGE_SIZE = ("gemma3",)
 
 
 def _family(model_cfg: Any) -> str:
-    return str(getattr(model_cfg.family, "value", model_cfg.family))
+    family = getattr(model_cfg, "family", "qwen2_vl")  # the schema's default, for a bare namespace too
+    return str(getattr(family, "value", family))
 
 
 class ModelLoadError(RuntimeError):

@@ -110,6 +110,11 @@ def _lora_targets(model: torch.nn.Module, cfg: Any) -> tuple[list[str], list[str
         raise ConfigError(f"lora={cfg.lora.name} (lora.targets={suffixes}) matched no module under {where}; "
                           f"name module-name suffixes found there (e.g. self_attn.q_proj, mlp.0) or use "
                           f"lora=all_linear")
+    if parameters and float(cfg.lora.dropout):
+        from medvl.config import ConfigError
+
+        raise ConfigError(f"lora={cfg.lora.name} puts adapters on bare weights ({parameters[0]}, ...), which peft "
+                          f"wraps without dropout; set lora.dropout=0 (lora.dropout={cfg.lora.dropout})")
     unmatched = [s for s in suffixes if s not in matched]
     if unmatched:
         # A MoE LLM has no dense mlp.*_proj: lora=attn_ffn (instruct's default) then trains attention only.

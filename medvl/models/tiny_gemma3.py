@@ -41,9 +41,10 @@ VISION_CONFIG = dict(model_type="siglip_vision_model", hidden_size=32, intermedi
 
 
 def build_tokenizer(corpus: list[str], vocab_size: int):
-    """A byte-level BPE on ``corpus`` with Gemma's special tokens, as the tokenizer class Gemma 3 loads with."""
+    """A byte-level BPE on ``corpus`` with Gemma's special tokens (GemmaTokenizer would swap in its own SentencePiece
+    normalizer, which this vocabulary lacks: plain fast tokenizer, loaded by AutoTokenizer all the same)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GemmaTokenizer
+    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -51,10 +52,10 @@ def build_tokenizer(corpus: list[str], vocab_size: int):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(corpus, trainer=trainer)
-    return GemmaTokenizer(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                          unk_token="<unk>", add_bos_token=False, add_eos_token=False,
-                          extra_special_tokens={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
-                                                "image_token": "<image_soft_token>"})
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
+        extra_special_tokens={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+                              "image_token": "<image_soft_token>"})
 
 
 def build(corpus: list[str], vocab_size: int):
