@@ -208,6 +208,9 @@ def test_compare_base_report_has_both_predictions_side_by_side(pair_dir) -> None
     assert "<th>base</th><th>fine-tuned</th>" in page
     assert re.search(r'<tr class="prediction" data-category="closed_yes_no" data-wrong="2" data-right="0"', page)
     assert 'href="base/report.html"' in page and (pair_dir / "base" / html.REPORT).is_file()
+    # exact_match, closed_accuracy and open_recall by category, a bar per run
+    assert page.count('<svg class="chart"') == 3
+    assert 'data-category="closed_location" data-metric="base"' in page
     assert (pair_dir / "ckpt" / html.REPORT).is_file()
 
 
@@ -217,6 +220,7 @@ def test_compare_writes_model_comparison_html_with_best_in_bold_and_cis(pair_dir
     assert result["paths"]["report"].name == "model_comparison.html"
     assert "<strong>" in page and "95% CI" in page and "percentile paired bootstrap" in page
     assert "No thumbnails" in page  # said, not silently left out
+    assert page.count('<svg class="chart"') == 3 and "Wilson" in page
 
 
 # --- in a browser ------------------------------------------------------------------------------------------------

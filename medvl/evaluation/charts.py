@@ -43,8 +43,9 @@ class Interval:
 
 @dataclass(frozen=True)
 class FamilyChart:
-    """One metric family by category: ``values[metric][i]`` is category ``i``'s value (None: n/a), with
-    ``intervals[metric][i]`` its CI (None: none, see the module's docstring)."""
+    """Bars by category: ``values[metric][i]`` is category ``i``'s value (None: n/a), with ``intervals[metric][i]``
+    its CI (None: none, see the module's docstring). In a comparison's chart (:func:`runs_chart`) the bars of a
+    category are the runs, and ``family`` names the one metric."""
 
     family: str
     categories: list[str]
@@ -123,3 +124,20 @@ def family_charts(tables: Mapping[str, Any], families: Mapping[str, Sequence[str
         charts.append(FamilyChart(family, categories, [by_category[c].get("count") for c in categories], metrics,
                                   values, intervals, log_scale=family == "perplexity"))
     return charts
+
+
+def runs_chart(metric: str, tables: Mapping[str, Mapping[str, Any]],
+               records: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> FamilyChart | None:
+    """One metric by category with a bar per run (``tables`` and ``records``: each run's metrics.json and
+    predictions by run name); None when no run has the metric in any category."""
+    groups = {name: t.get("by_category") or {} for name, t in tables.items()}
+    categories = list(dict.fromkeys(c for by_category in groups.values() for c in by_category))
+    values = {name: [(by_category.get(c) or {}).get(metric) for c in categories] for name, by_category in groups.items()}
+    if all(v is None for run_values in values.values() for v in run_values):
+        return None
+    rows = {name: _row_values((records or {}).get(name, []), [metric]) for name in groups}
+    intervals = {name: [None if v is None else interval(rows[name].get(c, {}).get(metric, []), v)
+                        for c, v in zip(categories, run_values)] for name, run_values in values.items()}
+    counts = [next((g[c].get("count") for g in groups.values() if c in g), None) for c in categories]
+    return FamilyChart(metric, categories, counts, list(groups), values, intervals,
+                       log_scale=metric.startswith("perplexity"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import pandas as pd
 from medvl import tables as tidy
 from medvl.data.taxonomy import CATEGORIES
 from medvl.evaluation import html
-from medvl.evaluation.charts import INTERVALS_NOTE, family_charts
+from medvl.evaluation.charts import INTERVALS_NOTE, family_charts, runs_chart
 from medvl.tables import console
 
 FAMILIES = {
@@ -171,6 +171,14 @@ def html_report(records: list[dict[str, Any]], tables: dict[str, Any], images: M
                        browser=html.build_browser({str(run.get("name", "prediction")): records}, images))
 
 
+def runs_charts_section(tables: Mapping[str, Mapping[str, Any]], records: Mapping[str, Sequence[Mapping[str, Any]]],
+                        ) -> html.Section:
+    """report.html's charts of several runs: each matching metric by category, a bar per run, with its CIs
+    (``tables`` and ``records``: each run's metrics.json and predictions, by run name)."""
+    charts = [chart for metric in FAMILIES["matching"] if (chart := runs_chart(metric, tables, records))]
+    return html.Section("Charts", "charts", charts=[html.chart_svg(chart) for chart in charts], notes=[INTERVALS_NOTE])
+
+
 def write_csv(tables: dict[str, Any], path: Path) -> None:
     """by_category.csv: one row per category (with its answer type), then overall, closed and open."""
     names = metric_names(tables)
@@ -303,7 +311,8 @@ def _side_by_side_html(results: dict[str, dict[str, Any]], out: Path, wide: pd.D
         meta=[("checkpoint", str(run.get("ckpt"))), ("model", str(run.get("model")))],
         sections=[html.Section("Base vs fine-tuned", "comparison", [table],
                                notes=["The better value of each row in bold (by the metric's direction); "
-                                      "-: the metric does not apply to the group."])],
+                                      "-: the metric does not apply to the group."]),
+                  runs_charts_section({"base": results["base"], "fine-tuned": results["ckpt"]}, records)],
         browser=html.build_browser(records, images), data=results,
         links=[("base report", f"base/{html.REPORT}"), ("fine-tuned report", f"ckpt/{html.REPORT}")],
     )

@@ -15,6 +15,7 @@ from medvl.evaluation import html
 from medvl.evaluation.compare.runs import Run
 from medvl.evaluation.compare.settings import NOT_RECORDED, mixed_strict_settings
 from medvl.evaluation.compare.tables import breakdown_tables, pair_summary, significance_frames, significance_method
+from medvl.evaluation.report import runs_charts_section
 
 COMPARISON_REPORT = "model_comparison.html"
 
@@ -77,6 +78,7 @@ def comparison_html(
         "↑ higher is better, ↓ lower is better; the best value of each row is in bold (ties: all, all equal: none)."]))
     sections.append(_significance_section(significance_results, directions, n_boot=n_boot, seed=seed,
                                           confidence=confidence))
+    sections.append(runs_charts_section({run.name: run.metrics for run in runs}, {run.name: run.rows for run in runs}))
     browser = html.build_browser({run.name: run.rows for run in runs if run.rows})
     return html.render("Model comparison", warnings=warnings, sections=sections, browser=browser,
                        data={"table": list(table), "significance": list(significance_results)})

@@ -14,7 +14,9 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
            "#17becf")
 BAR = 12
 GROUP_GAP = 18
-LEFT, TOP, PLOT_HEIGHT, BOTTOM = 56, 40, 220, 120
+LEFT, TOP, PLOT_HEIGHT, BOTTOM = 56, 52, 220, 120
+#: About how far a 10 px label rotated by 35 degrees reaches left per character (the first one must fit).
+LABEL_REACH = 4.7
 #: The height of a bar at 0: a true zero is seen (an absent metric is "n/a" instead).
 ZERO_HEIGHT = 2
 
@@ -49,12 +51,12 @@ def _tip(category: str, count: int | None, metric: str, value: float | None, ci:
     return escape(text)
 
 
-def _bars(chart: FamilyChart, scale: _Scale, group_width: float) -> list[str]:
+def _bars(chart: FamilyChart, scale: _Scale, group_width: float, left: float) -> list[str]:
     base = TOP + PLOT_HEIGHT
     out = []
     for i, (category, count) in enumerate(zip(chart.categories, chart.counts)):
         for j, metric in enumerate(chart.metrics):
-            x = LEFT + i * group_width + GROUP_GAP / 2 + j * BAR
+            x = left + i * group_width + GROUP_GAP / 2 + j * BAR
             value, ci = chart.values[metric][i], chart.intervals[metric][i]
             keys = f'data-category="{escape(category)}" data-metric="{escape(metric)}"'
             tip = f"<title>{_tip(category, count, metric, value, ci)}</title>"
@@ -70,33 +72,40 @@ def _bars(chart: FamilyChart, scale: _Scale, group_width: float) -> list[str]:
                 mid, low, high = x + (BAR - 1) / 2, scale.y(ci.low), scale.y(ci.high)
                 out.append(f'<path class="ci" d="M{mid:.1f} {low:.1f}V{high:.1f}M{mid - 3:.1f} {low:.1f}h6'
                            f'M{mid - 3:.1f} {high:.1f}h6"/>')
-        label_x = LEFT + (i + 0.5) * group_width
+        label_x = left + (i + 0.5) * group_width
         out.append(f'<text class="category" x="{label_x:.1f}" y="{base + 14}" '
-                   f'transform="rotate(-35 {label_x:.1f} {base + 14})">{escape(category)} (n={count})</text>')
+                   f'transform="rotate(-35 {label_x:.1f} {base + 14})">{escape(_label(category, count))}</text>')
     return out
+
+
+def _label(category: str, count: int | None) -> str:
+    return f"{category} (n={count})"
 
 
 def chart_svg(chart: FamilyChart) -> str:
     """The chart as an ``<svg>`` element; every text in it is HTML-escaped."""
     scale = _Scale(chart)
     group_width = len(chart.metrics) * BAR + GROUP_GAP
-    width = LEFT + len(chart.categories) * group_width + 24
+    first = _label(chart.categories[0], chart.counts[0]) if chart.categories else ""
+    left = max(LEFT, LABEL_REACH * len(first) - group_width / 2 + 8)
     legend_width = sum(24 + 7 * len(m) for m in chart.metrics)
-    width = max(width, LEFT + legend_width)
+    width = int(max(left + len(chart.categories) * group_width + 24, LEFT + legend_width))
     height = TOP + PLOT_HEIGHT + BOTTOM
+    title = f"{chart.family} by category"
     parts = [f'<svg class="chart" role="img" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-             f'data-family="{escape(chart.family)}"><title>{escape(chart.family)} by category</title>']
+             f'data-family="{escape(chart.family)}"><title>{escape(title)}</title>'
+             f'<text class="heading" x="8" y="16">{escape(title)}</text>']
     for tick in scale.ticks():
         y = scale.y(tick)
-        parts.append(f'<line class="grid" x1="{LEFT}" x2="{width - 8}" y1="{y:.1f}" y2="{y:.1f}"/>'
-                     f'<text class="tick" x="{LEFT - 4}" y="{y + 3:.1f}">{escape(f"{tick:.4g}")}</text>')
-    parts.append(f'<line class="axis" x1="{LEFT}" x2="{width - 8}" y1="{TOP + PLOT_HEIGHT}" '
+        parts.append(f'<line class="grid" x1="{left:.1f}" x2="{width - 8}" y1="{y:.1f}" y2="{y:.1f}"/>'
+                     f'<text class="tick" x="{left - 4:.1f}" y="{y + 3:.1f}">{escape(f"{tick:.4g}")}</text>')
+    parts.append(f'<line class="axis" x1="{left:.1f}" x2="{width - 8}" y1="{TOP + PLOT_HEIGHT}" '
                  f'y2="{TOP + PLOT_HEIGHT}"/>')
-    x = LEFT
+    x = 8
     for j, metric in enumerate(chart.metrics):
-        parts.append(f'<rect x="{x}" y="10" width="10" height="10" fill="{PALETTE[j % len(PALETTE)]}"/>'
-                     f'<text class="legend" x="{x + 14}" y="19">{escape(metric)}</text>')
+        parts.append(f'<rect x="{x}" y="26" width="10" height="10" fill="{PALETTE[j % len(PALETTE)]}"/>'
+                     f'<text class="legend" x="{x + 14}" y="35">{escape(metric)}</text>')
         x += 24 + 7 * len(metric)
-    parts += _bars(chart, scale, group_width)
+    parts += _bars(chart, scale, group_width, left)
     parts.append("</svg>")
     return "".join(parts)
