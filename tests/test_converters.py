@@ -437,7 +437,7 @@ def test_pathvqa_null_image_falls_back_to_image_path(tmp_path: Path) -> None:
 
 def test_registry_names() -> None:
     assert set(CONVERTERS) == {"llava_med_align", "llava_med_instruct", "slake", "vqa_rad", "pathvqa",
-                               "gmai_mmbench", "llava", "hf"}
+                               "gmai_mmbench", "pmc_vqa", "omnimedvqa", "mmmu", "medxpertqa", "llava", "hf"}
 
 
 def test_every_converter_reason_is_exercised(request: pytest.FixtureRequest) -> None:

@@ -17,6 +17,12 @@ slake                train.json / validate.json / test.json       lang="en"|"zh"
 vqa_rad              trainset.json / testset.json (MEVF)          file, image_dir="images"
 pathvqa              train.json / val.json / test.json            file, image_dir=""
 gmai_mmbench         GMAI-MMBench_VAL.tsv / GMAI-MMBench_TEST.tsv file, image_dir
+pmc_vqa              train_2.csv / test_2.csv (else v1 CSVs)      file, image_dir
+omnimedvqa           QA_information/Open-access/*.json (test)     access="open"|"restricted"|
+                                                                  "all", file, image_dir=""
+mmmu                 <Subject>/validation-*.parquet (or .jsonl)   subjects (Health & Medicine),
+                                                                  file, image_dir="images"
+medxpertqa           MM/test.jsonl / MM/dev.jsonl                 file, image_dir="images"
 hf                   data.source: a save_to_disk folder, or       source, columns, lang,
                      Parquet (data/<split>-*.parquet)             dataset, image_dir, splits
 llava                <split>.jsonl or <split>.json                file, image_dir=""
@@ -36,7 +42,11 @@ from medvl.data.converters.gmai_mmbench import convert_gmai_mmbench, format_mult
 from medvl.data.converters.hf import convert_hf
 from medvl.data.converters.llava import convert_llava
 from medvl.data.converters.llava_med import convert_llava_med_align, convert_llava_med_instruct
+from medvl.data.converters.medxpertqa import convert_medxpertqa
+from medvl.data.converters.mmmu import convert_mmmu
+from medvl.data.converters.omnimedvqa import convert_omnimedvqa
 from medvl.data.converters.pathvqa import convert_pathvqa
+from medvl.data.converters.pmc_vqa import convert_pmc_vqa
 from medvl.data.converters.slake import convert_slake
 from medvl.data.converters.vqa_rad import convert_vqa_rad
 
@@ -72,6 +82,10 @@ CONVERTERS: dict[str, Converter] = {
     "vqa_rad": convert_vqa_rad,
     "pathvqa": convert_pathvqa,
     "gmai_mmbench": convert_gmai_mmbench,
+    "pmc_vqa": convert_pmc_vqa,
+    "omnimedvqa": convert_omnimedvqa,
+    "mmmu": convert_mmmu,
+    "medxpertqa": convert_medxpertqa,
     "llava": convert_llava,
     "hf": convert_hf,
 }
