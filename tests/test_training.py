@@ -97,13 +97,13 @@ def test_length_grouping_uses_header_lengths(instruct_run, compose, small_synth)
     from medvl.data.dataset import Collator, VQADataset
     from medvl.data.format import read_jsonl
     from medvl.models.loading import load_processor
-    from medvl.training.run import _trainer_class, training_arguments
+    from medvl.training.run import trainer_class, training_arguments
 
     _, cfg, _ = instruct_run
     processor = load_processor(cfg.model)
     ds = VQADataset(read_jsonl(small_synth / "train.jsonl"), processor, small_synth)
-    trainer = _trainer_class()(model=load_model(cfg.model), args=training_arguments(cfg, small_synth / "x"),
-                               train_dataset=ds, data_collator=Collator(processor.tokenizer.pad_token_id))
+    trainer = trainer_class()(model=load_model(cfg.model), args=training_arguments(cfg, small_synth / "x"),
+                              train_dataset=ds, data_collator=Collator(processor.tokenizer.pad_token_id))
     from medvl.training.sampler import EpochLengthGroupedSampler
 
     sampler = trainer._get_train_sampler()

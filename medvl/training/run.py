@@ -143,7 +143,8 @@ def setup_for_training(model, cfg: DictConfig):
     return model
 
 
-def _trainer_class():
+def trainer_class():
+    """HF's Trainer with medvl's length-grouped sampler (a factory: transformers loads only when training does)."""
     from transformers import Trainer
 
     from medvl.training.sampler import EpochLengthGroupedSampler
@@ -315,15 +316,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.trainer.seed)
     log.info("Run %s -> %s", cfg.run_name, out)
-    # Everything a path can get wrong fails here, before minutes of loading weights (every earlier stage too).
-    if cfg.init_from:
-        RunDir.from_init_from(cfg.init_from).weight_stages()
-    resume_from = resume_checkpoint(cfg, out)
-    ensure_data_once(cfg)
-    rows = load_split(cfg.data, cfg.data.train_split, cfg.data.max_train_samples)
-    # A row too long for this model would stop training when the sampler reaches it: refused here instead.
-    lengths = check_train_lengths(rows, cfg.data, cfg.model, cfg.prompt.system_prompt, cfg.data.train_split)
-    check_evaluation_needs(cfg)
+    resume_from, rows, lengths = check_before_loading(cfg, out)
     from medvl.training.loggers import logger_callbacks
 
     log_callbacks = logger_callbacks(cfg, out)  # W&B decides online or offline here, not after loading
@@ -334,46 +327,68 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     dataset = VQADataset(rows, processor, cfg.data.root, system_prompt=cfg.prompt.system_prompt,
                          max_length=resolve_max_length(cfg.model, cfg.data), lengths=lengths)
-    callbacks = []
-    if cfg.trainer.eval_steps > 0:
-        callbacks.append(validation_callback(cfg, processor, out))
+    callbacks = [validation_callback(cfg, processor, out)] if cfg.trainer.eval_steps > 0 else []
     callbacks += log_callbacks
-    trainer = _trainer_class()(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        data_collator=train_collator(cfg, processor, model),
-        callbacks=callbacks,
-    )
-    for cb in callbacks:
-        cb.trainer = trainer
+    trainer = build_trainer(model, args, dataset, train_collator(cfg, processor, model), callbacks)
     result = trainer.train(resume_from_checkpoint=resume_from)
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
     save_outputs(trainer.model, processor, trainer, cfg, out)
-    best = getattr(callbacks[0], "best", None) if callbacks else None
-    if best:
-        metrics["best_" + best["metric"]] = best["value"]
-        metrics["best_step"] = best["step"]
+    metrics.update(best_metrics(callbacks))
     if is_main_process():
         (out / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
     if wants_eval_after_train(cfg):  # in every rank, while the group is up (DeepSpeed's engine asks for its rank)
         release_training(trainer, callbacks)
     end_distributed()
     if wants_eval_after_train(cfg) and is_main_process():
-        del trainer, model, args
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        # Rank 0 evaluates alone: a still-registered ZeRO-3 config would make from_pretrained shard.
-        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-        unset_hf_deepspeed_config()
-        tables = evaluate_run(cfg, out)["ckpt"]
-        metrics["eval"] = tables["overall"]
-        for cb in callbacks:
-            if hasattr(cb, "log_final_eval"):  # W&B: the sweep's dashboards get the final numbers too
-                cb.log_final_eval(tables)
+        del trainer, model, args  # the caller's half of release_training
+        metrics["eval"] = evaluate_after_training(cfg, out, callbacks)
     return metrics
+
+
+def check_before_loading(cfg: DictConfig, out: Path) -> tuple[str | None, list[dict[str, Any]], list[int]]:
+    """Everything a path or the data can get wrong, checked before minutes of loading weights (every earlier
+    stage's weights too): returns the checkpoint to resume from, the training rows and their token lengths."""
+    if cfg.init_from:
+        RunDir.from_init_from(cfg.init_from).weight_stages()
+    resume_from = resume_checkpoint(cfg, out)
+    ensure_data_once(cfg)
+    rows = load_split(cfg.data, cfg.data.train_split, cfg.data.max_train_samples)
+    # A row too long for this model would stop training when the sampler reaches it: refused here instead.
+    lengths = check_train_lengths(rows, cfg.data, cfg.model, cfg.prompt.system_prompt, cfg.data.train_split)
+    check_evaluation_needs(cfg)
+    return resume_from, rows, lengths
+
+
+def build_trainer(model, args, dataset, collator, callbacks: list):
+    """medvl's Trainer (:func:`trainer_class`), known to each callback: validation logs and saves the best
+    checkpoint through it, and the W&B callback finds the validation callback through it."""
+    trainer = trainer_class()(model=model, args=args, train_dataset=dataset, data_collator=collator,
+                              callbacks=callbacks)
+    for cb in callbacks:
+        cb.trainer = trainer
+    return trainer
+
+
+def best_metrics(callbacks: list) -> dict[str, float]:
+    """The best validation value and its step, when validation kept a best checkpoint (it is the first callback)."""
+    best = getattr(callbacks[0], "best", None) if callbacks else None
+    return {"best_" + best["metric"]: best["value"], "best_step": best["step"]} if best else {}
+
+
+def evaluate_after_training(cfg: DictConfig, out: Path, callbacks: list) -> dict[str, float]:
+    """``medvl.eval`` of the run on rank 0 alone, once training let its model go; the loggers get the tables."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    # Rank 0 evaluates alone: a still-registered ZeRO-3 config would make from_pretrained shard.
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    tables = evaluate_run(cfg, out)["ckpt"]
+    for cb in callbacks:
+        if hasattr(cb, "log_final_eval"):  # W&B: the sweep's dashboards get the final numbers too
+            cb.log_final_eval(tables)
+    return tables["overall"]
 
 
 def release_training(trainer, callbacks: list) -> None:
