@@ -22,6 +22,10 @@ class Trainable(str, Enum):
 class Family(str, Enum):
     qwen2_vl = "qwen2_vl"
     qwen2_5_vl = "qwen2_5_vl"
+    qwen3_vl = "qwen3_vl"
+    qwen3_vl_moe = "qwen3_vl_moe"
+    #: Gemma 3 (MedGemma).
+    gemma3 = "gemma3"
 
 
 #: ``model.attn_implementation`` choices: ``auto`` and transformers' own attention kernels.

@@ -190,7 +190,8 @@ def _check_spec(cfg: DictConfig, root: Path) -> CheckSpec:
     return CheckSpec(model_path=model_path, min_pixels=int(cfg.model.min_pixels),
                      max_pixels=int(cfg.model.max_pixels), trust_remote_code=bool(cfg.model.trust_remote_code),
                      root=str(root), system_prompt=cfg.prompt.system_prompt, max_length=max_length,
-                     full=bool(cfg.full), follow_symlinks=bool(data.follow_symlinks))
+                     full=bool(cfg.full), follow_symlinks=bool(data.follow_symlinks),
+                     family=str(getattr(cfg.model.family, "value", cfg.model.family)))
 
 
 def _check_splits(cfg: DictConfig, root: Path, options: dict[str, Any], checking: Checking, staged: _Staged,
