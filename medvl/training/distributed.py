@@ -41,6 +41,11 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def is_main_process() -> bool:
+    """Rank 0, the one that logs and writes."""
+    return rank() == 0
+
+
 def strip_local_rank(argv: list[str]) -> list[str]:
     """Remove the deepspeed launcher's ``--local_rank=N`` (Hydra rejects it) and export it as LOCAL_RANK."""
     out, i = [], 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +19,14 @@ from medvl.models.card import EVAL_METRICS, write_run_card
 from medvl.models.loading import load_processor, load_run_weights, resolve_model_path
 from medvl.models.lora import apply_training_setup, trainable_parameter_names, upcast_trainable
 from medvl.models.speed import apply_liger, prepare_quantized, quantization_config
-from medvl.runs import CONFIG_FILE, RunDir, weights_dir
+from medvl.runs import RunDir
 from medvl.training.checks import check_eval_after_train, validate_training
-from medvl.training.distributed import one_gpu_without_launcher
+from medvl.training.distributed import is_main_process, one_gpu_without_launcher
+from medvl.training.outputs import save_outputs
 from medvl.training.packing import train_collator
 from medvl.training.sweep import wants_eval_after_train
 
 log = logging.getLogger(__name__)
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def end_distributed() -> None:
@@ -242,46 +238,6 @@ def training_arguments(cfg: DictConfig, output_dir: Path):
     )
     one_gpu_without_launcher(args)
     return args
-
-
-def save_outputs(model, processor, trainer, cfg: DictConfig, out: Path) -> None:
-    """Adapter (or whole model) + processor, resolved config, trainer state and loss curve.
-
-    Called on every rank: under DeepSpeed the weights are gathered from all ranks (ZeRO-3 shards
-    them), and only rank 0 writes.
-    """
-    from peft import PeftModel
-
-    target = weights_dir(out, adapter=isinstance(model, PeftModel))
-    if trainer.is_deepspeed_enabled:
-        trainer.save_model(str(target))  # collective; needs stage3_gather_16bit_weights_on_model_save
-    elif is_main_process():
-        model.save_pretrained(target, safe_serialization=True)
-    if not is_main_process():
-        return
-    processor.save_pretrained(target)
-    (out / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    write_run_card(out)  # replaces peft's placeholder README.md; rewritten with the numbers after evaluation
-    trainer.state.save_to_json(str(out / "trainer_state.json"))
-    plot_loss(trainer.state.log_history, out / "loss.png")
-
-
-def plot_loss(history: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = [(h["step"], h["loss"]) for h in history if "loss" in h]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    if points:
-        ax.plot(*zip(*points), marker=".")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_title(path.parent.name)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def resolve_init_from(cfg: DictConfig) -> None:
