@@ -11,7 +11,6 @@ import json
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 
 from medvl.config import ConfigError
@@ -19,12 +18,12 @@ from medvl.data.dataset import IGNORE_INDEX, Collator, encode
 from medvl.data.format import make_row, read_jsonl
 from medvl.models.loading import load_model, load_processor
 from medvl.training.checks import validate_training
-from medvl.training.packing import PackingCollator, check_packing, rope_index_of
+from medvl.training.packing import PackingCollator, rope_index_of
 from medvl.training.run import train
 
 from .conftest import small_data_overrides
 
-FAMILIES = ["tiny", "tiny25"]  # Qwen2-VL, Qwen2.5-VL
+FAMILIES = ["tiny", "tiny25", "tiny3", "tiny3_moe"]  # Qwen2-VL, Qwen2.5-VL, Qwen3-VL and its MoE
 
 
 @pytest.fixture(scope="module")
@@ -217,10 +216,10 @@ def test_a_packed_training_run_follows_the_padded_run(compose, small_synth, tiny
 
 
 def test_packing_a_family_without_mrope_positions_is_refused_at_start_up(compose):
-    validate_training(compose(["trainer.packing=true"]))  # Qwen2-VL: accepted
-    gemma = OmegaConf.create({"model": {"family": "gemma3"}, "trainer": {"packing": True}})
+    for name in FAMILIES:
+        validate_training(compose([f"model={name}", "trainer.packing=true"]))
     with pytest.raises(ConfigError, match="trainer.packing=true: model.family=gemma3 is not supported"):
-        check_packing(gemma)
+        validate_training(compose(["model=tiny_gemma3", "trainer.packing=true"]))
 
 
 def test_packing_rows_longer_than_max_length_are_refused_at_start_up(compose, small_synth, tmp_path, monkeypatch):
