@@ -98,6 +98,8 @@ class PackingCollator:
 
     Args:
         rope_index: the model's ``get_rope_index`` (:func:`rope_index_of`); it reads only the model's config.
+            Being a bound method it holds the model: DataLoader workers forked on Linux share it at no cost,
+            a ``spawn`` start method would pickle the model into every worker.
         max_tokens: the token budget (``per_device_train_batch_size x data.max_length``); ``None``: unchecked.
     """
 
