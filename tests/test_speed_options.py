@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from medvl.config import ConfigError, validate
+from medvl.config import ConfigError, group_choices, validate
 from medvl.models import speed
 from medvl.preflight import preflight
 from medvl.training import run
@@ -23,8 +23,9 @@ from medvl.training.checks import validate_training
 
 from .conftest import small_data_overrides
 
-REAL_PRESETS = ["2b", "7b", "7b_base", "qwen2_5_vl_3b", "qwen2_5_vl_7b", "qwen2_5_vl_32b", "32b", "qwen2_5_vl_72b",
-                "lingshu_7b", "lingshu_32b"]
+#: Every model group but the tiny offline ones; those below 7B train without gradient checkpointing by default.
+REAL_PRESETS = [name for name in group_choices("model") if not name.startswith("tiny")]
+BELOW_7B = {"2b", "qwen2_5_vl_3b", "qwen3_vl_2b", "qwen3_vl_4b", "medgemma_4b"}
 
 
 @pytest.fixture
@@ -79,7 +80,7 @@ def test_the_loader_passes_the_resolved_attention_to_transformers(compose, tiny_
 def test_real_presets_use_auto_attention_and_checkpoint_from_7b_up(compose, preset):
     cfg = compose([f"model={preset}"])
     assert cfg.model.attn_implementation == "auto"
-    small = preset in ("2b", "qwen2_5_vl_3b")
+    small = preset in BELOW_7B
     assert run.gradient_checkpointing(cfg) is not small
     assert run.gradient_checkpointing(compose([f"model={preset}", f"trainer.gradient_checkpointing={small}"])) is small
 
@@ -150,7 +151,8 @@ def fake_liger(monkeypatch):
 
 
 @pytest.mark.parametrize("model_name, function", [("tiny", "apply_liger_kernel_to_qwen2_vl"),
-                                                  ("tiny25", "apply_liger_kernel_to_qwen2_5_vl")])
+                                                  ("tiny25", "apply_liger_kernel_to_qwen2_5_vl"),
+                                                  ("tiny3", "apply_liger_kernel_to_qwen3_vl")])
 def test_liger_patches_the_loaded_model_of_its_family_before_lora_wraps_it(compose, fake_liger, model_name, function):
     from peft import PeftModel
 

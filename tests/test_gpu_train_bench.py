@@ -1,0 +1,68 @@
+"""benchmarks/gpu_train.py works end to end: ``--smoke`` runs every configuration on the CPU at tiny sizes through
+medvl's own training setup (the GPU-only ones are skipped with medvl's one-line refusal), and the FLOP count that
+MFU divides by is the documented formula."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import pytest
+
+from .conftest import REPO
+
+BENCH = REPO / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("gpu_train", BENCH / "gpu_train.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_train"] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["gpu_train"]
+    sys.path.remove(str(BENCH))
+
+
+def test_smoke_runs_every_configuration_or_says_why_not(bench, tmp_path, capsys, cache_dir):
+    out = tmp_path / "results.json"
+    results = bench.main(["--smoke", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert set(results) == {run.name for run in bench.RUNS}
+    measured = {name: r for name, r in results.items() if "tokens_per_s" in r}
+    # On the CPU: every LoRA configuration (padded and packed, three families) runs; Liger and QLoRA are refused.
+    assert set(measured) == {r.name for r in bench.RUNS if "liger" not in r.name and "qlora" not in r.name}
+    for r in measured.values():
+        assert r["tokens_per_s"] > 0 and r["flops_per_s"] > 0 and r["rows_per_step"] == 2 and r["attn"] == "sdpa"
+        assert r["peak_allocated_gib"] is None  # no CUDA memory to report on the CPU
+    assert results["7b lora packed liger"]["skipped"].startswith("trainer.liger=true needs a CUDA GPU")
+    assert results["7b qlora+ckpt packed b4"]["skipped"].startswith("lora.qlora=true needs a CUDA GPU")
+    assert "MFU = needed FLOPs / time / matmul peak" in printed and "4*N_llm*L" in printed
+    assert "targets (smoke: tiny CPU models, the ratios mean nothing)" in printed
+    assert "7B LoRA packed MFU >= 45%" in printed and "packed >= 1.5x padded tokens/s" in printed
+    assert json.loads(out.read_text())["runs"] == list(results.values())
+
+
+def test_the_flop_count_is_the_documented_formula(bench):
+    counts = bench.Counts(llm=10, vision=5, merger=2, layers=1, d_attn=4, depth=1, d_vision=2, window_blocks=0,
+                          window_patches=0)
+    # 3 tokens, 1 image token = 4 patches, 1 trainable LoRA parameter:
+    # 4*10*3 + 6*1*3 + 6*1*4*3^2 + 2*5*4 + 2*2*1 + 4*1*2*4*4
+    assert counts.row_flops(3, 1, 1) == 120 + 18 + 216 + 40 + 4 + 128
+    # Qwen2.5-VL's windowed blocks attend within a window of 64 patches, not the whole image.
+    windowed = bench.Counts(llm=0, vision=0, merger=0, layers=0, d_attn=0, depth=4, d_vision=1, window_blocks=3,
+                            window_patches=64)
+    assert windowed.row_flops(0, 100, 0) == 4 * 1 * 400 * (1 * 400 + 3 * 64)
+
+
+def test_the_published_configs_give_the_published_sizes(bench):
+    # Parameter counts of the hub checkpoints (Qwen2.5-VL-7B: 8.29B, Qwen3-VL-8B: 8.77B), built on the meta device.
+    import torch
+
+    sizes = {key: sum(p.numel() for p in bench.build_random(spec, torch.bfloat16, "meta").parameters())
+             for key, spec in bench.SPECS.items()}
+    assert sizes["7b"] == pytest.approx(8.29e9, rel=2e-3) and sizes["8b"] == pytest.approx(8.77e9, rel=2e-3)
+    assert sizes["2b"] == pytest.approx(2.21e9, rel=5e-3)
