@@ -107,6 +107,10 @@ def _check_qlora(cfg: Any) -> None:
     if full:
         raise ConfigError(f"lora.qlora=true: stage.{full[0]}=full would train 4-bit weights, which cannot be "
                           f"trained; set stage.{full[0]}=frozen, or lora.qlora=false")
+    zero = (cfg.deepspeed.config or {}).get("zero_optimization") or {}
+    if zero.get("stage") == 3:  # ZeRO-3 would partition bitsandbytes' packed uint8 weights as if they were bf16
+        raise ConfigError(f"lora.qlora=true with deepspeed={cfg.deepspeed.name} (ZeRO-3) is not supported; use "
+                          f"deepspeed=zero2 or deepspeed=none (a 4-bit 7B fits one GPU), or lora.qlora=false")
     if not _cuda():
         raise ConfigError("lora.qlora=true needs a CUDA GPU (bitsandbytes' 4-bit matrix products) and none is "
                           "visible; set lora.qlora=false")
