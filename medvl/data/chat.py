@@ -11,15 +11,13 @@ from typing import Any
 
 from medvl.data.format import HUMAN, IMAGE_TOKEN
 
-#: Qwen-VL's end-of-turn token; other chat templates end a turn with their own (:func:`end_of_turn`).
-END_OF_TURN = "<|im_end|>"
 _PROBE = "MEDVL_ANSWER_PROBE"
 _end_of_turn: dict[str, tuple[str, str]] = {}
 
 
 def end_of_turn(processor) -> tuple[str, str]:
     """(end-of-turn token, what follows it before the next turn) in the processor's chat template:
-    ``("<|im_end|>", "\n")`` for Qwen-VL, ``("<end_of_turn>", "\n")`` for Gemma 3. Read from the template's own
+    ``("<|im_end|>", "\\n")`` for Qwen-VL, ``("<end_of_turn>", "\\n")`` for Gemma 3. Read from the template's own
     rendering of an answer, so that a new family's markup needs no code here."""
     template = str(getattr(processor, "chat_template", None) or "")
     if template not in _end_of_turn:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from medvl.data.chat import END_OF_TURN
+from medvl.data.chat import end_of_turn
 from medvl.data.dataset import Collator, encode_prompts
 
 #: How answers are decoded: greedy, one beam. Recorded in each eval's fingerprint so that medvl.compare
@@ -21,14 +21,15 @@ def iter_batches(rows: list[dict[str, Any]], batch_size: int) -> Iterator[list[d
         yield rows[i : i + batch_size]
 
 
-def stop_token_ids(model, tokenizer) -> list[int]:
+def stop_token_ids(model, processor) -> list[int]:
     """Token ids that end an answer: the end-of-turn token training labels, and the model's own eos ids.
 
     A base checkpoint's tokenizer (Qwen2-VL-7B) has ``<|endoftext|>`` as eos, while a model fine-tuned
-    on the chat template ends its answers with ``<|im_end|>``: stopping on eos alone would run every
-    answer on to ``max_new_tokens``.
+    on the chat template ends its answers with ``<|im_end|>`` (Gemma 3: ``<end_of_turn>``): stopping on eos
+    alone would run every answer on to ``max_new_tokens``.
     """
-    ids = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(END_OF_TURN)]
+    tokenizer = processor.tokenizer
+    ids = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(end_of_turn(processor)[0])]
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids += configured if isinstance(configured, list) else [configured]
     return list(dict.fromkeys(i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id))
@@ -45,7 +46,7 @@ def generate_batch(model, processor, rows: list[dict[str, Any]], image_root: str
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
     out = model.generate(**batch, max_new_tokens=max_new_tokens, **DECODING,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_token_ids(model, tokenizer))
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_token_ids(model, processor))
     new_tokens = out[:, batch["input_ids"].shape[1]:]
     return [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
