@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import math
 import re
 import sys
 import types
@@ -212,4 +213,20 @@ def test_dora_with_gradient_checkpointing_trains_magnitudes_and_directions(compo
     name, magnitude = next(iter(magnitudes.items()))
     module = name.removeprefix("base_model.model.").split(".lora_magnitude_vector")[0]
     assert not torch.allclose(magnitude, base[f"{module}.weight"].norm(dim=1), atol=1e-6)
+    assert any(v.abs().max() > 0 for k, v in weights.items() if "lora_B" in k)
+
+
+# --- on a GPU with the extras installed (skipped here) -------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("option, package", [("lora.qlora=true", "bitsandbytes"), ("trainer.liger=true", "liger_kernel")])
+def test_gpu_options_train_the_tiny_model(compose, small_synth, tmp_path, option, package):
+    pytest.importorskip(package)
+    out = tmp_path / "run"
+    cfg = compose([*small_data_overrides(small_synth), "trainer.max_steps=3", "trainer.save_steps=1000",
+                   "trainer.logging_steps=1", "model.dtype=bfloat16", option], output_dir=out)
+    run.train(cfg)
+    losses = [h["loss"] for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in h]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    weights = load_file(out / "adapter" / "adapter_model.safetensors")
     assert any(v.abs().max() > 0 for k, v in weights.items() if "lora_B" in k)
