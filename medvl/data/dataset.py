@@ -101,6 +101,10 @@ def encode(
     return item
 
 
+#: A piece of a prompt as :func:`encode` cuts it: its text, and the images its placeholders stand for.
+Piece = tuple[str, list[Image.Image]]
+
+
 def encode_prompts(
     rows: Sequence[dict[str, Any]],
     processor,
@@ -114,76 +118,90 @@ def encode_prompts(
     small models (about 1 ms a row). The pieces are the same as :func:`encode`'s and each text and
     image is processed on its own inside the batched call, so the results are identical (tested).
     """
-    tokenizer = processor.tokenizer
-    pieces: list[list[tuple[str, list[Image.Image]]]] = []
-    for row in rows:
-        messages = to_messages(row, system_prompt)
-        images = _checked_images(row, messages, image_root)
-        row_pieces, cursor = [], 0
-        for _, text, n_img in segments(messages, processor, with_answer=False):
-            row_pieces.append((text, images[cursor : cursor + n_img]))
-            cursor += n_img
-        pieces.append(row_pieces)
+    pieces = [_prompt_pieces(row, processor, image_root, system_prompt) for row in rows]
+    encoded, type_key = _encode_pieces([piece for row_pieces in pieces for piece in row_pieces], processor)
+    items, first = [], 0
+    for row_pieces in pieces:
+        items.append(_prompt_item(encoded[first : first + len(row_pieces)], type_key))
+        first += len(row_pieces)
+    return items
 
-    flat = [piece for row_pieces in pieces for piece in row_pieces]
-    with_images = [i for i, (_, images) in enumerate(flat) if images]
-    text_only = [i for i, (_, images) in enumerate(flat) if not images]
+
+def _prompt_pieces(row: dict[str, Any], processor, image_root: str | Path, system_prompt: str | None) -> list[Piece]:
+    """The pieces of a row's first-turn prompt, each with its own images."""
+    messages = to_messages(row, system_prompt)
+    images = _checked_images(row, messages, image_root)
+    row_pieces, cursor = [], 0
+    for _, text, n_img in segments(messages, processor, with_answer=False):
+        row_pieces.append((text, images[cursor : cursor + n_img]))
+        cursor += n_img
+    return row_pieces
+
+
+def _encode_pieces(flat: list[Piece], processor) -> tuple[list[dict[str, Any]], str]:
+    """Each piece's ``input_ids`` and token ``types`` (with images: ``pixel_values`` and, for Qwen-VL,
+    ``image_grid_thw``), from one tokenizer call for the text-only pieces and one processor call for the
+    others; and the key the processor gives its token types under (:data:`TYPE_KEYS`)."""
     encoded: dict[int, dict[str, Any]] = {}
+    text_only = [i for i, (_, images) in enumerate(flat) if not images]
     if text_only:
-        out = tokenizer([flat[i][0] for i in text_only], add_special_tokens=False)
+        out = processor.tokenizer([flat[i][0] for i in text_only], add_special_tokens=False)
         for i, ids in zip(text_only, out["input_ids"]):
             encoded[i] = {"input_ids": ids, "types": [0] * len(ids)}
+    with_images = [i for i, (_, images) in enumerate(flat) if images]
     type_key = TYPE_KEYS[0]
     if with_images:
-        out = processor(
-            text=[flat[i][0] for i in with_images],
-            images=[flat[i][1] for i in with_images],  # one list per text: Gemma 3's processor needs them so
-            padding=True,
-            return_tensors="pt",
-            add_special_tokens=False,
-        )
-        keep = out["attention_mask"].bool()
-        # Qwen-VL's pixel_values are the images' patches, image_grid_thw rows of them each; Gemma 3's are one
-        # resized image each.
-        grids = out.get("image_grid_thw")
-        patches = torch.split(out["pixel_values"], grids.prod(-1).tolist() if grids is not None else 1)
-        type_key = next((key for key in TYPE_KEYS if key in out), type_key)
-        first = 0
-        for k, i in enumerate(with_images):
-            n_img = len(flat[i][1])
-            mm = out[type_key][k][keep[k]].tolist() if type_key in out else None
-            ids = out["input_ids"][k][keep[k]].tolist()
-            encoded[i] = {
-                "input_ids": ids,
-                "types": mm or [0] * len(ids),
-                "pixel_values": list(patches[first : first + n_img]),
-            }
-            if grids is not None:
-                encoded[i]["image_grid_thw"] = grids[first : first + n_img]
-            first += n_img
+        image_pieces, type_key = _encode_image_pieces([flat[i] for i in with_images], processor)
+        encoded.update(zip(with_images, image_pieces))
+    return [encoded[i] for i in range(len(flat))], type_key
 
-    items, index = [], 0
-    for row_pieces in pieces:
-        ids: list[int] = []
-        mm_types: list[int] = []
-        pixel_values, grids_of_row = [], []
-        for _ in row_pieces:
-            piece = encoded[index]
-            index += 1
-            ids += piece["input_ids"]
-            mm_types += piece["types"]
-            if "pixel_values" in piece:
-                pixel_values += piece["pixel_values"]
-            if "image_grid_thw" in piece:
-                grids_of_row.append(piece["image_grid_thw"])
-        item = {"input_ids": torch.tensor(ids), "labels": torch.full((len(ids),), IGNORE_INDEX)}
-        if pixel_values:
-            item["pixel_values"] = torch.cat(pixel_values)
-            if grids_of_row:
-                item["image_grid_thw"] = torch.cat(grids_of_row)
-            item[type_key] = torch.tensor(mm_types)
-        items.append(item)
-    return items
+
+def _encode_image_pieces(pieces: list[Piece], processor) -> tuple[list[dict[str, Any]], str]:
+    """:func:`_encode_pieces` for pieces with images: one padded processor call, cut back into the pieces."""
+    out = processor(
+        text=[text for text, _ in pieces],
+        images=[images for _, images in pieces],  # one list per text: Gemma 3's processor needs them so
+        padding=True,
+        return_tensors="pt",
+        add_special_tokens=False,
+    )
+    keep = out["attention_mask"].bool()
+    # Qwen-VL's pixel_values are the images' patches, image_grid_thw rows of them each; Gemma 3's are one
+    # resized image each.
+    grids = out.get("image_grid_thw")
+    patches = torch.split(out["pixel_values"], grids.prod(-1).tolist() if grids is not None else 1)
+    type_key = next((key for key in TYPE_KEYS if key in out), TYPE_KEYS[0])
+    encoded, first = [], 0
+    for k, (_, images) in enumerate(pieces):
+        n_img = len(images)
+        mm = out[type_key][k][keep[k]].tolist() if type_key in out else None
+        ids = out["input_ids"][k][keep[k]].tolist()
+        piece = {"input_ids": ids, "types": mm or [0] * len(ids), "pixel_values": list(patches[first : first + n_img])}
+        if grids is not None:
+            piece["image_grid_thw"] = grids[first : first + n_img]
+        encoded.append(piece)
+        first += n_img
+    return encoded, type_key
+
+
+def _prompt_item(pieces: list[dict[str, Any]], type_key: str) -> dict[str, torch.Tensor]:
+    """A row's encoded pieces joined into :func:`encode`'s item, every label ignored (a prompt has no answer)."""
+    ids: list[int] = []
+    mm_types: list[int] = []
+    pixel_values, grids = [], []
+    for piece in pieces:
+        ids += piece["input_ids"]
+        mm_types += piece["types"]
+        pixel_values += piece.get("pixel_values", [])
+        if "image_grid_thw" in piece:
+            grids.append(piece["image_grid_thw"])
+    item = {"input_ids": torch.tensor(ids), "labels": torch.full((len(ids),), IGNORE_INDEX)}
+    if pixel_values:
+        item["pixel_values"] = torch.cat(pixel_values)
+        if grids:
+            item["image_grid_thw"] = torch.cat(grids)
+        item[type_key] = torch.tensor(mm_types)
+    return item
 
 
 class VQADataset(torch.utils.data.Dataset):
