@@ -4,23 +4,28 @@
     python -m medvl.compare 'outputs/eval/*' --metrics exact_match,closed_accuracy
     python -m medvl.compare multirun/2025-01-01/12-00-00          # a sweep: one column per job
     python -m medvl.compare evals/gmai_* --metrics choice_accuracy   # model x task/department tables
+    python -m medvl.compare outputs/eval/run_a outputs/eval/run_b --wandb [--wandb-project medvl]
 
 Writes model_comparison_tables.md, model_comparison.csv, model_comparison.json, significance.md and
 model_comparison.html (one offline page of it all) into --out (default: the sweep directory, else the runs'
 common parent, else outputs/compare/<timestamp>). Runs evaluated on different data, or with a different
 max_new_tokens, decoding or BERTScore model, are refused (--allow-mixed-settings compares them with the
 differences marked); a different prompt is marked. argparse, not Hydra: the arguments are paths, not an
-experiment.
+experiment. ``--wandb`` logs the comparison and significance tables and those files to W&B, offline without
+an API key, in the group of the training runs or sweep the compared checkpoints come from.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
+from medvl.config import ConfigError
 from medvl.evaluation.compare import CompareError, compare, console_tables
 from medvl.evaluation.metrics import MetricError
+from medvl.evaluation.wandb_log import check_wandb, log_comparison
 from medvl.tables import console as wide_console
 
 
@@ -35,6 +40,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--allow-mixed-settings", action="store_true",
                         help="compare runs evaluated with different max_new_tokens, decoding or BERTScore model "
                              "(marked in the outputs) instead of refusing them")
+    parser.add_argument("--wandb", action="store_true", help="log the comparison to W&B (offline without an API key)")
+    parser.add_argument("--wandb-project", default="medvl", help="W&B project (default: medvl)")
+    parser.add_argument("--wandb-group", default=None,
+                        help="W&B group (default: the group of the training runs or sweep the runs evaluate)")
     args = parser.parse_args(argv)
     if args.n_boot < 1:
         parser.error(f"--n-boot must be positive, got {args.n_boot}")
@@ -44,10 +53,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    if args.wandb:  # its lines (offline, where the run went) on stderr with the warnings
+        logging.getLogger("medvl").addHandler(logging.StreamHandler())
+        logging.getLogger("medvl").setLevel(logging.INFO)
     try:
+        wandb_plan = check_wandb("--wandb", args.wandb)  # online or not, decided before the bootstrap runs
         result = compare(args.paths, reference=args.reference, out_dir=args.out, metrics=metrics,
                          n_boot=args.n_boot, seed=args.seed, allow_mixed_settings=args.allow_mixed_settings)
-    except (CompareError, MetricError) as error:  # MetricError: a metric without a registered direction
+    except (CompareError, MetricError, ConfigError) as error:  # MetricError: a metric without a direction;
+        # ConfigError: WANDB_MODE=online with no route to the W&B server
         print(f"medvl: {error}", file=sys.stderr)
         return 2
     console = wide_console()
@@ -61,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if pair["note"]:
             print(f"medvl: warning: {pair['run']} vs {pair['reference']}: {pair['note']}", file=sys.stderr)
     console.print(f"wrote {', '.join(path.name for path in result['paths'].values())} to {result['out_dir']}")
+    if wandb_plan is not None:
+        log_comparison(wandb_plan, result, project=args.wandb_project, group=args.wandb_group)
     return 0
 
 

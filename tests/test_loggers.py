@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from medvl.config import ConfigError, is_secret_key
+from medvl.evaluation import wandb_session
 from medvl.preflight import preflight
 from medvl.training import loggers
 from medvl.training.run import learning_rate, train
@@ -78,7 +79,7 @@ def test_wandb_offline_run_logs_config_curves_eval_and_predictions(compose, tmp_
     assert config["learning_rate"] == pytest.approx(learning_rate(cfg))  # HF's TrainingArguments, same run
     # Secret-named keys only with empty or masked values (HF masks its own hub_token as "<HUB_TOKEN>").
     for key, value in secret_values(config).items():
-        assert value in (None, "", loggers.MASK) or str(value).startswith("<"), key
+        assert value in (None, "", wandb_session.MASK) or str(value).startswith("<"), key
 
     rows = history_rows(records)
     assert [r["train/global_step"] for r in rows if "train/loss" in r] == [2, 4]
@@ -99,7 +100,7 @@ def test_wandb_offline_run_logs_config_curves_eval_and_predictions(compose, tmp_
     assert table["columns"] == ["id", "image", "question", "reference", "prediction", "category"]
     assert len(table["data"]) == 5
     images = [row[1] for row in table["data"]]
-    assert all(img["_type"] == "image-file" and max(img["width"], img["height"]) <= loggers.THUMBNAIL_SIZE
+    assert all(img["_type"] == "image-file" and max(img["width"], img["height"]) <= wandb_session.THUMBNAIL_SIZE
                for img in images)
     assert all(img["path"] in contents for img in images)
     assert {row[3] for row in table["data"]} <= {r["conversations"][1]["value"] for r in _validation_rows(small_synth)}
@@ -174,21 +175,21 @@ def test_secret_names_and_redaction():
     assert [is_secret_key(k) for k in ("api_key", "hf_token", "wandbApiKey", "db_password", "client_secret")] == [True] * 5
     assert not any(is_secret_key(k) for k in ("max_new_tokens", "pad_token_id", "monkey", "eval_metrics"))
     config = {"logger": {"project": "p", "api_key": SECRET}, "tokens": [{"access_token": SECRET}], "max_new_tokens": 4}
-    assert loggers.redact(config) == {"logger": {"project": "p", "api_key": loggers.MASK},
-                                      "tokens": [{"access_token": loggers.MASK}], "max_new_tokens": 4}
+    assert wandb_session.redact(config) == {"logger": {"project": "p", "api_key": wandb_session.MASK},
+                                            "tokens": [{"access_token": wandb_session.MASK}], "max_new_tokens": 4}
 
 
 def test_credentials_from_env_or_netrc(no_wandb_login, monkeypatch):
-    assert not loggers.has_wandb_credentials()
+    assert not wandb_session.has_wandb_credentials()
     netrc = no_wandb_login / ".netrc"
     netrc.write_text("machine example.com login user password x\n")
     netrc.chmod(0o600)
-    assert not loggers.has_wandb_credentials()
+    assert not wandb_session.has_wandb_credentials()
     netrc.write_text("machine api.wandb.ai login user password x\n")
-    assert loggers.has_wandb_credentials()
+    assert wandb_session.has_wandb_credentials()
     netrc.unlink()
     monkeypatch.setenv("WANDB_API_KEY", "x")
-    assert loggers.has_wandb_credentials()
+    assert wandb_session.has_wandb_credentials()
 
 
 def test_wandb_group_mode_and_dir(compose, tmp_path, no_wandb_login, monkeypatch, multirun_context):

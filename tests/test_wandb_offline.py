@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from medvl.config import ConfigError
+from medvl.evaluation import wandb_session
 from medvl.training import loggers
 
 from .conftest import small_data_overrides
@@ -64,28 +65,29 @@ def answering_wandb(no_wandb_login, monkeypatch):  # noqa: F811
 
 
 def test_unreachable_server_means_offline(unreachable_wandb):
-    assert not loggers.wandb_reachable()
-    assert loggers.wandb_host() == unreachable_wandb
-    assert loggers.wandb_offline_reason() == f"the W&B server {unreachable_wandb} cannot be reached from this node"
+    assert not wandb_session.wandb_reachable()
+    assert wandb_session.wandb_host() == unreachable_wandb
+    reason = wandb_session.wandb_offline_reason()
+    assert reason == f"the W&B server {unreachable_wandb} cannot be reached from this node"
 
 
 def test_a_server_that_answers_is_reachable_even_with_an_error_status(answering_wandb, monkeypatch):
-    assert loggers.wandb_reachable()
+    assert wandb_session.wandb_reachable()
     monkeypatch.setenv("WANDB_API_KEY", KEY)
-    assert loggers.wandb_offline_reason() is None  # online: wandb.init goes ahead as before
+    assert wandb_session.wandb_offline_reason() is None  # online: wandb.init goes ahead as before
 
 
 def test_without_a_key_no_server_is_contacted(no_wandb_login, monkeypatch):  # noqa: F811
-    monkeypatch.setattr(loggers, "wandb_reachable", lambda *a, **k: pytest.fail("contacted the server"))
-    assert loggers.wandb_offline_reason() == "no API key found"
+    monkeypatch.setattr(wandb_session, "wandb_reachable", lambda *a, **k: pytest.fail("contacted the server"))
+    assert wandb_session.wandb_offline_reason() == "no API key found"
     monkeypatch.setenv("WANDB_MODE", "offline")  # the user's choice: nothing to decide
-    assert loggers.wandb_offline_reason() is None
+    assert wandb_session.wandb_offline_reason() is None
 
 
 def test_wandb_mode_online_on_an_unreachable_node_is_one_line(unreachable_wandb, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "online")
     with pytest.raises(ConfigError) as err:
-        loggers.wandb_offline_reason()
+        wandb_session.wandb_offline_reason()
     msg = str(err.value)
     assert "\n" not in msg and KEY not in msg
     assert msg.startswith(f"WANDB_MODE=online but the W&B server {unreachable_wandb} cannot be reached")

@@ -280,6 +280,8 @@ class EvalConfig(_ModelDataConfig, EvalSettings):
     #: one, else the CPU), ``auto_shard`` (one model's layers spread over all visible GPUs, for a model
     #: larger than one GPU: ``device_map="auto"``), ``cpu``, ``cuda`` or ``cuda:N``.
     device: str = "auto"
+    #: ``logger=wandb``: metrics, ``log_predictions`` rows with their images, and report.html to W&B.
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
 @dataclass

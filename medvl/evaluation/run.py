@@ -239,9 +239,12 @@ def evaluate(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> di
     from medvl.config import add_dataset_labels, validate_eval
     from medvl.evaluation.metrics import check_scoring
     from medvl.evaluation.report import print_side_by_side
+    from medvl.evaluation.wandb_log import check_wandb, log_evaluation, wants_wandb
 
     validate_eval(cfg)
     check_scoring(cfg)  # metric names, Java, BERTScore model files: before hours of generation, not after
+    # logger=wandb: the package, and online or offline, decided before the model loads (the run starts at the end).
+    wandb_plan = check_wandb("logger=wandb", wants_wandb(cfg) and ranks.is_main())
     torch.manual_seed(cfg.seed)
     out = Path(cfg.output_dir)
     ckpt_arg = cfg.get("ckpt")
@@ -257,14 +260,17 @@ def evaluate(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> di
     if ranks.is_main():
         (out / "eval_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     if ckpt is None:
-        return {"base": evaluate_one(cfg, None, out, "base")}
-    if not cfg.compare_base:
-        return {"ckpt": evaluate_one(cfg, ckpt, out, ckpt.name)}
-    results = {"base": evaluate_one(cfg, None, out / "base", "base"),
-               "ckpt": evaluate_one(cfg, ckpt, out / "ckpt", "fine-tuned")}
-    if ranks.is_main():
-        rows = load_split(cfg.data, cfg.split or cfg.data.eval_split, cfg.data.max_eval_samples)
-        print_side_by_side(results, out, images=image_index(rows, cfg.data.root))
+        results = {"base": evaluate_one(cfg, None, out, "base")}
+    elif not cfg.compare_base:
+        results = {"ckpt": evaluate_one(cfg, ckpt, out, ckpt.name)}
+    else:
+        results = {"base": evaluate_one(cfg, None, out / "base", "base"),
+                   "ckpt": evaluate_one(cfg, ckpt, out / "ckpt", "fine-tuned")}
+        if ranks.is_main():
+            rows = load_split(cfg.data, cfg.split or cfg.data.eval_split, cfg.data.max_eval_samples)
+            print_side_by_side(results, out, images=image_index(rows, cfg.data.root))
+    if wandb_plan is not None:
+        log_evaluation(wandb_plan, cfg, results, out, ckpt)
     return results
 
 

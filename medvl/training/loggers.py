@@ -10,28 +10,31 @@ HF's integrations, chosen by ``logger.report_to``, log the training curves and w
   config; it logs a predictions table with image thumbnails at each validation; without an API key
   it runs offline, and with a key but no route to the W&B server (a cluster's compute node) it says so
   in one line and runs offline too, instead of waiting minutes for wandb's CommError. Its files go under
-  the run directory.
+  the run directory. The session rules it shares with medvl.eval and medvl.compare live in
+  :mod:`medvl.evaluation.wandb_session`.
 """
 
 from __future__ import annotations
 
 import logging
-import netrc
-import os
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback
 
-from medvl.config import is_secret_key
+from medvl.evaluation.wandb_session import (
+    offline_mode,
+    redact,
+    require_wandb,
+    staging_in,
+    start_run,
+    sweep_group,
+    thumbnail,
+    wandb_offline_reason,
+)
 
 log = logging.getLogger(__name__)
-
-MASK = "***"
-THUMBNAIL_SIZE = 128
 
 
 def logger_callbacks(cfg: DictConfig, out: Path) -> list:
@@ -43,10 +46,7 @@ def logger_callbacks(cfg: DictConfig, out: Path) -> list:
 
     callbacks: list = [TrainingMonitor()]
     if "wandb" in cfg.logger.report_to:
-        try:
-            import wandb  # noqa: F401
-        except ImportError as exc:
-            raise ImportError("logger=wandb needs the wandb package: pip install wandb") from exc
+        require_wandb("logger=wandb")
         from medvl.training.sweep import wants_eval_after_train
 
         reason = wandb_offline_reason()
@@ -55,94 +55,6 @@ def logger_callbacks(cfg: DictConfig, out: Path) -> list:
                                   offline_reason=reason))
     log.info("Logger %s: %s", cfg.logger.name, ", ".join(type(cb).__name__ for cb in callbacks))
     return callbacks
-
-
-def redact(value: Any) -> Any:
-    """A copy of a plain config with the value of every secret-named key (``api_key``, ``hf_token``, ...) masked."""
-    if isinstance(value, dict):
-        return {k: MASK if is_secret_key(k) else redact(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    return value
-
-
-def sweep_group() -> str | None:
-    """The sweep directory's name inside a Hydra multirun, else None."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from medvl.training.sweep import in_multirun
-
-    if in_multirun():
-        return Path(HydraConfig.get().sweep.dir).name
-    return None
-
-
-def has_wandb_credentials() -> bool:
-    """Whether wandb would find credentials: ``WANDB_API_KEY``, an identity token file, or a netrc entry."""
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
-        return True
-    host = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").netloc
-    path = Path(os.environ.get("NETRC") or "~/.netrc").expanduser()
-    try:
-        return bool(netrc.netrc(path).authenticators(host))
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
-#: Seconds to wait for the W&B host: wandb itself waits about two minutes before failing with CommError.
-REACH_TIMEOUT = 5.0
-
-
-def wandb_host() -> str:
-    """The W&B server, ``host[:port]`` of ``WANDB_BASE_URL`` (default api.wandb.ai), without any credentials in it."""
-    parts = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
-    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
-
-
-def wandb_reachable(timeout: float = REACH_TIMEOUT) -> bool:
-    """Whether the W&B server answers HTTP within ``timeout`` (through the proxy the environment sets, as
-    wandb would): any HTTP status, even an error, means it is reachable."""
-    import urllib.error
-    import urllib.request
-
-    url = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
-    try:
-        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
-    except urllib.error.HTTPError:
-        return True
-    except urllib.error.URLError as exc:
-        import ssl
-
-        return isinstance(exc.reason, ssl.SSLError)  # connected; wandb's own TLS settings may still work
-    except (OSError, ValueError):  # timeout, refused, unresolvable host, malformed URL
-        return False
-    return True
-
-
-ONLINE_MODES = ("online", "run")
-
-
-def wandb_offline_reason() -> str | None:
-    """Why this run logs to W&B offline (None: online, or the user's ``WANDB_MODE`` decides).
-
-    Raises:
-        ConfigError: ``WANDB_MODE=online`` is set but the server cannot be reached (wandb would wait
-            minutes, then fail with a traceback).
-    """
-    mode = os.environ.get("WANDB_MODE", "").strip().lower()
-    if mode and mode not in ONLINE_MODES:
-        return None
-    if not mode and not has_wandb_credentials():
-        return "no API key found"
-    if wandb_reachable():
-        return None
-    if mode:
-        from medvl.config import ConfigError
-
-        raise ConfigError(f"WANDB_MODE={mode} but the W&B server {wandb_host()} cannot be reached from this node; "
-                          f"set WANDB_MODE=offline (sync later with `wandb sync <run dir>/wandb/offline-run-*`) or "
-                          f"unset WANDB_MODE to fall back to offline logging")
-    return f"the W&B server {wandb_host()} cannot be reached from this node"
 
 
 def wandb_init_kwargs(cfg: DictConfig, out: Path, offline_reason: str | None = None) -> dict[str, Any]:
@@ -163,22 +75,7 @@ def wandb_init_kwargs(cfg: DictConfig, out: Path, offline_reason: str | None = N
         # One key: HF's WandbCallback adds TrainingArguments (``deepspeed``, ``run_name``, ...) at the top level.
         "config": {"medvl": redact(config)},
     }
-    if offline_reason or (not os.environ.get("WANDB_MODE") and not has_wandb_credentials()):
-        kwargs["mode"] = "offline"
-    return kwargs
-
-
-@contextmanager
-def _staging_in(folder: Path):
-    """Stage media that wandb keeps until ``wandb sync`` (table images) in ``folder``, not in ``~/.local/share``."""
-    if os.environ.get("WANDB_DATA_DIR"):
-        yield
-        return
-    os.environ["WANDB_DATA_DIR"] = str(folder)
-    try:
-        yield
-    finally:
-        os.environ.pop("WANDB_DATA_DIR", None)
+    return kwargs | offline_mode(offline_reason)
 
 
 class WandbRun(TrainerCallback):
@@ -206,15 +103,9 @@ class WandbRun(TrainerCallback):
         self._thumbnails: dict[str, Any] = {}
 
     def on_init_end(self, args, state, control, **kwargs):
-        import wandb
-
         if not state.is_world_process_zero or self.run is not None:
             return
-        self.run = wandb.init(**self.init_kwargs)
-        if self.init_kwargs.get("mode") == "offline":
-            folder = Path(self.run.dir).parent
-            log.info("W&B: %s; logging offline to %s (sync later with `wandb sync %s`)",
-                     self.offline_reason, folder, folder)
+        self.run = start_run(self.init_kwargs, self.offline_reason)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.run is None or not self.max_rows or not any(k.startswith("eval_overall/") for k in logs or {}):
@@ -222,7 +113,7 @@ class WandbRun(TrainerCallback):
         validation = self._validation_callback()
         if validation is None or not getattr(validation, "records", None):
             return
-        with _staging_in(Path(self.run.dir).parent):
+        with staging_in(Path(self.run.dir).parent):
             table = self.predictions_table(validation.records, validation.rows)
             self.run.log({"eval/predictions": table, "train/global_step": state.global_step})
 
@@ -255,16 +146,13 @@ class WandbRun(TrainerCallback):
         return next((cb for cb in callbacks if isinstance(cb, GenerationEvalCallback)), None)
 
     def _thumbnail(self, row: dict[str, Any]):
-        from medvl.data.dataset import load_image
         from medvl.data.format import image_paths
 
         paths = image_paths(row)
         if not paths:
             return None
         if paths[0] not in self._thumbnails:  # the same rows at every validation: decode each image once
-            image = load_image(self.image_root, paths[0])
-            image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-            self._thumbnails[paths[0]] = image
+            self._thumbnails[paths[0]] = thumbnail(self.image_root, paths[0])
         return self._thumbnails[paths[0]]
 
     def predictions_table(self, records: list[dict[str, Any]], rows: list[dict[str, Any]]):
@@ -273,7 +161,7 @@ class WandbRun(TrainerCallback):
 
         table = wandb.Table(columns=["id", "image", "question", "reference", "prediction", "category"])
         for record, row in list(zip(records, rows))[: self.max_rows]:
-            thumbnail = self._thumbnail(row)
-            table.add_data(record["id"], wandb.Image(thumbnail) if thumbnail is not None else None,
+            image = self._thumbnail(row)
+            table.add_data(record["id"], wandb.Image(image) if image is not None else None,
                            record["question"], record["reference"], record["prediction"], record["category"])
         return table
