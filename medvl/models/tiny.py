@@ -119,11 +119,14 @@ def build_tiny(out_dir: str | Path, family: str = "qwen2_vl", seed: int = 0) -> 
             log.warning("Rebuilding the tiny model in %s: it was built by other code", out_dir)
             shutil.rmtree(out_dir)
         log.info("Building tiny %s model into %s", family, out_dir)
-        torch.manual_seed(seed)
-        if family == "gemma3":
-            model, processor = tiny_gemma3.build(_tokenizer_corpus(), VOCAB_SIZE)
-        else:
-            model, processor = _build_qwen(family, _tokenizer_corpus())
+        # Its own random stream: a training run that builds the model on first use must draw the same LoRA
+        # initialisation and data order afterwards as one that finds it built.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if family == "gemma3":
+                model, processor = tiny_gemma3.build(_tokenizer_corpus(), VOCAB_SIZE)
+            else:
+                model, processor = _build_qwen(family, _tokenizer_corpus())
         model.generation_config.do_sample = False
         tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
         model.save_pretrained(tmp)

@@ -46,7 +46,7 @@ class TrainingMonitor(TrainerCallback):
         # off by default, and reading it is simpler and safer than re-counting in a collator that may
         # run in dataloader worker processes.
         args.include_num_input_tokens_seen = "non_padding"
-        if self.trainer is not None and isinstance(self.trainer.data_collator, PackingCollator):
+        if self.trainer is not None and isinstance(getattr(self.trainer, "data_collator", None), PackingCollator):
             args.include_num_input_tokens_seen = "all"  # no padding, and no attention_mask to sum
         self._tokens = state.num_input_tokens_seen
         self._elapsed, self._steps = 0.0, 0
