@@ -95,7 +95,7 @@ def test_missing_field(root: Path, field: str) -> None:
 @pytest.mark.parametrize(
     "patch",
     [{"id": 7}, {"id": " "}, {"image": 3}, {"image": ["img/a.png", 5]}, {"conversations": [{"from": "human"}]},
-     {"conversations": "hi"}, {"answer_type": "closed"}, {"category": "closed_maybe"}, {"meta": []}],
+     {"conversations": "hi"}, {"answer_type": "closed"}, {"category": 7}, {"meta": []}],
 )
 def test_bad_field_type(root: Path, patch: dict) -> None:
     assert only_reason(good() | patch, root) == "bad_field_type"
@@ -183,6 +183,11 @@ def test_missing_category_only_when_required(root: Path) -> None:
     row = good() | {"category": None}
     assert only_reason(row, root, require_category=True) == "missing_category"
     assert check([row], root)[1] == []
+
+
+@pytest.mark.parametrize("patch", [{"category": "closed_maybe"}, {"category": "closed_yes_no", "answer_type": "OPEN"}])
+def test_a_category_outside_the_taxonomy_or_against_the_answer_type_is_bad_category(root: Path, patch: dict) -> None:
+    assert only_reason(good() | patch, root) == "bad_category"
 
 
 def test_duplicate_ids_across_the_split(root: Path) -> None:

@@ -28,6 +28,13 @@ class Family(str, Enum):
     gemma3 = "gemma3"
 
 
+class AnswerType(str, Enum):
+    """A category's answer type in ``data.categories`` (medvl.data.taxonomy's CLOSED/OPEN)."""
+
+    CLOSED = "CLOSED"
+    OPEN = "OPEN"
+
+
 #: ``model.attn_implementation`` choices: ``auto`` and transformers' own attention kernels.
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 
@@ -114,6 +121,10 @@ class DataConfig:
     breakdowns: list[str] = field(default_factory=list)
     #: Those of ``breakdowns`` whose value can list several labels ("ABN, POS"): such a row counts under each.
     multi_label: list[str] = field(default_factory=list)
+    #: The dataset's own taxonomy, category name -> CLOSED/OPEN, in the order tables show it (docs/taxonomy.md);
+    #: empty: the built-in 12 categories. Not ``null`` by default: OmegaConf cannot merge a command line's
+    #: ``data.categories={...}`` into a None-valued dict node (omegaconf#1038).
+    categories: dict[str, AnswerType] = field(default_factory=dict)
     #: Extra keyword options for the converter (``file``, ``image_dir``, ...), see docs/prepare.md.
     options: dict[str, Any] = field(default_factory=dict)
     #: ``data=hf``: the export to read (a ``save_to_disk`` folder, a Parquet file or a folder of them).
@@ -153,10 +164,11 @@ class LoggerConfig:
     name: str = "none"
     report_to: list[str] = field(default_factory=list)
     project: str = "medvl"
-    #: W&B run group (``null``: the sweep directory's name in a multirun, else none).
+    #: W&B run group (``null``: for medvl.eval the evaluated run's group; in a multirun the sweep directory's
+    #: name; else none).
     group: str | None = None
     tags: list[str] = field(default_factory=list)
-    #: Validation rows in the W&B predictions table logged at each validation (0: none).
+    #: Rows in the W&B predictions table logged at each validation, or by medvl.eval (0: none).
     log_predictions: int = 32
 
 

@@ -199,12 +199,22 @@ def categorize(row: dict[str, Any]) -> tuple[str, str, str]:
     ``"answer_type=yes_no_answer; category=question:location"``; docs/taxonomy.md lists them all.
     Multi-turn rows are categorized by their first question.
     """
-    question = question_of(row)
-    turns = row.get("conversations") or []
-    answer = answer_of(row) if len(turns) > 1 else ""
+    question, answer = _texts(row)
     answer_type, type_rule = answer_type_rule(row, question, answer)
     category, category_rule = category_rule_of(row, answer_type, question, answer)
     return answer_type, category, f"answer_type={type_rule}; category={category_rule}"
+
+
+def categorize_answer_type(row: dict[str, Any]) -> tuple[str, str]:
+    """``(answer_type, rule_used)`` alone, as :func:`categorize` decides it: for rows under a dataset's own
+    taxonomy (``data.categories``), whose category names the rules here cannot know."""
+    answer_type, type_rule = answer_type_rule(row, *_texts(row))
+    return answer_type, f"answer_type={type_rule}"
+
+
+def _texts(row: dict[str, Any]) -> tuple[str, str]:
+    turns = row.get("conversations") or []
+    return question_of(row), answer_of(row) if len(turns) > 1 else ""
 
 
 def answer_type_rule(row: dict[str, Any], question: str, answer: str) -> tuple[str, str]:

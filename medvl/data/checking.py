@@ -74,6 +74,8 @@ class CheckSpec:
     follow_symlinks: bool = False
     #: model.family: how the processor takes the pixel budget (medvl.models.loading.load_processor).
     family: str = "qwen2_vl"
+    #: data.categories as medvl.data.taxonomy.declared_taxonomy reads it (None: the built-in 12).
+    categories: dict[str, str] | None = None
 
 
 class RowChecker:
@@ -95,7 +97,7 @@ class RowChecker:
         """The row checks without the duplicate-id check, which runs in input order in the main process."""
         if require_category not in self._checks:
             checks = default_checks(require_category=require_category, decode_images=False,
-                                    follow_symlinks=self.spec.follow_symlinks)[:-1]
+                                    follow_symlinks=self.spec.follow_symlinks, categories=self.spec.categories)[:-1]
             self._checks[require_category] = [*checks, check_template_images,
                                                make_special_token_check(self.processor.tokenizer)]
         return self._checks[require_category]

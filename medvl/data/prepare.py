@@ -34,6 +34,7 @@ from medvl.data.prepare_report import (
 )
 from medvl.data.row_checks import make_duplicate_id_check
 from medvl.data.splits import eval_split_names
+from medvl.data.taxonomy import TaxonomyError, declared_taxonomy
 from medvl.data.token_length import describe_max_length, max_image_tokens, resolve_max_length
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,9 @@ def converter_options(fmt: str, data_cfg: Any) -> dict[str, Any]:
     ``data.options={image_dir: imgs}``)."""
     params = inspect.signature(converter_for(fmt)).parameters
     options = {k: data_cfg[k] for k in ("lang", "source", "columns") if k in params}
+    taxonomy = data_taxonomy(data_cfg)
+    if taxonomy is not None:  # convert()'s own: it hands it to converters that read given labels
+        options["categories"] = taxonomy
     extra = dict(data_cfg.get("options") or {})
     unknown = sorted(k for k in extra if k not in params)
     if unknown and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
@@ -53,6 +57,14 @@ def converter_options(fmt: str, data_cfg: Any) -> dict[str, Any]:
     # Plain values: report.json records them, and a converter need not know OmegaConf (data.columns is a mapping).
     return {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
             for k, v in {**options, **extra}.items()}
+
+
+def data_taxonomy(data_cfg: Any) -> dict[str, str] | None:
+    """``data.categories`` checked (:func:`medvl.data.taxonomy.declared_taxonomy`); a bad one is one line."""
+    try:
+        return declared_taxonomy(data_cfg.get("categories"))
+    except TaxonomyError as e:
+        raise ConverterError(str(e)) from None
 
 
 def read_split(fmt: str, root: Path, split: str, options: dict[str, Any], *,
@@ -191,7 +203,8 @@ def _check_spec(cfg: DictConfig, root: Path) -> CheckSpec:
                      max_pixels=int(cfg.model.max_pixels), trust_remote_code=bool(cfg.model.trust_remote_code),
                      root=str(root), system_prompt=cfg.prompt.system_prompt, max_length=max_length,
                      full=bool(cfg.full), follow_symlinks=bool(data.follow_symlinks),
-                     family=str(getattr(cfg.model.family, "value", cfg.model.family)))
+                     family=str(getattr(cfg.model.family, "value", cfg.model.family)),
+                     categories=data_taxonomy(data))
 
 
 def _check_splits(cfg: DictConfig, root: Path, options: dict[str, Any], checking: Checking, staged: _Staged,
@@ -235,7 +248,8 @@ def _write_outputs(staged: _Staged, report: dict[str, Any], type_mapping: dict[s
         staged.path("type_mapping.json").write_text(json.dumps(type_mapping, indent=1, ensure_ascii=False) + "\n",
                                                     encoding="utf-8")
         staged.path("categories.md").write_text(
-            f"# Categories of {report['data']['name']} (kept rows)\n\n" + category_table(categories),
+            f"# Categories of {report['data']['name']} (kept rows)\n\n"
+            + category_table(categories, report["data"].get("categories")),
             encoding="utf-8")
     except BaseException:
         staged.discard()

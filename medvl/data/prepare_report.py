@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from medvl.data.converters import FILTER_REASONS, Row
-from medvl.data.taxonomy import CATEGORIES
+from medvl.data.taxonomy import BUILTIN
 
 #: Row ``meta`` keys that hold a dataset's own labels; copied into type_mapping.json.
 SOURCE_LABEL_KEYS = ("answer_type", "content_type", "question_type", "task", "label",
@@ -30,15 +31,16 @@ def type_entry(row: Row, split: str) -> dict[str, Any]:
             "rule": meta.get("category_rule")}
 
 
-def category_table(counts: dict[str, Counter]) -> str:
-    """Markdown table: one line per taxonomy category, one column per split."""
+def category_table(counts: dict[str, Counter], taxonomy: Mapping[str, str] | None = None) -> str:
+    """Markdown table: one line per category of ``taxonomy`` (``data.categories``; None: the built-in 12), one
+    column per split."""
     import pandas as pd
 
     from medvl.tables import markdown
 
     splits = list(counts)
     rows = [[answer_type, f"`{cat}`", *(counts[s][cat] for s in splits)]
-            for cat, (answer_type, _) in CATEGORIES.items()]
+            for cat, answer_type in (BUILTIN if taxonomy is None else taxonomy).items()]
     if any(counts[s][None] for s in splits):
         rows.append(["-", "(none)", *(counts[s][None] for s in splits)])
     rows.append(["", "**total**", *(sum(counts[s].values()) for s in splits)])

@@ -17,7 +17,7 @@ size. :func:`default_checks` need no tokenizer or processor; :func:`check_templa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from medvl.data.chat import to_messages
 from medvl.data.converters._common import Row
 from medvl.data.format import GPT, HUMAN, IMAGE_TOKEN, image_paths
 from medvl.data.images import UnsupportedMode, load_rgb
-from medvl.data.taxonomy import ANSWER_TYPES, CATEGORIES
+from medvl.data.taxonomy import ANSWER_TYPES, label_problem
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,8 @@ def check_fields(row: Row, root: Path) -> Problem | None:
         return Problem("bad_field_type", "conversations must be a list of {from: str, value: str}")
     if row.get("answer_type") is not None and row["answer_type"] not in ANSWER_TYPES:
         return Problem("bad_field_type", f"answer_type must be CLOSED, OPEN or null, got {row['answer_type']!r}")
-    if row.get("category") is not None and row["category"] not in CATEGORIES:
-        return Problem("bad_field_type", f"category {row['category']!r} is not a taxonomy id")
+    if row.get("category") is not None and not isinstance(row["category"], str):
+        return Problem("bad_field_type", f"category must be text or null, got {row['category']!r}")
     if row.get("meta") is not None and not isinstance(row["meta"], dict):
         return Problem("bad_field_type", "meta must be an object")
     return None
@@ -171,13 +171,20 @@ def image_problem(rel: str, exc: BaseException) -> Problem:
     return Problem("image_unreadable", f"{rel!r}: {type(exc).__name__}: {exc}")
 
 
-def make_category_check() -> Check:
-    """Evaluation splits report per category, so each of their rows must carry one."""
+def make_category_check(categories: Mapping[str, str] | None = None, *, required: bool = True) -> Check:
+    """A row's category is one the taxonomy declares, with the answer type the row gives (``bad_category``).
+
+    ``categories``: the data config's taxonomy (None: the built-in 12). ``required``: evaluation splits report
+    per category, so each of their rows must carry one (``missing_category``).
+    """
 
     def check_category(row: Row, root: Path) -> Problem | None:
         if row.get("category") is None:
-            return Problem("missing_category", "no category (required in validation/test splits)")
-        return None
+            if required:
+                return Problem("missing_category", "no category (required in validation/test splits)")
+            return None
+        problem = label_problem(categories, row["category"], row.get("answer_type"))
+        return None if problem is None else Problem("bad_category", problem)
 
     return check_category
 
@@ -196,18 +203,18 @@ def make_duplicate_id_check() -> Check:
 
 
 def default_checks(*, require_category: bool = False, decode_images: bool = True,
-                   follow_symlinks: bool = False) -> list[Check]:
+                   follow_symlinks: bool = False, categories: Mapping[str, str] | None = None) -> list[Check]:
     """The checks of one split, in order (a fresh duplicate-id memory each call).
 
     Args:
         require_category: also require a category (validation and test splits).
+        categories: the taxonomy a given category must belong to (``data.categories``; None: the built-in 12).
         decode_images: decode every image; off, only paths and existence are checked.
         follow_symlinks: accept images reached through symbolic links that leave root
             (``data.follow_symlinks``).
     """
-    checks: list[Check] = [check_fields, check_roles, check_text, check_placeholders]
-    if require_category:
-        checks.append(make_category_check())
+    checks: list[Check] = [check_fields, check_roles, check_text, check_placeholders,
+                           make_category_check(categories, required=require_category)]
     checks.append(make_image_files_check(follow_symlinks) if follow_symlinks else check_image_files)
     if decode_images:
         checks.append(check_images_decode)

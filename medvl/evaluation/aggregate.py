@@ -5,16 +5,20 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from medvl.data.taxonomy import CATEGORIES, CLOSED, OPEN, normalize_answer_type
+from medvl.data.taxonomy import BUILTIN, CLOSED, OPEN, normalize_answer_type
 from medvl.evaluation.normalize import LANGUAGES, text_language
 
 UNCATEGORIZED = "uncategorized"
+#: metrics.json's record of a dataset's own taxonomy (category -> answer type, in ``data.categories`` order); absent
+#: under the built-in one.
+TAXONOMY_KEY = "taxonomy"
 
 
 def aggregate(
     rows: Sequence[Mapping[str, Any]],
     per_sample: Sequence[Mapping[str, float]],
     corpus_fn: Callable[[Sequence[int]], Mapping[str, float]] | None = None,
+    categories: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Average per-sample metrics over the whole set, closed and open rows, and each category.
 
@@ -26,11 +30,13 @@ def aggregate(
     ``corpus_fn(indices)``, when given, returns corpus-level scores (BLEU, CIDEr, METEOR) re-computed
     on a group's rows; they replace the means of those metrics' per-sample scores.
 
-    A row's answer type is :func:`row_answer_type`'s; rows without one count in ``overall`` only. Rows with no category are grouped as ``"uncategorized"``.
+    A row's answer type is :func:`row_answer_type`'s; rows without one count in ``overall`` only. Rows with no
+    category are grouped as ``"uncategorized"``. ``categories`` is the data's own taxonomy (``data.categories``,
+    read by :func:`medvl.data.taxonomy.declared_taxonomy`; None: the built-in 12).
 
     Returns:
         ``{"overall": {...}, "closed": {...}, "open": {...}, "by_category": {category: {...}}}``,
-        each group ``{metric: value, ..., "count": number of rows}``; categories in taxonomy
+        each group ``{metric: value, ..., "count": number of rows}``; categories in the taxonomy's
         order, then any others by name.
     """
     if len(rows) != len(per_sample):
@@ -40,7 +46,7 @@ def aggregate(
     for index, row in enumerate(rows):
         category = row.get("category") or UNCATEGORIZED
         by_category.setdefault(str(category), []).append(index)
-        answer_type = row_answer_type(row, category)
+        answer_type = row_answer_type(row, category, categories)
         if answer_type == CLOSED:
             closed.append(index)
         elif answer_type == OPEN:
@@ -49,7 +55,7 @@ def aggregate(
     def summarize(indices: list[int]) -> dict[str, float]:
         return _summarize(indices, per_sample, corpus_fn)
 
-    order = {category: position for position, category in enumerate(CATEGORIES)}
+    order = {category: position for position, category in enumerate(BUILTIN if categories is None else categories)}
     categories = sorted(by_category, key=lambda c: (order.get(c, len(order)), c))
     return {
         "overall": summarize(list(range(len(rows)))),
@@ -59,20 +65,29 @@ def aggregate(
     }
 
 
-def row_answer_type(row: Mapping[str, Any], category: str | None = None) -> str | None:
-    """``CLOSED``/``OPEN`` from the row's ``answer_type``, else from its category's, else (a row with a
-    ``reference``) as the metrics infer it: closed when the reference is yes/no. ``None`` otherwise."""
+def row_answer_type(row: Mapping[str, Any], category: str | None = None,
+                    categories: Mapping[str, str] | None = None) -> str | None:
+    """``CLOSED``/``OPEN`` from the row's ``answer_type``, else from its category's in ``categories`` (None: the
+    built-in 12), else (a row with a ``reference``) as the metrics infer it: closed when the reference is
+    yes/no. ``None`` otherwise."""
     category = category or row.get("category") or UNCATEGORIZED
     given = normalize_answer_type(row.get("answer_type"))
     if given is not None:
         return given
-    if category in CATEGORIES:
-        return CATEGORIES[category][0]
+    known = BUILTIN if categories is None else categories
+    if category in known:
+        return known[category]
     if "reference" in row:
         from medvl.evaluation.metrics import resolve_answer_type
 
         return resolve_answer_type(None, row["reference"])
     return None
+
+
+def category_answer_types(tables: Mapping[str, Any]) -> dict[str, str]:
+    """Category -> ``CLOSED``/``OPEN`` for an evaluation's tables: the data's own taxonomy where metrics.json
+    records one (``taxonomy``, written by :func:`medvl.evaluation.scoring.score`), else the built-in 12."""
+    return dict(tables.get(TAXONOMY_KEY) or BUILTIN)
 
 
 def row_language(row: Mapping[str, Any]) -> str:

@@ -15,8 +15,8 @@ from typing import Any
 import pandas as pd
 
 from medvl import tables as tidy
-from medvl.data.taxonomy import CATEGORIES
 from medvl.evaluation import html
+from medvl.evaluation.aggregate import category_answer_types
 from medvl.evaluation.charts import INTERVALS_NOTE, family_charts, runs_chart
 from medvl.tables import console
 
@@ -148,7 +148,8 @@ def html_report(records: list[dict[str, Any]], tables: dict[str, Any], images: M
     run = tables.get("run", {})
     categories = list(tables["by_category"])
     by_category = _cells(_breakdown(frame, "category", categories, names), "Category")
-    by_category.insert(1, "Answer type", [CATEGORIES.get(c, ("",))[0] for c in categories])
+    answer_types = category_answer_types(tables)
+    by_category.insert(1, "Answer type", [answer_types.get(c, "") for c in categories])
     by_category.insert(2, "Count", [str(tables["by_category"][c]["count"]) for c in categories])
     right = ["Count", *SUMMARY_GROUPS, *names]
     sections = [
@@ -185,7 +186,8 @@ def write_csv(tables: dict[str, Any], path: Path) -> None:
     frame = metric_records(tables)
     categories = list(tables["by_category"])
     wide = pd.concat([_breakdown(frame, "category", categories, names), _summary(frame, names)])
-    wide.insert(0, "answer_type", [CATEGORIES.get(cat, ("",))[0] for cat in categories] + [""] * len(SUMMARY_GROUPS))
+    answer_types = category_answer_types(tables)
+    wide.insert(0, "answer_type", [answer_types.get(cat, "") for cat in categories] + [""] * len(SUMMARY_GROUPS))
     wide.insert(1, "count", [tables["by_category"][cat]["count"] for cat in categories]
                 + [tables[g]["count"] for g in SUMMARY_GROUPS])
     tidy.write_csv(wide.rename_axis("category").reset_index(), path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -186,18 +187,44 @@ def predict(model, processor, rows: list[dict[str, Any]], cfg: DictConfig, out: 
     return [done[r["id"]] for r in rows]
 
 
-def fill_categories(rows: list[dict[str, Any]]) -> int:
-    """Categorize rows that arrive without a category by the documented rules; return how many."""
-    from medvl.data.categorize import categorize
+def fill_categories(rows: list[dict[str, Any]], categories: dict[str, str] | None = None) -> int:
+    """Categorize rows that arrive without a category or answer type by the documented rules; return how many.
+
+    Under the data's own taxonomy (``categories``) the rules cannot name its categories: a row without one gets
+    its answer type only and is tabled as "uncategorized" (prepare rejects such evaluation rows).
+    """
+    from medvl.data.categorize import categorize, categorize_answer_type
 
     n = 0
     for row in rows:
-        if not row.get("category") or not row.get("answer_type"):
+        if row.get("category") and row.get("answer_type"):
+            continue
+        n += 1
+        if categories is None:
             answer_type, category, _ = categorize(row)
             row["answer_type"] = row.get("answer_type") or answer_type
             row["category"] = row.get("category") or category
-            n += 1
+        elif not row.get("answer_type"):
+            row["answer_type"] = categories.get(row.get("category") or "") or categorize_answer_type(row)[0]
     return n
+
+
+def data_taxonomy(data_cfg: DictConfig, rows: list[dict[str, Any]]) -> dict[str, str] | None:
+    """``data.categories`` checked, and the rows' categories against it, before any model loads (one line)."""
+    from medvl.config import ConfigError
+    from medvl.data.taxonomy import TaxonomyError, declared_taxonomy
+
+    try:
+        taxonomy = declared_taxonomy(data_cfg.get("categories"))
+    except TaxonomyError as e:
+        raise ConfigError(str(e)) from None
+    undeclared = Counter(str(r["category"]) for r in rows if taxonomy and r.get("category")
+                         and r["category"] not in taxonomy)
+    if undeclared:
+        listed = ", ".join(f"{name} ({n} rows)" for name, n in undeclared.most_common())
+        raise ConfigError(f"data.categories does not declare {listed} of {data_cfg.dir}: declare them, or prepare "
+                          f"the data again with this taxonomy")
+    return taxonomy
 
 
 def evaluate_one(cfg: DictConfig, ckpt: RunDir | None, out: Path, name: str) -> dict[str, Any]:
@@ -210,10 +237,12 @@ def evaluate_one(cfg: DictConfig, ckpt: RunDir | None, out: Path, name: str) -> 
         from medvl.config import ConfigError  # medvl.eval prints it as one line
 
         raise ConfigError(f"data={cfg.data.name}: the {split} split at {cfg.data.dir} is empty")
-    n_filled = fill_categories(rows)
+    taxonomy = data_taxonomy(cfg.data, rows)
+    n_filled = fill_categories(rows, taxonomy)
     if n_filled:
-        log.warning("%d of %d rows had no category; assigned by the question rules in docs/taxonomy.md",
-                    n_filled, len(rows))
+        log.warning("%d of %d rows had no category or answer type; %s", n_filled, len(rows),
+                    "assigned by the question rules in docs/taxonomy.md" if taxonomy is None else
+                    "answer types by those rules, categories uncategorized (data.categories names them)")
     if ranks.is_main():
         check_resumable(out, fingerprint(cfg, ckpt, split))
     model, processor = load_for_eval(cfg, ckpt)

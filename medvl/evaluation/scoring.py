@@ -15,8 +15,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from medvl.data.format import answer_of, question_of
-from medvl.data.taxonomy import CLOSED, OPEN
-from medvl.evaluation.aggregate import UNCATEGORIZED, aggregate, row_answer_type, row_language
+from medvl.data.taxonomy import CLOSED, OPEN, declared_taxonomy
+from medvl.evaluation.aggregate import TAXONOMY_KEY, UNCATEGORIZED, aggregate, row_answer_type, row_language
 from medvl.evaluation.extract import extract_choice
 from medvl.evaluation.metrics import choice_accuracy, compute_metrics, make_corpus_fn, nll_per_token
 from medvl.evaluation.perplexity import corpus_perplexity, perplexity
@@ -56,7 +56,8 @@ def score(records: list[dict[str, Any]], cfg: DictConfig, breakdowns: Sequence[s
     """Per-sample metrics into ``records`` (``rec["metrics"]``) and the aggregated tables.
 
     Args:
-        cfg: ``metrics`` (names; empty: all) and ``bertscore`` settings.
+        cfg: ``metrics`` (names; empty: all), ``bertscore`` settings and, where it has them, ``data.categories``
+            (the dataset's own taxonomy: its order and answer types; metrics.json records it as ``taxonomy``).
         breakdowns: ``meta`` keys that each get a ``by_<key>`` table (the data config's ``breakdowns``).
         multi_label: those of them whose value can list several labels (the data config's ``multi_label``).
     """
@@ -65,8 +66,10 @@ def score(records: list[dict[str, Any]], cfg: DictConfig, breakdowns: Sequence[s
     names = list(cfg.metrics) or None
     languages = [row_language(r) for r in records]
     notes: dict[str, str] = {}
+    taxonomy = declared_taxonomy(OmegaConf.select(cfg, "data.categories", default=None))
     # The answer type the tables group rows by, so that closed_accuracy is scored on the "closed" rows.
-    per_sample, _ = compute_metrics(preds, refs, [row_answer_type(r) for r in records], metrics=names,
+    answer_types = [row_answer_type(r, categories=taxonomy) for r in records]
+    per_sample, _ = compute_metrics(preds, refs, answer_types, metrics=names,
                                     bertscore_model=cfg.bertscore.model,
                                     bertscore_num_layers=cfg.bertscore.num_layers,
                                     bertscore_dtype=cfg.bertscore.dtype,
@@ -82,9 +85,11 @@ def score(records: list[dict[str, Any]], cfg: DictConfig, breakdowns: Sequence[s
             scores["nll_per_token"] = nll_per_token(rec)
         rec["metrics"] = scores
     corpus_fn = make_corpus_fn(preds, refs, metrics=names)
-    tables = aggregate(records, [r["metrics"] for r in records], corpus_fn)
-    for group_rows, group in _groups(records, tables):
+    tables = aggregate(records, [r["metrics"] for r in records], corpus_fn, taxonomy)
+    for group_rows, group in _groups(records, tables, answer_types):
         finish_group(group, group_rows)
+    if taxonomy is not None:  # report.py and medvl.compare read the names' answer types from metrics.json
+        tables[TAXONOMY_KEY] = taxonomy
     for key in breakdowns:
         by_value: dict[str, list[int]] = {}
         for i, rec in enumerate(records):
@@ -117,10 +122,10 @@ def finish_group(group: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         group.update(corpus_perplexity(pairs))
 
 
-def _groups(records: list[dict[str, Any]], tables: dict[str, Any]):
+def _groups(records: list[dict[str, Any]], tables: dict[str, Any], answer_types: list[str | None]):
     """(rows, table) of overall, closed, open and each category, as :func:`aggregate` grouped them."""
     yield records, tables["overall"]
-    yield [r for r in records if row_answer_type(r) == CLOSED], tables["closed"]
-    yield [r for r in records if row_answer_type(r) == OPEN], tables["open"]
+    yield [r for r, t in zip(records, answer_types) if t == CLOSED], tables["closed"]
+    yield [r for r, t in zip(records, answer_types) if t == OPEN], tables["open"]
     for cat, group in tables["by_category"].items():
         yield [r for r in records if (r.get("category") or UNCATEGORIZED) == cat], group

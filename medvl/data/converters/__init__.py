@@ -32,11 +32,12 @@ llava                <split>.jsonl or <split>.json                file, image_di
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Iterator
+import inspect
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from medvl.data.categorize import categorize
+from medvl.data.categorize import categorize, categorize_answer_type
 from medvl.data.converters._common import FILTER_REASONS, REASONS, SPLITS, Reject, Row
 from medvl.data.converters.gmai_mmbench import convert_gmai_mmbench, format_multiple_choice
 from medvl.data.converters.hf import convert_hf
@@ -49,6 +50,7 @@ from medvl.data.converters.pathvqa import convert_pathvqa
 from medvl.data.converters.pmc_vqa import convert_pmc_vqa
 from medvl.data.converters.slake import convert_slake
 from medvl.data.converters.vqa_rad import convert_vqa_rad
+from medvl.data.taxonomy import BUILTIN
 
 __all__ = [
     "CONVERTERS",
@@ -113,23 +115,38 @@ def converter_for(name: str) -> Converter:
     return found
 
 
-def convert(name: str, root: str | Path, split: str, **options: Any) -> Iterator[Row | Reject]:
+def convert(name: str, root: str | Path, split: str, *, categories: Mapping[str, str] | None = None,
+            **options: Any) -> Iterator[Row | Reject]:
     """Yield the unified rows and Rejects of one split of a dataset.
+
+    ``categories`` is the data config's own taxonomy (:func:`medvl.data.taxonomy.declared_taxonomy`; None: the
+    built-in 12). It goes to converters that read given labels (a ``categories`` parameter); a row that comes
+    without a category gets the built-in rules' category only under the built-in taxonomy, since they cannot
+    name a user's categories: under a user's, it gets its answer type and no category (docs/taxonomy.md).
 
     Raises:
         ValueError: unknown converter, split or option value.
         FileNotFoundError: the split's input file is not there.
     """
-    for item in converter_for(name)(Path(root), split, **options):
+    converter = converter_for(name)
+    if categories is not None and "categories" in inspect.signature(converter).parameters:
+        options["categories"] = categories
+    for item in converter(Path(root), split, **options):
         if isinstance(item, Reject):
             yield item
             continue
-        if item["category"] is None:
+        known = BUILTIN if categories is None else categories
+        if item["category"] is not None:
+            item["meta"].setdefault("category_rule", "given")
+            if item.get("answer_type") is None and isinstance(item["category"], str) and item["category"] in known:
+                item["answer_type"] = known[item["category"]]
+        elif categories is None:
             answer_type, category, rule = categorize(item)
             item["answer_type"], item["category"] = answer_type, category
             item["meta"]["category_rule"] = rule
         else:
-            item["meta"].setdefault("category_rule", "given")
+            item["answer_type"], rule = categorize_answer_type(item)
+            item["meta"]["category_rule"] = f"{rule}; no category (data.categories declares the taxonomy)"
         yield item
 
 

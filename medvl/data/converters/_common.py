@@ -32,7 +32,8 @@ REASONS: dict[str, str] = {
     "bad_answer_option": "the answer letter is not one of the row's options",
     "bad_image_data": "an embedded image (base64 text, or bytes in Parquet/Arrow) is not an image",
     "bad_image_reference": "the image column points at a row index that has no image",
-    "bad_category": "a given category is not a taxonomy id or contradicts the given answer type",
+    "bad_category": "a given category is not one the taxonomy declares (the built-in 12, or data.categories) or "
+                    "contradicts the row's answer type",
     "lang_filtered": "left out on purpose: the row's language is not the selected one",
     # Row checks (medvl.data.row_checks).
     "bad_field_type": "a field of the unified row has the wrong type",

@@ -57,7 +57,8 @@ _ROWS_AT_ONCE = 64
 
 def convert_hf(root: Path, split: str, *, source: str | None = None,
                columns: Mapping[str, str | None] | None = None, lang: str = "en", dataset: str = "hf",
-               image_dir: str = "images", splits: Mapping[str, str] | None = None) -> Iterator[Row | Reject]:
+               image_dir: str = "images", splits: Mapping[str, str] | None = None,
+               categories: Mapping[str, str] | None = None) -> Iterator[Row | Reject]:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if not source:
@@ -73,7 +74,8 @@ def convert_hf(root: Path, split: str, *, source: str | None = None,
             f"hf: no {split} split in {src} (found: {', '.join(found) or 'none'}; a file's split is the word "
             f"train, validation or test in its name or folder), or name its files: "
             f"data.options.splits={{{split}: <file or folder>}}")
-    reader = _SplitReader(root, split, src, column, lang, dataset, norm_path(image_dir).strip("/") or ".")
+    reader = _SplitReader(root, split, src, column, lang, dataset, norm_path(image_dir).strip("/") or ".",
+                          categories)
     for path in found[split]:
         yield from reader.rows(path)
 
@@ -151,9 +153,10 @@ class _SplitReader:
     """One split's rows: their running number (the id where the export has none) and the images written so far."""
 
     def __init__(self, root: Path, split: str, source: Path, column: dict[str, str | None], lang: str,
-                 dataset: str, image_dir: str):
+                 dataset: str, image_dir: str, categories: Mapping[str, str] | None = None):
         self.root, self.split, self.source, self.column = root, split, source, column
         self.lang, self.dataset, self.image_dir = lang, dataset, image_dir
+        self.categories = categories  # the data config's taxonomy; None: the built-in 12
         self.n = 0
         self.written: dict[str, str] = {}  # content hash -> relative path
         self.paths_checked = False
@@ -182,7 +185,7 @@ class _SplitReader:
         if isinstance(qa, Reject):
             return qa
         labels = _given_labels({f: record[column[f]] if column[f] else None for f in ("answer_type", "category")},
-                               loc)
+                               loc, self.categories)
         if isinstance(labels, Reject):
             return Reject(loc, labels.reason, f"{labels.message} (columns {column['answer_type']}, "
                           f"{column['category']})", raw=raw)

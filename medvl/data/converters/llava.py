@@ -3,25 +3,26 @@
 ``image`` may be a path, a list of paths, or absent for a text-only row; paths are relative to
 the root (``image_dir`` adds a prefix). Ids are kept as given so predictions join back to the
 user's rows. Optional ``answer_type``, ``category`` and ``meta`` are carried over; a given
-category must be a taxonomy id that agrees with a given answer type.
+category must be one the taxonomy declares (the built-in 12, or the data config's ``categories``) and
+agree with a given answer type.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from medvl.data.converters._common import Reject, Row, convert_records, llava_row, split_file
-from medvl.data.taxonomy import ANSWER_TYPES, CATEGORIES, answer_type_of, normalize_answer_type
+from medvl.data.taxonomy import ANSWER_TYPES, BUILTIN, label_problem, normalize_answer_type
 
 
 def _files(split: str) -> dict[str, tuple[str, ...]]:
     return {split: (f"{split}.jsonl", f"{split}.json")}
 
 
-def convert_llava(root: Path, split: str, *, file: str | None = None,
-                  image_dir: str = "") -> Iterator[Row | Reject]:
+def convert_llava(root: Path, split: str, *, file: str | None = None, image_dir: str = "",
+                  categories: Mapping[str, str] | None = None) -> Iterator[Row | Reject]:
     path = split_file(root, split, _files(split), file, "llava")
 
     def row_of(_: int, loc: str, record: Any) -> Row | Reject:
@@ -32,7 +33,7 @@ def convert_llava(root: Path, split: str, *, file: str | None = None,
                         meta=dict(meta) if isinstance(meta, dict) else {})
         if isinstance(row, Reject):
             return row
-        given = _given_labels(record, loc)
+        given = _given_labels(record, loc, categories)
         if isinstance(given, Reject):
             return given
         row["answer_type"], row["category"] = given
@@ -41,7 +42,10 @@ def convert_llava(root: Path, split: str, *, file: str | None = None,
     yield from convert_records(path, row_of)
 
 
-def _given_labels(record: dict, loc: str) -> tuple[str | None, str | None] | Reject:
+def _given_labels(record: dict, loc: str, categories: Mapping[str, str] | None = None,
+                  ) -> tuple[str | None, str | None] | Reject:
+    """A record's own (answer type, category), the answer type from the taxonomy where only the category is
+    given; ``categories``: the data config's taxonomy (None: the built-in 12)."""
     answer_type, category = record.get("answer_type"), record.get("category")
     if answer_type is not None:
         answer_type = normalize_answer_type(answer_type)
@@ -50,10 +54,7 @@ def _given_labels(record: dict, loc: str) -> tuple[str | None, str | None] | Rej
                           f"{record['answer_type']!r}", raw=record)
     if category is None:
         return answer_type, None
-    if not isinstance(category, str) or category not in CATEGORIES:
-        return Reject(loc, "bad_category", f"unknown category {category!r}", raw=record)
-    if answer_type is not None and answer_type_of(category) != answer_type:
-        return Reject(loc, "bad_category",
-                      f"category {category} is {answer_type_of(category)}, answer_type is "
-                      f"{answer_type}", raw=record)
-    return answer_type_of(category), category
+    problem = label_problem(categories, category, answer_type)
+    if problem is not None:
+        return Reject(loc, "bad_category", problem, raw=record)
+    return (BUILTIN if categories is None else categories)[category], category
