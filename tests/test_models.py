@@ -149,3 +149,15 @@ def test_bf16_training_step_on_gpu(compose, tiny_dir):
     validate(cfg)
     model = apply_training_setup(load_model(cfg.model, device="cuda"), cfg)
     assert next(model.parameters()).dtype == torch.bfloat16
+
+
+def test_building_a_tiny_model_leaves_the_global_random_stream_alone(tmp_path):
+    import torch
+
+    from medvl.models.tiny import build_tiny
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    build_tiny(tmp_path / "tiny")  # built here, not found: it draws its random weights
+    assert torch.equal(torch.rand(3), expected)
