@@ -53,9 +53,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
-    if args.wandb:  # its lines (offline, where the run went) on stderr with the warnings
-        logging.getLogger("medvl").addHandler(logging.StreamHandler())
-        logging.getLogger("medvl").setLevel(logging.INFO)
+    medvl_log = logging.getLogger("medvl")
+    if args.wandb and not medvl_log.handlers:  # its lines (offline, where the run went) on stderr with the warnings
+        medvl_log.addHandler(logging.StreamHandler())
+        medvl_log.setLevel(logging.INFO)
     try:
         wandb_plan = check_wandb("--wandb", args.wandb)  # online or not, decided before the bootstrap runs
         result = compare(args.paths, reference=args.reference, out_dir=args.out, metrics=metrics,

@@ -12,12 +12,13 @@ import logging
 import shutil
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from omegaconf import OmegaConf
 
 from medvl import compare as compare_cli
-from medvl.evaluation import wandb_session
+from medvl.evaluation import wandb_log, wandb_session
 from medvl.runs import RunDir
 
 from .conftest import compose_config, make_eval_dir, prediction_row, run_eval, small_data_overrides, wandb_records
@@ -166,7 +167,9 @@ def test_compare_logs_its_tables_and_files(tmp_path, offline_with_key, capsys):
     run_dir = offline_run(out)
     err = capsys.readouterr().err
     assert f"cannot be reached from this node; logging offline to {run_dir}" in err
-    assert f"W&B: logged the comparison of 2 runs and " in err
+    (line,) = [line for line in err.splitlines() if line.startswith("W&B: logged")]
+    assert line.startswith("W&B: logged the comparison of 2 runs and ") and line.endswith(f" to {run_dir}")
+    assert "model_comparison.html" in line
 
     records = wandb_records(run_dir)
     info = records["run"][0]
@@ -184,3 +187,34 @@ def test_compare_logs_its_tables_and_files(tmp_path, offline_with_key, capsys):
     assert set(files) == {p.name for p in out.iterdir() if p.is_file()}
     assert "model_comparison.html" in files
     assert_no_key(out, tmp_path / "a", tmp_path / "b")
+
+
+def test_summary_keys_of_one_evaluation():
+    tables = {"overall": {"exact_match": 0.5, "count": 4}, "closed": {"exact_match": 1.0, "count": 2},
+              "open": {"exact_match": 0.0, "count": 2},
+              "by_category": {"closed_yes_no": {"exact_match": 1.0, "bleu4": None, "count": 2}},
+              "by_modality": {"CT": {"exact_match": 0.25, "count": 4}}}
+    assert wandb_log.summary_values(tables) == {
+        "overall/exact_match": 0.5, "closed/exact_match": 1.0, "open/exact_match": 0.0,
+        "category/closed_yes_no/exact_match": 1.0, "modality/CT/exact_match": 0.25}
+    assert set(wandb_log.summary_values(tables, "ckpt/")) == {f"ckpt/{k}" for k in wandb_log.summary_values(tables)}
+
+
+def test_compared_runs_share_their_checkpoints_group(tmp_path, tiny_dir):
+    runs = []
+    for name in ("a", "b"):
+        shutil.copytree(tiny_dir, tmp_path / name / "model")
+        (tmp_path / name / "config.yaml").write_text("logger:\n  group: ablation\n")
+        runs.append(SimpleNamespace(metrics={"run": {"ckpt": str(tmp_path / name / "model")}}))
+    assert wandb_log.comparison_group(runs) == "ablation"
+    assert wandb_log.comparison_group([*runs, SimpleNamespace(metrics={"run": {"ckpt": None}})]) is None
+
+
+def test_wandb_mode_online_without_a_route_stops_eval_before_the_model_loads(cache_dir, tmp_path, offline_with_key,
+                                                                             monkeypatch):
+    from medvl.config import ConfigError
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setattr("medvl.evaluation.run.load_run", lambda *a, **k: pytest.fail("the model loaded first"))
+    with pytest.raises(ConfigError, match="set WANDB_MODE=offline"):
+        run_eval(cache_dir, tmp_path / "eval", ["logger=wandb", "data.max_eval_samples=2"])
