@@ -92,13 +92,7 @@ def encode(
         ids += chunk
         labels += chunk if is_answer else [IGNORE_INDEX] * len(chunk)
         mm_types += chunk_mm or [0] * len(chunk)
-    item = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
-    if pixel_values:
-        item["pixel_values"] = torch.cat(pixel_values)
-        if grids:
-            item["image_grid_thw"] = torch.cat(grids)
-        item[type_key] = torch.tensor(mm_types)
-    return item
+    return _item(ids, torch.tensor(labels), pixel_values, grids, type_key, mm_types)
 
 
 #: A piece of a prompt as :func:`encode` cuts it: its text, and the images its placeholders stand for.
@@ -195,7 +189,13 @@ def _prompt_item(pieces: list[dict[str, Any]], type_key: str) -> dict[str, torch
         pixel_values += piece.get("pixel_values", [])
         if "image_grid_thw" in piece:
             grids.append(piece["image_grid_thw"])
-    item = {"input_ids": torch.tensor(ids), "labels": torch.full((len(ids),), IGNORE_INDEX)}
+    return _item(ids, torch.full((len(ids),), IGNORE_INDEX), pixel_values, grids, type_key, mm_types)
+
+
+def _item(ids: list[int], labels: torch.Tensor, pixel_values: list[torch.Tensor], grids: list[torch.Tensor],
+          type_key: str, mm_types: list[int]) -> dict[str, torch.Tensor]:
+    """The tensors of one encoded row; the image ones only when it has images."""
+    item = {"input_ids": torch.tensor(ids), "labels": labels}
     if pixel_values:
         item["pixel_values"] = torch.cat(pixel_values)
         if grids:
