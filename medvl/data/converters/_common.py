@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medvl.data.format import GPT, HUMAN, IMAGE_TOKEN
+from medvl.data.format import GPT, HUMAN, IMAGE_TOKEN, make_row
 
 Row = dict[str, Any]
 
@@ -237,6 +237,24 @@ def text_and_image(loc: str, record: Mapping[str, Any], image_key: str) -> tuple
     if isinstance(image, Reject):
         return image
     return (*qa, image)
+
+
+def flat_vqa_row(loc: str, record: Any, *, required: tuple[str, ...], image_key: str, image_dir: str,
+                 row_id: Callable[[Mapping[str, Any]], str], source: str, meta_keys: tuple[str, ...],
+                 keep: Callable[[str, Mapping[str, Any]], Reject | None] | None = None) -> Row | Reject:
+    """The row of a flat record (question, answer, one image path, labels as fields), or the first Reject.
+
+    ``keep``, when given, sees the record once its fields are there and may leave it out (a filter reject)."""
+    problem = check_record(loc, record, required) or (keep(loc, record) if keep else None)
+    if problem:
+        return problem
+    fields = text_and_image(loc, record, image_key)
+    if isinstance(fields, Reject):
+        return fields
+    question, answer, image = fields
+    return make_row(row_id(record), join_image(image_dir, image), question, answer,
+                    answer_type=record.get("answer_type"), source=source,
+                    meta={k: record[k] for k in meta_keys if k in record})
 
 
 def norm_path(path: str) -> str:

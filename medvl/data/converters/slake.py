@@ -11,16 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from medvl.data.converters._common import (
-    Reject,
-    Row,
-    check_record,
-    convert_records,
-    join_image,
-    split_file,
-    text_and_image,
-)
-from medvl.data.format import make_row
+from medvl.data.converters._common import Reject, Row, convert_records, flat_vqa_row, split_file
 
 FILES = {
     "train": ("train.json",),
@@ -40,24 +31,14 @@ def convert_slake(root: Path, split: str, *, lang: str = "en", file: str | None 
         raise ValueError(f"slake: lang must be one of {LANGS}, got {lang!r}")
     path = split_file(root, split, FILES, file, "slake")
 
-    def row_of(_: int, loc: str, record: Any) -> Row | Reject:
-        problem = check_record(loc, record, REQUIRED + (("q_lang",) if lang != "all" else ()))
-        if problem:
-            return problem
+    def other_language(loc: str, record: Any) -> Reject | None:
         if lang != "all" and record["q_lang"] != lang:
             return Reject(loc, "lang_filtered", f"q_lang {record['q_lang']!r} is not {lang!r}", raw=record)
-        fields = text_and_image(loc, record, "img_name")
-        if isinstance(fields, Reject):
-            return fields
-        question, answer, image = fields
-        return make_row(
-            f"slake-{split}-{record['qid']}",
-            join_image(image_dir, image),
-            question,
-            answer,
-            answer_type=record.get("answer_type"),
-            source="slake",
-            meta={k: record[k] for k in META_KEYS if k in record},
-        )
+        return None
+
+    def row_of(_: int, loc: str, record: Any) -> Row | Reject:
+        return flat_vqa_row(loc, record, required=REQUIRED + (("q_lang",) if lang != "all" else ()),
+                            image_key="img_name", image_dir=image_dir, row_id=lambda r: f"slake-{split}-{r['qid']}",
+                            source="slake", meta_keys=META_KEYS, keep=other_language)
 
     yield from convert_records(path, row_of)

@@ -13,16 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from medvl.data.converters._common import (
-    Reject,
-    Row,
-    check_record,
-    convert_records,
-    join_image,
-    split_file,
-    text_and_image,
-)
-from medvl.data.format import make_row
+from medvl.data.converters._common import Reject, Row, convert_records, flat_vqa_row, split_file
 
 FILES = {
     "train": ("trainset.json",),
@@ -37,21 +28,7 @@ def convert_vqa_rad(root: Path, split: str, *, file: str | None = None,
     path = split_file(root, split, FILES, file, "vqa_rad")
 
     def row_of(_: int, loc: str, record: Any) -> Row | Reject:
-        problem = check_record(loc, record, REQUIRED)
-        if problem:
-            return problem
-        fields = text_and_image(loc, record, "image_name")
-        if isinstance(fields, Reject):
-            return fields
-        question, answer, image = fields
-        return make_row(
-            f"vqa_rad-{split}-{record['qid']}",
-            join_image(image_dir, image),
-            question,
-            answer,
-            answer_type=record.get("answer_type"),
-            source="vqa_rad",
-            meta={k: record[k] for k in META_KEYS if k in record},
-        )
+        return flat_vqa_row(loc, record, required=REQUIRED, image_key="image_name", image_dir=image_dir,
+                            row_id=lambda r: f"vqa_rad-{split}-{r['qid']}", source="vqa_rad", meta_keys=META_KEYS)
 
     yield from convert_records(path, row_of)
