@@ -122,9 +122,9 @@ class DataConfig:
     #: Those of ``breakdowns`` whose value can list several labels ("ABN, POS"): such a row counts under each.
     multi_label: list[str] = field(default_factory=list)
     #: The dataset's own taxonomy, category name -> CLOSED/OPEN, in the order tables show it (docs/taxonomy.md);
-    #: empty: the built-in 12 categories. Not ``null`` by default: OmegaConf cannot merge a command line's
-    #: ``data.categories={...}`` into a None-valued dict node (omegaconf#1038).
-    categories: dict[str, AnswerType] = field(default_factory=dict)
+    #: empty or null: the built-in 12 categories. Empty, not null, by default: OmegaConf cannot merge a command
+    #: line's ``+data.categories.<name>=CLOSED`` into a None-valued dict node (omegaconf#1038).
+    categories: dict[str, AnswerType] | None = field(default_factory=dict)
     #: Extra keyword options for the converter (``file``, ``image_dir``, ...), see docs/prepare.md.
     options: dict[str, Any] = field(default_factory=dict)
     #: ``data=hf``: the export to read (a ``save_to_disk`` folder, a Parquet file or a folder of them).

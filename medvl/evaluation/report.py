@@ -169,7 +169,8 @@ def html_report(records: list[dict[str, Any]], tables: dict[str, Any], images: M
                                                       ("checkpoint", "ckpt"), ("prompt", "prompt")) if run.get(key)]
     return html.render(f"{run.get('name', 'eval')}: {run.get('data', '')} {run.get('split', '')}".strip(),
                        meta=meta, sections=sections, data=tables,
-                       browser=html.build_browser({str(run.get("name", "prediction")): records}, images))
+                       browser=html.build_browser({str(run.get("name", "prediction")): records}, images,
+                                                  categories=list(tables["by_category"])))
 
 
 def runs_charts_section(tables: Mapping[str, Mapping[str, Any]], records: Mapping[str, Sequence[Mapping[str, Any]]],
@@ -315,6 +316,7 @@ def _side_by_side_html(results: dict[str, dict[str, Any]], out: Path, wide: pd.D
                                notes=["The better value of each row in bold (by the metric's direction); "
                                       "-: the metric does not apply to the group."]),
                   runs_charts_section({"base": results["base"], "fine-tuned": results["ckpt"]}, records)],
-        browser=html.build_browser(records, images), data=results,
+        browser=html.build_browser(records, images, categories=[*results["base"]["by_category"],
+                                                                *results["ckpt"]["by_category"]]), data=results,
         links=[("base report", f"base/{html.REPORT}"), ("fine-tuned report", f"ckpt/{html.REPORT}")],
     )

@@ -79,7 +79,8 @@ def comparison_html(
     sections.append(_significance_section(significance_results, directions, n_boot=n_boot, seed=seed,
                                           confidence=confidence))
     sections.append(runs_charts_section({run.name: run.metrics for run in runs}, {run.name: run.rows for run in runs}))
-    browser = html.build_browser({run.name: run.rows for run in runs if run.rows})
+    browser = html.build_browser({run.name: run.rows for run in runs if run.rows},
+                                 categories=[c for run in runs for c in run.metrics.get("by_category") or {}])
     return html.render("Model comparison", warnings=warnings, sections=sections, browser=browser,
                        data={"table": list(table), "significance": list(significance_results)})
 

@@ -112,8 +112,13 @@ def _answer(record: Mapping[str, Any] | None) -> Answer | None:
 
 
 def build_browser(runs: Mapping[str, Sequence[Mapping[str, Any]]], images: Mapping[str, Path] | None = None,
-                  *, max_rows: int = MAX_ROWS, max_thumbnails: int = MAX_THUMBNAILS) -> Browser:
-    """Rows of every run's predictions.jsonl paired by id (first-seen order), wrong answers first."""
+                  *, max_rows: int = MAX_ROWS, max_thumbnails: int = MAX_THUMBNAILS,
+                  categories: Sequence[str] = ()) -> Browser:
+    """Rows of every run's predictions.jsonl paired by id (first-seen order), wrong answers first.
+
+    ``categories``: the category filter's order, the tables' (metrics.json ``by_category``: the taxonomy's, a
+    dataset's own included); categories not in it follow as first seen.
+    """
     by_run = [{str(r["id"]): r for r in records if "id" in r} for records in runs.values()]
     ids = list(dict.fromkeys(i for records in by_run for i in records))
     rows = []
@@ -139,5 +144,6 @@ def build_browser(runs: Mapping[str, Sequence[Mapping[str, Any]]], images: Mappi
         if len(rows) > max_thumbnails:
             notices.append(f"Thumbnails for the first {max_thumbnails} of {len(rows)} rows shown (wrong answers "
                            "first); the others show the image's path.")
-    categories = list(dict.fromkeys(row.category for row in rows))
-    return Browser(list(runs), rows, categories, total, notices)
+    shown = set(row.category for row in rows)
+    order = [c for c in dict.fromkeys(categories) if c in shown] + list(dict.fromkeys(row.category for row in rows))
+    return Browser(list(runs), rows, list(dict.fromkeys(order)), total, notices)
