@@ -71,6 +71,32 @@ __all__ = [
 ]
 
 
+def comparison_document(runs: Sequence[Run], table: Sequence[Mapping[str, Any]], best: Any,
+                        directions: Mapping[str, bool], significance_results: Sequence[Mapping[str, Any]],
+                        differ: Mapping[str, Mapping[str, str]], *, reference: str, n_boot: int, seed: int,
+                        confidence: float) -> dict[str, Any]:
+    """model_comparison.json: the runs and their settings, the tidy table with its best cells, the tests."""
+    return {
+        "runs": [
+            {"name": run.name, "path": str(run.path), "run": run.metrics.get("run"), "n_predictions": len(run.rows),
+             "settings": eval_settings(run)}
+            for run in runs
+        ],
+        "reference": reference,
+        "settings_differ": dict(differ),
+        "mixed_settings": mixed_strict_settings(differ),
+        "higher_is_better": dict(directions),
+        "table": list(table),
+        "best": best,
+        "significance": {
+            "confidence": confidence,
+            "n_boot": n_boot,
+            "seed": seed,
+            "results": list(significance_results),
+        },
+    }
+
+
 def write_outputs(
     out_dir: Path,
     runs: Sequence[Run],
@@ -106,25 +132,8 @@ def write_outputs(
     frame = tidy.records_frame(table)
     frame["best"] = [is_best(best, record) for record in table]
     tidy.write_csv(frame, paths["csv"])
-    document = {
-        "runs": [
-            {"name": run.name, "path": str(run.path), "run": run.metrics.get("run"), "n_predictions": len(run.rows),
-             "settings": eval_settings(run)}
-            for run in runs
-        ],
-        "reference": names[reference_index],
-        "settings_differ": differ,
-        "mixed_settings": mixed_strict_settings(differ),
-        "higher_is_better": dict(directions),
-        "table": list(table),
-        "best": best,
-        "significance": {
-            "confidence": confidence,
-            "n_boot": n_boot,
-            "seed": seed,
-            "results": list(significance_results),
-        },
-    }
+    document = comparison_document(runs, table, best, directions, significance_results, differ,
+                                   reference=names[reference_index], n_boot=n_boot, seed=seed, confidence=confidence)
     paths["json"].write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     paths["significance"].write_text(
         render_significance(significance_results, directions, n_boot=n_boot, seed=seed, confidence=confidence,
