@@ -171,14 +171,14 @@ def test_derived_max_length_counts_each_familys_image_tokens(compose, name, toke
     assert resolve_max_length(cfg.model, cfg.data) == tokens + cfg.data.text_tokens
 
 
-def test_a_family_without_a_component_map_is_one_line(compose, models, monkeypatch):
-    import medvl.models.lora as lora
+def test_an_unregistered_family_is_one_line(compose, models, monkeypatch):
+    from medvl.config.families import FAMILIES
 
-    monkeypatch.delitem(lora.COMPONENTS, "qwen3_vl")
+    monkeypatch.delitem(FAMILIES, "qwen3_vl")
     cfg = compose(["model=tiny3"])
     validate(cfg)
-    with pytest.raises(ConfigError, match=r"^model.family=qwen3_vl has no component map; add it to "
-                                          r"medvl.models.lora.COMPONENTS \(known: qwen2_vl, "):
+    with pytest.raises(ConfigError, match=r"^model.family=qwen3_vl is not a registered model family; add a "
+                                          r"FamilySpec to medvl.config.families.FAMILIES \(known: qwen2_vl, "):
         apply_training_setup(models["qwen3_vl"], cfg)
 
 

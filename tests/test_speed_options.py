@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from medvl.config import ConfigError, group_choices, validate
+from medvl.config.families import FAMILIES
 from medvl.models import speed
 from medvl.preflight import preflight
 from medvl.training import run
@@ -145,7 +146,7 @@ def fake_liger(monkeypatch):
     """A stand-in ``liger_kernel.transformers`` that records which patch function got which model."""
     calls: list[tuple[str, object]] = []
     package, module = types.ModuleType("liger_kernel"), types.ModuleType("liger_kernel.transformers")
-    for name in speed.LIGER_FUNCTIONS.values():
+    for name in {spec.liger for spec in FAMILIES.values() if spec.liger}:
         setattr(module, name, lambda model, _name=name: calls.append((_name, model)))
     package.transformers = module
     monkeypatch.setitem(sys.modules, "liger_kernel", package)
@@ -169,11 +170,8 @@ def test_liger_patches_the_loaded_model_of_its_family_before_lora_wraps_it(compo
     assert isinstance(model, PeftModel)
 
 
-def test_every_family_with_a_component_map_has_a_liger_function():
-    from medvl.models.lora import COMPONENTS
-
-    assert set(speed.LIGER_FUNCTIONS) == set(COMPONENTS)
-    assert all(name == f"apply_liger_kernel_to_{family}" for family, name in speed.LIGER_FUNCTIONS.items())
+def test_every_registered_family_has_its_liger_function():
+    assert all(spec.liger == f"apply_liger_kernel_to_{family}" for family, spec in FAMILIES.items())
 
 
 def test_qlora_loads_nf4_with_double_quantization_and_bf16_compute(compose):

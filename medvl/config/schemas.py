@@ -10,6 +10,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from medvl.config.families import DEFAULT_FAMILY, FAMILIES
+
 
 class Trainable(str, Enum):
     """How a stage treats a component: frozen, LoRA adapters on it, or all of its weights."""
@@ -19,13 +21,10 @@ class Trainable(str, Enum):
     full = "full"
 
 
-class Family(str, Enum):
-    qwen2_vl = "qwen2_vl"
-    qwen2_5_vl = "qwen2_5_vl"
-    qwen3_vl = "qwen3_vl"
-    qwen3_vl_moe = "qwen3_vl_moe"
-    #: Gemma 3 (MedGemma).
-    gemma3 = "gemma3"
+#: ``model.family``: a registered family (:data:`medvl.config.families.FAMILIES`). An Enum built from the
+#: registry's keys, so that a wrong value fails when the config is composed, in OmegaConf's one line
+#: ("model.family: Invalid value 'x', expected one of [...]"), and a new family needs no edit here.
+Family = Enum("Family", {name: name for name in FAMILIES}, type=str, module=__name__)
 
 
 class AnswerType(str, Enum):
@@ -43,7 +42,7 @@ ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2", "flash_att
 class ModelConfig:
     name: str = MISSING
     name_or_path: str = MISSING
-    family: Family = Family.qwen2_vl
+    family: Family = Family[DEFAULT_FAMILY]
     #: Built offline on first use when set (``tiny`` / ``tiny25``); ``name_or_path`` is then its cache dir.
     build_tiny: bool = False
     dtype: str = "auto"

@@ -10,21 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from medvl.config.families import model_family
 from medvl.data.chat import segments, to_messages
 from medvl.data.format import image_paths
 from medvl.data.images import header_size
 
-#: Pixels per image token of each model family: 2x2 merged patches of 14 px (Qwen2-VL, Qwen2.5-VL) or 16 px
-#: (Qwen3-VL). Gemma 3 resizes every image to one square (min_pixels = max_pixels): that square's pixels per token.
-PIXELS_PER_TOKEN = {"qwen2_vl": 28 * 28, "qwen2_5_vl": 28 * 28, "qwen3_vl": 32 * 32, "qwen3_vl_moe": 32 * 32,
-                    "gemma3": 56 * 56}
-
 
 def max_image_tokens(model_cfg: Any) -> int:
     """Tokens of the largest image ``model.max_pixels`` allows: the processor resizes every image to a
-    multiple of the token's side (28 or 32 px) with at most ``max_pixels`` pixels, so no image gets more."""
-    family = str(getattr(model_cfg.family, "value", model_cfg.family))
-    return int(model_cfg.max_pixels) // PIXELS_PER_TOKEN[family]
+    multiple of the token's side (28 or 32 px) with at most ``max_pixels`` pixels, so no image gets more
+    (pixels per token: the family's ``FamilySpec.pixels_per_token``)."""
+    return int(model_cfg.max_pixels) // model_family(model_cfg).pixels_per_token
 
 
 def resolve_max_length(model_cfg: Any, data_cfg: Any) -> int:

@@ -18,19 +18,11 @@ from typing import Any
 
 import torch
 
+from medvl.config.families import DEFAULT_FAMILY, family_name, model_family
 from medvl.models.speed import resolve_attn_implementation
 from medvl.runs import RunDir
 
 log = logging.getLogger(__name__)
-
-
-#: Families whose processor resizes every image to one fixed square (model.min_pixels = model.max_pixels).
-FIXED_IMAGE_SIZE = ("gemma3",)
-
-
-def _family(model_cfg: Any) -> str:
-    family = getattr(model_cfg, "family", "qwen2_vl")  # the schema's default, for a bare namespace too
-    return str(getattr(family, "value", family))
 
 
 class ModelLoadError(RuntimeError):
@@ -45,7 +37,7 @@ def resolve_model_path(model_cfg: Any) -> str:
     if model_cfg.build_tiny:
         from medvl.models.tiny import build_tiny
 
-        build_tiny(path, family=_family(model_cfg))
+        build_tiny(path, family=family_name(getattr(model_cfg, "family", DEFAULT_FAMILY)))
     return path
 
 
@@ -113,18 +105,25 @@ def check_available(path: str) -> None:
         raise _explain(path, OSError("offline"))
 
 
+def processor_budget(model_cfg: Any) -> dict[str, Any]:
+    """The processor's pixel-budget keyword arguments: none for a family whose processor resizes every image to
+    one square (``FamilySpec.fixed_image_size``, Gemma 3)."""
+    if model_family(model_cfg).fixed_image_size:
+        return {}
+    # Qwen-VL image processors in transformers 5 take the pixel budget as `size`; `min_pixels=`/`max_pixels=`
+    # keyword arguments are silently ignored there.
+    return {"size": {"shortest_edge": int(model_cfg.min_pixels), "longest_edge": int(model_cfg.max_pixels)}}
+
+
 def load_processor(model_cfg: Any, path: str | None = None):
     """Load the processor with the configured min/max image pixels."""
     from transformers import AutoProcessor
 
     path = path or resolve_model_path(model_cfg)
     check_available(path)
-    # Qwen-VL image processors in transformers 5 take the pixel budget as `size`; `min_pixels=`/`max_pixels=`
-    # keyword arguments are silently ignored there. Gemma 3 resizes every image to its one square: no budget.
-    budget = {} if _family(model_cfg) in FIXED_IMAGE_SIZE else {
-        "size": {"shortest_edge": int(model_cfg.min_pixels), "longest_edge": int(model_cfg.max_pixels)}}
     try:
-        return AutoProcessor.from_pretrained(path, trust_remote_code=bool(model_cfg.trust_remote_code), **budget)
+        return AutoProcessor.from_pretrained(path, trust_remote_code=bool(model_cfg.trust_remote_code),
+                                             **processor_budget(model_cfg))
     except (OSError, ValueError) as exc:
         raise _explain(path, exc) from None
 

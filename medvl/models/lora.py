@@ -1,10 +1,10 @@
 """What a stage trains: freezing, and LoRA targets resolved by full module path.
 
-Targets are scoped by component, through the family's component map (:data:`COMPONENTS`): e.g.
+Targets are scoped by component, through the family's component map (:mod:`medvl.config.families`): e.g.
 ``model.language_model`` for the LLM and ``model.visual.merger`` for Qwen2-VL's vision-language merger.
 Qwen2.5-VL's vision blocks also contain ``gate_proj``/``up_proj``/``down_proj``, and Qwen3-VL's vision blocks
 have ``linear_fc1``/``linear_fc2`` like its mergers; scoping by full path keeps a LoRA away from them.
-Adding a model family is one entry here and one ``conf/model`` file.
+Adding a model family is one ``FamilySpec`` there and one ``conf/model`` file.
 """
 
 from __future__ import annotations
@@ -16,44 +16,13 @@ from typing import Any
 import torch
 
 from medvl.config import lora_alpha, lora_component
+from medvl.config.families import family_spec
 
 log = logging.getLogger(__name__)
 
-_QWEN2_VL = {
-    "vision": ("model.visual.patch_embed", "model.visual.blocks"),
-    "merger": ("model.visual.merger",),
-    "llm": ("model.language_model",),
-}
-# Qwen3-VL adds learned position embeddings to its vision encoder, and "deepstack" mergers that project the
-# features of some vision blocks into the first LLM layers: they are part of the merger (the projector).
-_QWEN3_VL = {
-    "vision": ("model.visual.patch_embed", "model.visual.pos_embed", "model.visual.blocks"),
-    "merger": ("model.visual.merger", "model.visual.deepstack_merger_list"),
-    "llm": ("model.language_model",),
-}
-#: Module-path prefixes of each component, per model family (transformers 5 module names). A component's
-#: LoRA targets are searched below its prefixes; a ``full`` component trains every weight below them
-#: (the LLM also its output head, :data:`HEAD`).
-COMPONENTS: dict[str, dict[str, tuple[str, ...]]] = {
-    "qwen2_vl": _QWEN2_VL,
-    "qwen2_5_vl": _QWEN2_VL,
-    "qwen3_vl": _QWEN3_VL,
-    "qwen3_vl_moe": _QWEN3_VL,
-    # MedGemma (Gemma 3): a SigLIP vision tower, a projector that is one weight matrix (no nn.Linear, so no
-    # LoRA: stage=align trains it with lora=none), and the Gemma 3 LLM.
-    "gemma3": {
-        "vision": ("model.vision_tower",),
-        "merger": ("model.multi_modal_projector",),
-        "llm": ("model.language_model",),
-    },
-}
 #: The output head, trained with the LLM when the LLM is trained fully.
 HEAD = "lm_head"
 ALL_LINEAR = "all-linear"
-
-
-def _family(cfg: Any) -> str:
-    return str(getattr(cfg.model.family, "value", cfg.model.family))
 
 
 def _mode(value: Any) -> str:
@@ -62,13 +31,7 @@ def _mode(value: Any) -> str:
 
 def component_prefixes(cfg: Any, comp: str) -> tuple[str, ...]:
     """Module-path prefixes of component ``comp`` (vision, merger, llm) in ``cfg.model.family``."""
-    family = _family(cfg)
-    if family not in COMPONENTS:
-        from medvl.config import ConfigError
-
-        raise ConfigError(f"model.family={family} has no component map; add it to medvl.models.lora.COMPONENTS "
-                          f"(known: {', '.join(COMPONENTS)})")
-    return COMPONENTS[family][comp]
+    return family_spec(cfg.model.family).prefixes(comp)
 
 
 def _under(name: str, prefixes: tuple[str, ...]) -> bool:

@@ -19,27 +19,13 @@ import logging
 from typing import Any
 
 from medvl.config import ConfigError, lora_component
+from medvl.config.families import FAMILIES, family_name, family_spec
 
 log = logging.getLogger(__name__)
 
-#: Liger's patch function for each family (``liger_kernel.transformers``, 0.8). Called on a loaded model with
-#: their defaults, they patch RMSNorm, RoPE (Qwen's multimodal RoPE for Qwen2-VL and Qwen2.5-VL), the gated MLP
-#: (SwiGLU; Gemma 3's GeGLU) and the fused linear cross-entropy. Liger 0.8 has no MLP kernel for Qwen3-VL's
-#: dense text MLP: there it patches RMSNorm (q/k norms too), RoPE and the loss.
-LIGER_FUNCTIONS = {
-    "qwen2_vl": "apply_liger_kernel_to_qwen2_vl",
-    "qwen2_5_vl": "apply_liger_kernel_to_qwen2_5_vl",
-    "qwen3_vl": "apply_liger_kernel_to_qwen3_vl",
-    "qwen3_vl_moe": "apply_liger_kernel_to_qwen3_vl_moe",
-    "gemma3": "apply_liger_kernel_to_gemma3",
-}
 #: The attention a model's ``flash_attention_2`` needs, by transformers' name.
 FLASH_ATTN_PACKAGE = "flash_attn"
 HALF_DTYPES = ("bfloat16", "float16")
-
-
-def _family(cfg: Any) -> str:
-    return str(getattr(cfg.model.family, "value", cfg.model.family))
 
 
 def _installed(module: str) -> bool:
@@ -86,10 +72,10 @@ def check_speed_options(cfg: Any) -> None:
 
 
 def _check_liger(cfg: Any) -> None:
-    family = _family(cfg)
-    if family not in LIGER_FUNCTIONS:
-        raise ConfigError(f"trainer.liger=true: Liger has no kernels for model.family={family} (supported: "
-                          f"{', '.join(LIGER_FUNCTIONS)}); set trainer.liger=false")
+    if family_spec(cfg.model.family).liger is None:
+        supported = [name for name, spec in FAMILIES.items() if spec.liger]
+        raise ConfigError(f"trainer.liger=true: Liger has no kernels for model.family={family_name(cfg.model.family)} "
+                          f"(supported: {', '.join(supported)}); set trainer.liger=false")
     if not _cuda():
         raise ConfigError("trainer.liger=true needs a CUDA GPU (Liger's kernels are Triton GPU kernels) and none "
                           "is visible; set trainer.liger=false")
@@ -119,15 +105,16 @@ def _check_qlora(cfg: Any) -> None:
                           "lora.qlora=false")
 
 
-def apply_liger(model: Any, family: str) -> None:
-    """Patch Liger's kernels into a loaded model of ``family`` (before LoRA adapters wrap its layers).
+def apply_liger(model: Any, family: Any) -> None:
+    """Patch Liger's kernels into a loaded model of ``family`` (before LoRA adapters wrap its layers): the
+    family's ``FamilySpec.liger`` function (:mod:`medvl.config.families`), with Liger's defaults.
 
     Liger patches the model's own modules and, for RoPE and its classes, the family's transformers module:
     models of that family built later in the same process get the kernels too.
     """
     import liger_kernel.transformers as liger
 
-    name = LIGER_FUNCTIONS[family]
+    name = family_spec(family).liger
     getattr(liger, name)(model=model)
     log.info("trainer.liger=true: Liger's fused kernels patched in (liger_kernel.transformers.%s)", name)
 

@@ -12,7 +12,7 @@ SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_o
                   "<end_of_image>", "<image_soft_token>"]
 #: Side of the square every image is resized to, its patch size and the tokens an image becomes. MedGemma:
 #: 896 px, 14 px patches, 256 tokens, each 56x56 px; here 224 px, 14 px patches, pooled 4x4 to 16 tokens of
-#: the same 56x56 px (medvl.data.token_length.PIXELS_PER_TOKEN).
+#: the same 56x56 px (the gemma3 FamilySpec's pixels_per_token, medvl.config.families).
 IMAGE_SIZE, PATCH_SIZE, IMAGE_TOKENS = 224, 14, 16
 
 # MedGemma-4B-it's chat template, shortened: same turn markup, roles user/model, system prompt folded in.

@@ -35,24 +35,28 @@ import torch
 from omegaconf import DictConfig
 
 from medvl.config import ConfigError
+from medvl.config.families import FAMILIES, family_name, family_spec
 from medvl.data.dataset import IGNORE_INDEX, Collator
 from medvl.data.token_length import resolve_max_length
 
 log = logging.getLogger(__name__)
-
-#: Families whose positions this module knows how to build: the Qwen-VL models with ``get_rope_index``
-#: (``model.family``). Another family is refused at start-up rather than trained with wrong positions.
-PACKABLE_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 
 RopeIndex = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 def check_packing(cfg: DictConfig) -> None:
     """``trainer.packing=true`` on a family whose positions this module cannot build: one ConfigError at start-up."""
-    family = str(getattr(cfg.model.family, "value", cfg.model.family))
-    if cfg.trainer.packing and family not in PACKABLE_FAMILIES:
-        raise ConfigError(f"trainer.packing=true: model.family={family} is not supported (packing builds Qwen-VL "
-                          f"mrope positions; supported: {', '.join(PACKABLE_FAMILIES)}); set trainer.packing=false")
+    # The families whose positions this module can build (``FamilySpec.packing``: the Qwen-VL models with
+    # ``get_rope_index``); another is refused at start-up rather than trained with wrong positions.
+    if cfg.trainer.packing and not family_spec(cfg.model.family).packing:
+        raise ConfigError(f"trainer.packing=true: model.family={family_name(cfg.model.family)} is not supported "
+                          f"(packing builds Qwen-VL mrope positions; supported: {', '.join(packable_families())}); "
+                          f"set trainer.packing=false")
+
+
+def packable_families() -> list[str]:
+    """The families whose packed positions this module can build (``FamilySpec.packing``)."""
+    return [name for name, spec in FAMILIES.items() if spec.packing]
 
 
 def train_collator(cfg: DictConfig, processor, model):
@@ -80,7 +84,7 @@ def rope_index_of(model) -> RopeIndex:
         if fn is not None:
             return fn
     raise ValueError(f"trainer.packing: {type(inner).__name__} has no get_rope_index (3D mrope positions); "
-                     f"packing supports the families {', '.join(PACKABLE_FAMILIES)}")
+                     f"packing supports the families {', '.join(packable_families())}")
 
 
 def row_positions(item: dict[str, torch.Tensor], rope_index: RopeIndex) -> torch.Tensor:

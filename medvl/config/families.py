@@ -1,0 +1,113 @@
+"""The model families medvl loads, and all that medvl knows about each: one :class:`FamilySpec` per family.
+
+Adding a model family takes two things, and no other edit:
+
+1. one ``FamilySpec`` entry in :data:`FAMILIES`, keyed by transformers' ``model_type`` (where the vision tower,
+   the merger/projector and the LLM live, pixels per image token, whether the processor resizes every image to
+   one square, Liger's patch function, whether packing can build its positions);
+2. one ``conf/model/<name>.yaml`` with ``family: <key>``, the checkpoint's hub id or local path and its pixel
+   budget (``min_pixels``/``max_pixels``).
+
+Everything that depends on the family reads it from here: ``model.family`` accepts exactly these keys
+(:class:`medvl.config.schemas.Family` is built from them), LoRA targets and ``full`` components are found below
+the component prefixes (:mod:`medvl.models.lora`), ``data.max_length=null`` counts the largest image's tokens
+(:mod:`medvl.data.token_length`), the processor gets the pixel budget or not (:mod:`medvl.models.loading`), and
+``trainer.liger`` / ``trainer.packing`` are taken or refused in one line (:mod:`medvl.models.speed`,
+:mod:`medvl.training.packing`). tests/test_families.py registers a made-up family and checks each of them.
+A tiny offline variant for tests is optional and test-only: :mod:`medvl.models.tiny`'s own table.
+
+Plain data (no torch, no transformers), in the config layer, so that data, models and training may all read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from medvl.config.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Components:
+    """Module-path prefixes of a model's three components (transformers 5 module names). A component's LoRA
+    targets are searched below its prefixes; a ``full`` component trains every weight below them."""
+
+    vision: tuple[str, ...]
+    merger: tuple[str, ...]
+    llm: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """What medvl needs to know about one model family."""
+
+    components: Components
+    #: Pixels one image token covers: ``model.max_pixels // pixels_per_token`` is the largest image's token count.
+    pixels_per_token: int
+    #: The processor resizes every image to one square (its side is the checkpoint's: ``min_pixels = max_pixels``
+    #: in the conf/model file), so it takes no pixel budget.
+    fixed_image_size: bool = False
+    #: ``liger_kernel.transformers``' patch function for the family; None: ``trainer.liger=true`` is refused.
+    liger: str | None = None
+    #: Packing can build the rows' positions: the model has Qwen's 3D mrope ``get_rope_index``. False:
+    #: ``trainer.packing=true`` is refused rather than trained with wrong positions.
+    packing: bool = False
+
+    def prefixes(self, component: str) -> tuple[str, ...]:
+        """Module-path prefixes of ``component`` (vision, merger, llm)."""
+        return getattr(self.components, component)
+
+
+_QWEN2_VL = Components(
+    vision=("model.visual.patch_embed", "model.visual.blocks"),
+    merger=("model.visual.merger",),
+    llm=("model.language_model",),
+)
+# Qwen3-VL adds learned position embeddings to its vision encoder, and "deepstack" mergers that project the
+# features of some vision blocks into the first LLM layers: they are part of the merger (the projector).
+_QWEN3_VL = Components(
+    vision=("model.visual.patch_embed", "model.visual.pos_embed", "model.visual.blocks"),
+    merger=("model.visual.merger", "model.visual.deepstack_merger_list"),
+    llm=("model.language_model",),
+)
+
+#: Every family medvl loads, by transformers' ``model_type``. Pixels per token: 2x2 merged patches of 14 px
+#: (Qwen2-VL, Qwen2.5-VL) or 16 px (Qwen3-VL); Gemma 3's one square gives 256 tokens for 896 px, 56x56 px each.
+#: Liger 0.8 patches RMSNorm, RoPE (Qwen's multimodal RoPE too), the gated MLP (SwiGLU; Gemma 3's GeGLU) and the
+#: fused linear cross-entropy; for Qwen3-VL's dense text MLP it has no kernel, there it patches the rest.
+FAMILIES: dict[str, FamilySpec] = {
+    "qwen2_vl": FamilySpec(_QWEN2_VL, 28 * 28, liger="apply_liger_kernel_to_qwen2_vl", packing=True),
+    "qwen2_5_vl": FamilySpec(_QWEN2_VL, 28 * 28, liger="apply_liger_kernel_to_qwen2_5_vl", packing=True),
+    "qwen3_vl": FamilySpec(_QWEN3_VL, 32 * 32, liger="apply_liger_kernel_to_qwen3_vl", packing=True),
+    "qwen3_vl_moe": FamilySpec(_QWEN3_VL, 32 * 32, liger="apply_liger_kernel_to_qwen3_vl_moe", packing=True),
+    # MedGemma (Gemma 3): a SigLIP vision tower, a projector that is one weight matrix (no nn.Linear, so no
+    # LoRA: stage=align trains it with lora=none), and the Gemma 3 LLM. No mrope: packing is refused.
+    "gemma3": FamilySpec(
+        Components(vision=("model.vision_tower",), merger=("model.multi_modal_projector",),
+                   llm=("model.language_model",)),
+        56 * 56, fixed_image_size=True, liger="apply_liger_kernel_to_gemma3"),
+}
+#: ``model.family``'s default: the schema's, also for a bare namespace without the key.
+DEFAULT_FAMILY = "qwen2_vl"
+
+
+def family_name(value: Any) -> str:
+    """``model.family`` as a string, whether the config holds the :class:`~medvl.config.schemas.Family` member
+    (a composed config) or its name (a plain dict or a saved run's config.yaml)."""
+    return str(getattr(value, "value", value))
+
+
+def family_spec(family: Any) -> FamilySpec:
+    """The :class:`FamilySpec` of ``family`` (a name or a ``Family`` member), or one ConfigError naming the known
+    families: ``model.family`` is checked when the config is composed, so this only fires for a config built
+    some other way (a hand-made dict, a family taken out of :data:`FAMILIES`)."""
+    name = family_name(family)
+    if name not in FAMILIES:
+        raise ConfigError(f"model.family={name} is not a registered model family; add a FamilySpec to "
+                          f"medvl.config.families.FAMILIES (known: {', '.join(FAMILIES)})")
+    return FAMILIES[name]
+
+
+def model_family(model_cfg: Any) -> FamilySpec:
+    """The :class:`FamilySpec` of a ``model`` config node (the schema's default family where it has none)."""
+    return family_spec(getattr(model_cfg, "family", DEFAULT_FAMILY))
