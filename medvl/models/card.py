@@ -17,6 +17,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from omegaconf import OmegaConf
 
+from medvl.config.families import DEFAULT_FAMILY
 from medvl.runs import ADAPTER_DIR, MODEL_DIR, RunDir
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ def model_card(run: RunDir, *, base_model: str | None = None, merged: bool = Fal
         base_model=_hub_id(base),
         library_name="transformers" if merged else "peft",
         pipeline_tag="image-text-to-text",
-        tags=["medvl", "medical", "vqa", "lora", str(_select(cfg, "model.family") or "qwen2_vl")],
+        tags=["medvl", "medical", "vqa", "lora", str(_select(cfg, "model.family") or DEFAULT_FAMILY)],
         model_name=run.name,
         eval_results=(eval_results(metrics, cfg) or None) if metrics else None,
     )
