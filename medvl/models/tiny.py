@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
+from medvl.models.tiny_bpe import train_byte_bpe
+
 log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = [
@@ -79,15 +81,9 @@ VOCAB_SIZE = 1024
 
 def build_tokenizer(texts: list[str]):
     """Train a byte-level BPE on ``texts`` and wrap it as a Qwen2 fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Qwen2TokenizerFast
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(texts, trainer=trainer)
+    tok = train_byte_bpe(texts, VOCAB_SIZE, SPECIAL_TOKENS)
     return Qwen2TokenizerFast(tokenizer_object=tok, bos_token=None, eos_token="<|im_end|>",
                               pad_token="<|endoftext|>", unk_token=None, errors="replace")
 
@@ -103,14 +99,15 @@ def _tokenizer_corpus() -> list[str]:
 def build_tiny(out_dir: str | Path, family: str = "qwen2_vl", seed: int = 0) -> Path:
     """Build the tiny model, tokenizer and processor into ``out_dir`` (once; later calls return it)."""
     from medvl.data import synth
-    from medvl.models import tiny_gemma3
+    from medvl.models import tiny_bpe, tiny_gemma3
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # The tokenizer is trained on the synthetic data's text: the modules' sources are in the stamp,
     # so a model cached by other code is rebuilt instead of silently reused.
     stamp = {"family": family, "seed": seed,
-             "code": synth.source_digest(__file__, synth.__file__, *([tiny_gemma3.__file__] if family == "gemma3" else []))}
+             "code": synth.source_digest(__file__, synth.__file__, tiny_bpe.__file__,
+                                         *([tiny_gemma3.__file__] if family == "gemma3" else []))}
     with FileLock(str(out_dir) + ".lock"):
         if (out_dir / "config.json").exists():
             built = out_dir / "medvl_tiny.json"

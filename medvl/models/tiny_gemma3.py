@@ -8,6 +8,8 @@ turn) and its fixed image size: every image is resized to one square and becomes
 
 from __future__ import annotations
 
+from medvl.models.tiny_bpe import train_byte_bpe
+
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
                   "<end_of_image>", "<image_soft_token>"]
 #: Side of the square every image is resized to, its patch size and the tokens an image becomes. MedGemma:
@@ -43,15 +45,9 @@ VISION_CONFIG = dict(model_type="siglip_vision_model", hidden_size=32, intermedi
 def build_tokenizer(corpus: list[str], vocab_size: int):
     """A byte-level BPE on ``corpus`` with Gemma's special tokens (GemmaTokenizer would swap in its own SentencePiece
     normalizer, which this vocabulary lacks: plain fast tokenizer, loaded by AutoTokenizer all the same)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(corpus, trainer=trainer)
+    tok = train_byte_bpe(corpus, vocab_size, SPECIAL_TOKENS)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
         extra_special_tokens={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
