@@ -23,6 +23,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from medvl.config.families import DEFAULT_FAMILY
 from medvl.data.converters import Row
 from medvl.data.dataset import Collator, VQADataset
 from medvl.data.format import image_paths
@@ -73,7 +74,7 @@ class CheckSpec:
     full: bool
     follow_symlinks: bool = False
     #: model.family: how the processor takes the pixel budget (medvl.models.loading.load_processor).
-    family: str = "qwen2_vl"
+    family: str = DEFAULT_FAMILY
     #: data.categories as medvl.data.taxonomy.declared_taxonomy reads it (None: the built-in 12).
     categories: dict[str, str] | None = None
 

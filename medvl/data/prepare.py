@@ -22,6 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from medvl.config.families import family_name
 from medvl.data.checking import Checking, CheckSpec, RowChecker, Verdict
 from medvl.data.converters import SPLITS, ConverterError, Reject, Row, convert, converter_for, partition
 from medvl.data.format import read_jsonl
@@ -203,7 +204,7 @@ def _check_spec(cfg: DictConfig, root: Path) -> CheckSpec:
                      max_pixels=int(cfg.model.max_pixels), trust_remote_code=bool(cfg.model.trust_remote_code),
                      root=str(root), system_prompt=cfg.prompt.system_prompt, max_length=max_length,
                      full=bool(cfg.full), follow_symlinks=bool(data.follow_symlinks),
-                     family=str(getattr(cfg.model.family, "value", cfg.model.family)),
+                     family=family_name(cfg.model.family),
                      categories=data_taxonomy(data))
 
 

@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from medvl.config import starts_from_base
+from medvl.config.families import family_name
 from medvl.data.dataset import VQADataset
 from medvl.data.splits import check_train_lengths, ensure_data, load_split
 from medvl.data.token_length import resolve_max_length
@@ -123,7 +124,7 @@ def setup_for_training(model, cfg: DictConfig):
     float32 trainable weights under bf16 autocast, and gradient checkpointing's input gradients."""
     checkpointing = gradient_checkpointing(cfg)
     if cfg.trainer.liger:
-        apply_liger(model, str(getattr(cfg.model.family, "value", cfg.model.family)))
+        apply_liger(model, family_name(cfg.model.family))
     if cfg.lora.qlora:
         model = prepare_quantized(model, checkpointing)
     model = apply_training_setup(model, cfg)
