@@ -1,7 +1,20 @@
-"""Batched (left-padded) vs one-at-a-time greedy generation on the tiny model.
+"""Batched (left-padded) vs one-at-a-time greedy generation: the tiny model on the CPU, or (``--gpu``) 2B- and
+7B-sized models on a GPU.
 
     .venv/bin/python benchmarks/eval_generation.py                    # 150-step adapter, 300 rows
     .venv/bin/python benchmarks/eval_generation.py --train-steps 0    # the untrained tiny model
+    python benchmarks/eval_generation.py --gpu --json results.json     # Qwen2-VL-2B, Qwen2.5-VL-7B sizes, bf16
+    python benchmarks/eval_generation.py --smoke                       # the --gpu path on the CPU at tiny sizes
+
+``--gpu``: random-weight models of the published Qwen2-VL-2B and Qwen2.5-VL-7B configs (benchmarks/bench_models.py,
+no download) in bf16, on Slake-like prompts (one image of 256-1280 image tokens and a short question), decoded
+with medvl's ``generate_tokens`` (greedy, the KV cache, left padding) ``--batch-size`` rows per call and one row
+per call (the seeds' way); prints rows/s of both, the speed-up and how many rows decode to identical token ids.
+Random weights emit arbitrary tokens and rarely the stop token, so every row decodes all max_new_tokens steps,
+and their top two logits are often close: where bf16 batched and single outputs part, the first differing step's
+top-2 logit gap (re-scored alone, unpadded) tells a near tie (round-off) from a wide gap (a padding bug).
+
+The CPU mode (without ``--gpu``/``--smoke``):
 
 A tiny LoRA adapter is trained briefly on the synthetic data first (an untrained model emits
 garbage up to max_new_tokens for every row, which is not what evaluation sees); then the same
@@ -22,12 +35,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]  # medvl from this checkout, and bench_models beside this script
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -97,11 +113,17 @@ def first_difference(model, processor, row, image_root, batched: list[int], sing
             f"{tok.decode(single[step:step + 1])!r}; top-2 logit gap there {float(top.values[0] - top.values[1]):.2e}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=300, help="synth test rows to decode")
+def main(argv: list[str] | None = None) -> list[dict] | None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpu", action="store_true",
+                        help="2B- and 7B-sized random-weight models in bf16 on a CUDA GPU (see above)")
+    parser.add_argument("--smoke", action="store_true", help="the --gpu path on the CPU at tiny sizes, float32")
+    parser.add_argument("--rows", type=int, default=None, help="rows to decode (default: 300; --gpu: 32)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=64, help="medvl.eval's default")
+    parser.add_argument("--models", default="2b,7b", help="--gpu: bench_models.SPECS keys, in order")
+    parser.add_argument("--budget-s", type=float, default=240, help="--gpu: skip the models left after this")
+    parser.add_argument("--json", type=Path, help="--gpu/--smoke: also write the results here")
     parser.add_argument("--train-steps", type=int, default=150, help="0: evaluate the untrained tiny model")
     parser.add_argument("--train-batch-size", type=int, default=8)
     parser.add_argument("--cache-dir", type=Path, default=None, help="tiny model and synth data (default: temp)")
@@ -111,9 +133,19 @@ def main() -> None:
                         help="timed passes over the rows (the two modes alternate within each); outputs of pass 1")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's). On a busy machine 1 avoids OpenMP stalls")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.gpu or args.smoke:
+        from eval_generation_gpu import gpu_main
 
+        return gpu_main(args)
+    args.rows = args.rows or 300
+    cpu_main(args)
+    return None
+
+
+def cpu_main(args: argparse.Namespace) -> None:
+    """The tiny model with a briefly trained adapter on synth rows, on the CPU (module docstring)."""
     import torch
 
     from medvl.data.splits import load_split

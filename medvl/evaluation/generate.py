@@ -36,18 +36,28 @@ def stop_token_ids(model, processor) -> list[int]:
 
 
 @torch.inference_mode()
+def generate_tokens(model, items: list[dict[str, torch.Tensor]], *, pad_token_id: int, eos_token_id: list[int],
+                    max_new_tokens: int) -> torch.Tensor:
+    """Greedy new token ids for encoded prompts, decoded as one left-padded batch (with the KV cache).
+
+    A row that stopped early is padded with ``pad_token_id`` to the batch's longest answer.
+    """
+    batch = Collator(pad_token_id, padding_side="left")(items)
+    batch.pop("labels")
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    out = model.generate(**batch, max_new_tokens=max_new_tokens, **DECODING, pad_token_id=pad_token_id,
+                         eos_token_id=eos_token_id)
+    return out[:, batch["input_ids"].shape[1]:]
+
+
 def generate_batch(model, processor, rows: list[dict[str, Any]], image_root: str | Path, *,
                    system_prompt: str | None = None, max_new_tokens: int = 32) -> list[str]:
     """Greedy answers to the first question of each row, generated as one left-padded batch."""
     tokenizer = processor.tokenizer
     items = encode_prompts(rows, processor, image_root, system_prompt=system_prompt)
-    batch = Collator(tokenizer.pad_token_id, padding_side="left")(items)
-    batch.pop("labels")
-    device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in batch.items()}
-    out = model.generate(**batch, max_new_tokens=max_new_tokens, **DECODING,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_token_ids(model, processor))
-    new_tokens = out[:, batch["input_ids"].shape[1]:]
+    new_tokens = generate_tokens(model, items, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=stop_token_ids(model, processor), max_new_tokens=max_new_tokens)
     return [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
