@@ -114,3 +114,23 @@ def test_packing_and_liger_follow_a_new_familys_spec(compose, toy, monkeypatch):
     model = _toy_model()
     apply_liger(model, liger.model.family)
     assert calls == [model]
+
+
+@pytest.mark.parametrize("model_type, expected", [
+    ("gemma3", r"^model.family=qwen2_vl but \S+ is a gemma3 checkpoint; set model.family=gemma3$"),
+    ("llava", r"^\S+ is a llava checkpoint, a model family medvl has no component map for \(known: qwen2_vl, .*\); "
+              r"add a FamilySpec for llava to medvl.config.families.FAMILIES"),
+])
+def test_a_checkpoint_of_another_or_no_registered_family_is_refused_before_anything_loads(compose, tmp_path,
+                                                                                         model_type, expected):
+    """Its config.json's model_type names its family: with another family's component map a run would train the
+    wrong modules, or none, and fail in its first step (a MedGemma directory given to a Qwen2-VL preset)."""
+    from medvl.models.loading import ModelLoadError, load_model, load_processor
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(f'{{"model_type": "{model_type}"}}')  # no weights: refused before them
+    cfg = compose(["model=tiny", "model.build_tiny=false", f"model.name_or_path={ckpt}"])
+    for load in (load_model, load_processor):
+        with pytest.raises(ModelLoadError, match=expected):
+            load(cfg.model)

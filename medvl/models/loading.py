@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from medvl.config.families import DEFAULT_FAMILY, family_name, model_family
+from medvl.config.families import DEFAULT_FAMILY, FAMILIES, family_name, model_family
 from medvl.models.speed import resolve_attn_implementation
 from medvl.runs import RunDir
 
@@ -105,6 +105,30 @@ def check_available(path: str) -> None:
         raise _explain(path, OSError("offline"))
 
 
+def check_family(model_cfg: Any, path: str) -> None:
+    """One line, before any weights load, for a checkpoint that is not of ``model.family``.
+
+    Its ``model_type`` (config.json) is the family whose component map medvl must use: with another family's,
+    a run trains the wrong modules (or none) and fails in its first step, e.g. a MedGemma directory given to a
+    Qwen2-VL preset. A checkpoint without a readable config.json is left to ``from_pretrained`` to explain.
+    """
+    from transformers import PretrainedConfig
+
+    try:
+        model_type = PretrainedConfig.get_config_dict(path)[0].get("model_type")
+    except (OSError, ValueError):
+        return
+    family = family_name(getattr(model_cfg, "family", DEFAULT_FAMILY))
+    if model_type is None or model_type == family:
+        return
+    if model_type not in FAMILIES:
+        raise ModelLoadError(f"{path} is a {model_type} checkpoint, a model family medvl has no component map for "
+                             f"(known: {', '.join(FAMILIES)}); add a FamilySpec for {model_type} to "
+                             f"medvl.config.families.FAMILIES and a conf/model file")
+    raise ModelLoadError(f"model.family={family} but {path} is a {model_type} checkpoint; "
+                         f"set model.family={model_type}")
+
+
 def processor_budget(model_cfg: Any) -> dict[str, Any]:
     """The processor's pixel-budget keyword arguments: none for a family whose processor resizes every image to
     one square (``FamilySpec.fixed_image_size``, Gemma 3)."""
@@ -121,6 +145,7 @@ def load_processor(model_cfg: Any, path: str | None = None):
 
     path = path or resolve_model_path(model_cfg)
     check_available(path)
+    check_family(model_cfg, path)
     try:
         return AutoProcessor.from_pretrained(path, trust_remote_code=bool(model_cfg.trust_remote_code),
                                              **processor_budget(model_cfg))
@@ -141,6 +166,7 @@ def load_model(model_cfg: Any, path: str | None = None, *, device: str | torch.d
 
     path = path or resolve_model_path(model_cfg)
     check_available(path)
+    check_family(model_cfg, path)
     log.info("Loading model %s", path)
     dtype = _torch_dtype(str(model_cfg.dtype))
     extra = {"device_map": device_map} if device_map is not None else {}
