@@ -111,6 +111,24 @@ def test_lora_targets_that_match_nothing_name_a_fix(compose, tiny_dir):
         target_modules(load_model(cfg.model), cfg)
 
 
+@pytest.mark.parametrize("target, expected", [
+    ("self_attn", "names model.language_model.layers.0.self_attn, a Qwen2VLAttention, which LoRA cannot adapt "
+                  "(peft adapts nn.Linear, nn.Embedding and nn.Conv layers); name its linear layers instead (e.g. "
+                  "self_attn.q_proj, self_attn.k_proj, self_attn.v_proj, self_attn.o_proj)"),
+    ("mlp.act_fn", "names model.language_model.layers.0.mlp.act_fn, a SiLUActivation, which LoRA cannot adapt "
+                   "(peft adapts nn.Linear, nn.Embedding and nn.Conv layers); use lora=all_linear"),
+])
+def test_lora_targets_that_name_a_module_peft_cannot_adapt_name_a_fix(compose, tiny_dir, target, expected):
+    """Refused at setup in one line, before peft would raise its own ValueError with a traceback."""
+    from medvl.models.loading import load_model
+    from medvl.models.lora import apply_training_setup
+
+    cfg = compose(["lora=attn", f"lora.targets=[{target}]"])
+    validate(cfg)
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        apply_training_setup(load_model(cfg.model), cfg)
+
+
 def test_missing_resume_checkpoint_names_what_works(compose, tmp_path):
     from medvl.training.run import resume_checkpoint
 

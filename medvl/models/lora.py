@@ -23,6 +23,11 @@ log = logging.getLogger(__name__)
 #: The output head, trained with the LLM when the LLM is trained fully.
 HEAD = "lm_head"
 ALL_LINEAR = "all-linear"
+#: The layers peft puts a LoRA adapter on (bitsandbytes' 4-bit Linear of QLoRA is an nn.Linear; peft also takes
+#: transformers' GPT-2 Conv1D, which no family medvl loads has). A target naming any other module (an attention
+#: block, a norm) is refused at setup, in one line, rather than by peft with a traceback.
+ADAPTABLE = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
+             torch.nn.MultiheadAttention)
 
 
 def _mode(value: Any) -> str:
@@ -57,6 +62,8 @@ def _lora_targets(model: torch.nn.Module, cfg: Any) -> tuple[list[str], list[str
                 matched.add(ALL_LINEAR)
             continue
         hits = [s for s in suffixes if name.endswith("." + s)]
+        if hits and not isinstance(module, ADAPTABLE):
+            raise _not_adaptable(cfg, suffixes, name, module, hits[0])
         if hits:
             modules.append(name)
             matched.update(hits)
@@ -84,6 +91,16 @@ def _lora_targets(model: torch.nn.Module, cfg: Any) -> tuple[list[str], list[str
         log.info("lora=%s: %s matched nothing under %s; adapters go on the %d modules and %d weights that matched",
                  cfg.lora.name, ", ".join(unmatched), where, len(modules), len(parameters))
     return modules, parameters
+
+
+def _not_adaptable(cfg: Any, suffixes: list[str], name: str, module: torch.nn.Module, suffix: str) -> Exception:
+    """The one-line error for a target that names a module peft cannot adapt, with the Linear layers inside it."""
+    from medvl.config import ConfigError
+
+    inside = [f"{suffix}.{n}" for n, m in module.named_modules() if n and isinstance(m, torch.nn.Linear)]
+    hint = f"name its linear layers instead (e.g. {', '.join(inside[:4])})" if inside else "use lora=all_linear"
+    return ConfigError(f"lora={cfg.lora.name} (lora.targets={suffixes}) names {name}, a {type(module).__name__}, "
+                       f"which LoRA cannot adapt (peft adapts nn.Linear, nn.Embedding and nn.Conv layers); {hint}")
 
 
 def target_modules(model: torch.nn.Module, cfg: Any) -> list[str]:
