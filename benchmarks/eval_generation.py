@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> list[dict] | None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=64, help="medvl.eval's default")
     parser.add_argument("--models", default="2b,7b", help="--gpu: bench_models.SPECS keys, in order")
+    parser.add_argument("--single-rows", type=int, default=None,
+                        help="--gpu: decode (and compare) only the first N rows one at a time (default: all)")
     parser.add_argument("--budget-s", type=float, default=240, help="--gpu: skip the models left after this")
     parser.add_argument("--json", type=Path, help="--gpu/--smoke: also write the results here")
     parser.add_argument("--train-steps", type=int, default=150, help="0: evaluate the untrained tiny model")

@@ -138,7 +138,7 @@ def eval_rows(path: Path, status: str) -> list[tuple[str, str, str]]:
             continue
         rows.append(("eval_generation", r["model"], f"{r['rows_per_s_batched']:.2f} rows/s batched ({r['batch_size']}) "
                      f"vs {r['rows_per_s_single']:.2f} one at a time: {r['speedup']:.1f}x; identical token ids "
-                     f"{r['identical_rows']}/{r['rows']} ({r['dtype']}, {r['attn']})"))
+                     f"{r['identical_rows']}/{r['rows_single']} ({r['dtype']}, {r['attn']})"))
     return rows
 
 
@@ -161,11 +161,13 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str, str]]:
             sys.exit("gpu_checks.py needs a CUDA GPU (or --smoke for the CPU check)")
     py, started = sys.executable, time.perf_counter()
     # Only the files that hold gpu-marked tests: a file the GPU image cannot import (a missing test-only package)
-    # is then one error row, not the end of the step. --smoke: one file's (skipped on the CPU), two
+    # is then one error row, not the end of the step. Generation: 32 rows batched (medvl.eval's batch), the
+    # first 16 of them one at a time (the slow path). --smoke: one file's gpu tests (skipped on the CPU), two
     # configurations, one tiny model.
     tests = ["tests/test_models.py"] if args.smoke else gpu_test_files()
     train = ["--smoke", "--only", "2b lora packed"] if args.smoke else ["--budget-s", str(args.train_s - 70)]
-    gen = ["--smoke", "--models", "2b"] if args.smoke else ["--gpu", "--budget-s", str(args.eval_s - 90)]
+    gen = (["--smoke", "--models", "2b"] if args.smoke
+           else ["--gpu", "--rows", "32", "--single-rows", "16", "--budget-s", str(args.eval_s - 90)])
     status = {
         "tests": run_step("gpu_tests", [py, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
                                         "--continue-on-collection-errors",

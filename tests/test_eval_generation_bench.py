@@ -37,6 +37,9 @@ def test_smoke_decodes_both_ways_with_identical_tokens(bench, tmp_path, capsys):
         assert r["new_tokens_mean"] == r["max_new_tokens"] == 4
     assert "identical = the same new token ids" in printed and "speed-up:" in printed
     assert json.loads(out.read_text())["models"] == results
+    # The slow one-at-a-time path on the first rows only: its rate and the comparison cover those.
+    (part,) = bench.main(["--smoke", "--models", "7b", "--single-rows", "3"])
+    assert (part["rows"], part["rows_single"], part["identical_rows"]) == (6, 3, 3)
 
 
 def test_the_identity_check_catches_a_padding_bug(bench, monkeypatch):
