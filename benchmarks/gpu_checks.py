@@ -13,16 +13,18 @@ bitsandbytes) or a step that runs out of time is a "skipped: <why>" line, never 
     python benchmarks/gpu_checks.py --smoke         # the steps on the CPU at tiny sizes (tests/test_gpu_checks.py)
 
 On this workplace's device machine (an H200; /work/.library/device/README.md). Its image has torch, transformers,
-peft, accelerate, triton and pytest but not hydra-core/omegaconf, and no flash-attn, liger-kernel or bitsandbytes:
-they travel as wheels (about 59 MB with bitsandbytes's 43; the working tree and the wheels must stay under 64 MiB,
-so leave bitsandbytes out if it grows, and the QLoRA items say "skipped"). Here, once, in the repo root:
+peft, accelerate, triton and pytest but not hydra-core/omegaconf or rouge-score (validation's rouge_l), and no
+flash-attn, liger-kernel or bitsandbytes: they travel as wheels (about 61 MB, 43 of them bitsandbytes'; the working
+tree and the wheels must stay under 64 MiB, so leave bitsandbytes out if the tree grows, and the QLoRA items say
+"skipped"). Here, once, in the repo root:
 
     echo /.whl/ >> .git/info/exclude
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
         --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \\
         --platform manylinux2014_x86_64 -d .whl hydra-core==1.3.2 omegaconf==2.3.0 transformers==5.24.0 \\
-        peft==0.21.2 liger-kernel==0.8.5 bitsandbytes==0.50.2
-    python3 -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3   # omegaconf's; an sdist, pure Python
+        peft==0.21.2 liger-kernel==0.8.5 bitsandbytes==0.50.2 nltk==3.10.4 defusedxml==0.7.1
+    # sdists only on PyPI, pure Python: built into wheels here (omegaconf's antlr4, validation's rouge-score)
+    python3 -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3 rouge-score==0.1.2
 
 (transformers and peft: the versions the CPU suite passes with; the image's transformers is older.) flash-attn has
 no binary wheel on PyPI (it builds from source for about an hour): its items say "skipped" unless one is carried.
