@@ -155,3 +155,16 @@ def test_ckpt_evaluation_uses_the_runs_prompt_unless_the_command_line_names_one(
 def test_default_eval_dir_names_the_runs_prompt(custom_prompt_run) -> None:
     # Outside a Hydra app no override was given: the folder says what RunDir.apply_config evaluates.
     assert eval_dir_name(str(custom_prompt_run), "tiny", "synth", "test", "default").split("_")[3] == "custom"
+
+
+def test_fingerprint_records_the_attention_kernel_used_not_auto(compose, tmp_path: Path) -> None:
+    """An eval directory made with attn_implementation=sdpa resumes under auto where auto means sdpa (no GPU)."""
+    fp_auto = eval_run.fingerprint(compose(["model.attn_implementation=auto"], config_name="eval"), None, "test")
+    fp_sdpa = eval_run.fingerprint(compose(["model.attn_implementation=sdpa"], config_name="eval"), None, "test")
+    assert fp_auto["attn_implementation"] == "sdpa" and fp_auto == fp_sdpa
+    eval_run.check_resumable(tmp_path, fp_sdpa)
+    (tmp_path / "predictions.jsonl").write_text("{}\n")
+    eval_run.check_resumable(tmp_path, fp_auto)  # no refusal
+    fp_eager = eval_run.fingerprint(compose(["model.attn_implementation=eager"], config_name="eval"), None, "test")
+    with pytest.raises(CheckpointError):
+        eval_run.check_resumable(tmp_path, fp_eager)

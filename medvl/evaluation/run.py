@@ -22,7 +22,7 @@ from medvl.evaluation.generate import generate_batch, iter_batches
 from medvl.evaluation.html import image_index
 from medvl.evaluation.perplexity import answer_nll
 from medvl.evaluation.scoring import likelihood_fields, prediction_record, score
-from medvl.models.loading import load_run
+from medvl.models.loading import attention_of, load_run
 from medvl.runs import CheckpointError, RunDir
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def fingerprint(cfg: DictConfig, ckpt: RunDir | None, split: str) -> dict[str, A
             "prompt": {"name": str(cfg.prompt.name), "system_prompt": cfg.prompt.system_prompt},
             "generation": {"max_new_tokens": int(cfg.max_new_tokens), **DECODING},
             "min_pixels": int(cfg.model.min_pixels), "max_pixels": int(cfg.model.max_pixels),
-            "dtype": str(cfg.model.dtype), "attn_implementation": str(cfg.model.attn_implementation),
+            "dtype": str(cfg.model.dtype), "attn_implementation": attention_of(cfg.model),  # the kernel used, not "auto"
             "init_from": str(init_from) if init_from else None,
             "scoring": {"bertscore": OmegaConf.to_container(cfg.bertscore, resolve=True)}}
 

@@ -50,6 +50,11 @@ def _torch_dtype(name: str) -> torch.dtype | str:
     return getattr(torch, name)
 
 
+def attention_of(model_cfg: Any) -> str:
+    """The attention kernel :func:`load_model` will load ``model_cfg`` with (``auto`` resolved on this machine)."""
+    return resolve_attn_implementation(model_cfg.attn_implementation, _torch_dtype(str(model_cfg.dtype)), quiet=True)
+
+
 def _is_local_path(path: str) -> bool:
     """Whether ``path`` can only mean a directory: a hub id is ``name`` or ``org/name``."""
     return path.startswith(("/", ".", "~")) or path.count("/") > 1 or "\\" in path

@@ -38,7 +38,7 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def resolve_attn_implementation(name: str, dtype: Any = None) -> str:
+def resolve_attn_implementation(name: str, dtype: Any = None, *, quiet: bool = False) -> str:
     """``model.attn_implementation`` as transformers takes it: ``auto`` becomes the fastest one installed.
 
     ``dtype`` is the dtype the weights load in (a ``torch.dtype`` or its name); FlashAttention is taken only for
@@ -49,12 +49,14 @@ def resolve_attn_implementation(name: str, dtype: Any = None) -> str:
         return name
     half = str(dtype).removeprefix("torch.") in HALF_DTYPES
     if _installed(FLASH_ATTN_PACKAGE) and _cuda() and half:
-        log.info("model.attn_implementation=auto: flash_attention_2")
+        if not quiet:
+            log.info("model.attn_implementation=auto: flash_attention_2")
         return "flash_attention_2"
     why = ("flash_attn is not installed" if not _installed(FLASH_ATTN_PACKAGE) else
            "no CUDA GPU" if not _cuda() else f"the weights load in {str(dtype).removeprefix('torch.')}, "
            f"not bf16/fp16")
-    log.info("model.attn_implementation=auto: sdpa (%s)", why)
+    if not quiet:
+        log.info("model.attn_implementation=auto: sdpa (%s)", why)
     return "sdpa"
 
 
