@@ -10,6 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import medvl.evaluation.run as eval_run
+from medvl.models.loading import attention_of
 from medvl.runs import CheckpointError
 
 
@@ -70,4 +71,5 @@ def test_predictions_of_another_dtype_or_stage_one_are_not_mixed_in(compose, tmp
     cfg.model.dtype = "bfloat16"
     with pytest.raises(CheckpointError, match="dtype changed"):
         eval_run.check_resumable(tmp_path, eval_run.fingerprint(cfg, None, "test"))
-    assert base["init_from"] is None and base["attn_implementation"] == cfg.model.attn_implementation
+    # The kernel the model loads with: the default "auto" is SDPA on a machine without flash-attn and CUDA.
+    assert base["init_from"] is None and base["attn_implementation"] == attention_of(cfg.model) == "sdpa"
