@@ -3,25 +3,17 @@ medvl's own ``generate_tokens``, and its identity check catches a padding bug.""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 
 import pytest
 
-from .conftest import REPO
-
-BENCH = REPO / "benchmarks"
+from .conftest import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("eval_generation", BENCH / "eval_generation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    sys.path.remove(str(BENCH))
+    with benchmark_module("eval_generation") as module:
+        yield module
 
 
 def test_smoke_decodes_both_ways_with_identical_tokens(bench, tmp_path, capsys):

@@ -3,24 +3,17 @@ at tiny sizes and summarizes them, a missing package or a step out of time is a 
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 
 import pytest
 
-from .conftest import REPO
-
-BENCH = REPO / "benchmarks"
+from .conftest import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def checks():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("gpu_checks", BENCH / "gpu_checks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    sys.path.remove(str(BENCH))
+    with benchmark_module("gpu_checks") as module:
+        yield module
 
 
 def test_smoke_runs_every_step_and_summarizes_it(checks, tmp_path, cache_dir):

@@ -4,27 +4,17 @@ MFU divides by is the documented formula."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 
 import pytest
 
-from .conftest import REPO
-
-BENCH = REPO / "benchmarks"
+from .conftest import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("gpu_train", BENCH / "gpu_train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_train"] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules["gpu_train"]
-    sys.path.remove(str(BENCH))
+    with benchmark_module("gpu_train") as module:
+        yield module
 
 
 def test_smoke_runs_every_configuration_or_says_why_not(bench, tmp_path, capsys, cache_dir):
