@@ -160,7 +160,7 @@ def test_sweep_summary_survives_jobs_on_different_data(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("n", "n_boot"), [(50, 500), (2100, 2000)])  # 2100 pairs: resampled in two chunks
 def test_paired_bootstrap_is_scipys_percentile_bootstrap(n: int, n_boot: int) -> None:
     # The same draws as scipy.stats.bootstrap; medvl keeps its own percentile step only because scipy's
-    # differs in the last bit (see medvl.evaluation.compare.stats._percentile_ci).
+    # differs in the last bit (see medvl.evaluation.resample.percentile_ci).
     rng = np.random.default_rng(3)
     ref, run = rng.random(n), (rng.random(n) < 0.5).astype(float)
     ours = bootstrap_ci(ref, run, n_boot=n_boot, seed=7, confidence=0.9)

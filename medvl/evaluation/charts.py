@@ -14,12 +14,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
 from medvl.evaluation.aggregate import UNCATEGORIZED
+from medvl.evaluation.resample import percentile_ci
 
 WILSON = "Wilson"
 BOOTSTRAP = "bootstrap"
@@ -57,31 +57,19 @@ class FamilyChart:
 
 
 def wilson(successes: float, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Wilson score interval of a proportion ``successes / n`` (``n`` > 0)."""
-    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
-    p = successes / n
-    denominator = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    # Exactly 0 (1) at no (all) successes, which round-off would put a hair above (below).
-    return (0.0 if successes == 0 else max(0.0, center - half)), (1.0 if successes == n else min(1.0, center + half))
+    """Wilson score interval of a proportion ``successes / n`` (``n`` > 0), as scipy computes it."""
+    from scipy.stats import binomtest  # scipy.stats takes ~0.5 s to import; only needed here
+
+    ci = binomtest(round(successes), n).proportion_ci(confidence, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def bootstrap_mean(values: Sequence[float], *, n_boot: int = N_BOOT, seed: int = SEED,
                    confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of ``values``, resampled as medvl.compare resamples paired rows
-    (``numpy.random.default_rng(seed)``, ``n_boot`` draws of all rows with replacement)."""
+    """Percentile bootstrap CI of the mean of ``values``, with the draws medvl.compare makes for the same seed."""
     data = np.asarray(values, dtype=float)
-    n = data.size
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_boot)
-    chunk = max(1, 4_000_000 // n)  # bound the (chunk x n) index matrix to ~32 MB
-    for start in range(0, n_boot, chunk):
-        stop = min(n_boot, start + chunk)
-        means[start:stop] = data[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
-    tail = 100 * (1 - confidence) / 2
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(low), float(high)
+    return percentile_ci(data.size, lambda index: data[index].mean(axis=1), n_boot=n_boot, seed=seed,
+                         confidence=confidence)
 
 
 def interval(values: Sequence[float], value: float) -> Interval | None:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from medvl.evaluation.compare.runs import PREDICTIONS_FILE, Run
+from medvl.evaluation.resample import check_bootstrap, percentile_ci
 from medvl.tables import is_number
 
 #: Per-sample accuracies that McNemar's test is run on (1.0 = correct; null where they do not apply:
@@ -42,48 +43,18 @@ def bootstrap_ci(
     b = np.asarray(other, dtype=float)
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"paired scores must be two 1-d sequences of equal length, got {a.shape} and {b.shape}")
-    _check_bootstrap(n_boot, confidence)
+    check_bootstrap(n_boot, confidence)
     n = int(a.size)
     if n == 0:
         return dict(_NO_PAIRS)
     deltas = b - a
-    low, high = _percentile_ci(n, lambda index: deltas[index].mean(axis=1), n_boot=n_boot, seed=seed,
+    low, high = percentile_ci(n, lambda index: deltas[index].mean(axis=1), n_boot=n_boot, seed=seed,
                                confidence=confidence)
     return {"n": n, "reference_mean": float(a.mean()), "other_mean": float(b.mean()), "diff": float(deltas.mean()),
             "low": low, "high": high}
 
 
 _NO_PAIRS = {"n": 0, "reference_mean": None, "other_mean": None, "diff": None, "low": None, "high": None}
-
-
-def _check_bootstrap(n_boot: int, confidence: float) -> None:
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be positive, got {n_boot}")
-
-
-def _percentile_ci(n: int, diff_of: Any, *, n_boot: int, seed: int, confidence: float) -> tuple[float, float]:
-    """Percentile CI of ``diff_of(index)`` over ``n_boot`` resamples of ``n`` paired items.
-
-    ``diff_of`` gets a ``(resamples, n)`` matrix of item indices, drawn with replacement by
-    ``numpy.random.default_rng(seed)``, and returns one difference per resample.
-
-    This is ``scipy.stats.bootstrap(..., method="percentile", batch=chunk, rng=default_rng(seed))``: the
-    same draws, resample for resample (tests/test_compare_stats.py checks that the bounds agree). It stays
-    written out because scipy's bounds differ in the last bit (it takes the upper tail as ``1 - alpha`` and
-    interpolates with ``scipy.stats.quantile``), which would change published model_comparison.json files,
-    and because scipy refuses a single pair, which medvl reports as a zero-width interval.
-    """
-    rng = np.random.default_rng(seed)
-    diffs = np.empty(n_boot)
-    chunk = max(1, 4_000_000 // n)  # bound the (chunk x n) index matrix to ~32 MB
-    for start in range(0, n_boot, chunk):
-        stop = min(n_boot, start + chunk)
-        diffs[start:stop] = diff_of(rng.integers(0, n, size=(stop - start, n)))
-    tail = 100 * (1 - confidence) / 2
-    low, high = np.percentile(diffs, [tail, 100 - tail])
-    return float(low), float(high)
 
 
 def mcnemar(reference_correct: Sequence[bool], other_correct: Sequence[bool]) -> dict[str, Any]:
@@ -205,12 +176,12 @@ def bootstrap_corpus_ci(
     b = np.asarray(other, dtype=float)
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"paired statistics must be two (n, k) arrays of equal shape, got {a.shape} and {b.shape}")
-    _check_bootstrap(n_boot, confidence)
+    check_bootstrap(n_boot, confidence)
     n = int(a.shape[0])
     if n == 0:
         return dict(_NO_PAIRS)
     ref_value, other_value = float(statistic(a.sum(axis=0))), float(statistic(b.sum(axis=0)))
-    low, high = _percentile_ci(
+    low, high = percentile_ci(
         n, lambda index: statistic(b[index].sum(axis=1)) - statistic(a[index].sum(axis=1)),
         n_boot=n_boot, seed=seed, confidence=confidence,
     )
