@@ -150,6 +150,15 @@ def markdown(frame: pd.DataFrame, *, right: Iterable[str] = ()) -> str:
                              colalign=[None] * len(aligns))
 
 
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (a reader never sees half a file; a stopped run leaves the old one)."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
 def write_csv(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
     """``frame`` as CSV (index not written; None as an empty field; rows end in ``\\r\\n`` as the csv
     module's do, so files written before pandas stay byte-identical)."""

@@ -7,7 +7,6 @@ Every table is built from :func:`metric_records` (metrics.json as tidy records) 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -76,12 +75,6 @@ def metric_records(tables: Mapping[str, Any], run: str | None = None) -> pd.Data
 def _cells(wide: pd.DataFrame, label: str) -> pd.DataFrame:
     """A wide table's values as text, its index as the first column, named ``label``."""
     return wide.map(tidy.format_number).rename_axis(label).reset_index()
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _summary(frame: pd.DataFrame, names: list[str]) -> pd.DataFrame:
@@ -256,10 +249,10 @@ def write_reports(records: list[dict[str, Any]], tables: dict[str, Any], out: Pa
                   images: Mapping[str, Path] | None = None) -> None:
     """predictions.jsonl, metrics.json, by_category.csv, tables.md, the PNG charts and report.html (with
     thumbnails of ``images``, ``{id: image path}``, when given)."""
-    _atomic_write(out / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    _atomic_write(out / "metrics.json", json.dumps(tables, indent=2, ensure_ascii=False))
+    tidy.write_text(out / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    tidy.write_text(out / "metrics.json", json.dumps(tables, indent=2, ensure_ascii=False))
     write_csv(tables, out / "by_category.csv")
-    _atomic_write(out / "tables.md", markdown_tables(tables))
+    tidy.write_text(out / "tables.md", markdown_tables(tables))
     plot_families(tables, out, records)
     html.write(out / html.REPORT, html_report(records, tables, images))
     console().print(console_table(tables))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from medvl.evaluation.html.browser import Browser
+from medvl.tables import write_text
 
 REPORT = "report.html"
 
@@ -102,7 +102,4 @@ def render(title: str, *, meta: Sequence[tuple[str, str]] = (), warnings: Sequen
 
 def write(path: Path, text: str) -> Path:
     """Write the page atomically (a reader never sees half a report)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text(path, text)
