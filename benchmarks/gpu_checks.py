@@ -1,7 +1,8 @@
 """Every GPU check of issue 12 in one run, under 8 minutes on one H200, each step inside its own time budget:
 
-  1. ``pytest -m gpu``: the gpu-marked tests (FlashAttention 2 varlen packing = padded, QLoRA and Liger training
-     the tiny model, bf16 training step, GPU memory logging, eval on the GPU);
+  1. ``pytest -m gpu``: the gpu-marked tests (packed = padded under FlashAttention 2 and under PyTorch's own
+     varlen kernel, torch_varlen; QLoRA and Liger training the tiny model, bf16 training step, GPU memory logging,
+     eval on the GPU);
   2. ``benchmarks/gpu_train.py``: tokens/s, MFU and peak memory, padded vs packed, Liger, LoRA vs QLoRA;
   3. ``benchmarks/eval_generation.py --gpu``: rows/s of batched vs one-at-a-time generation, identical outputs.
 

@@ -1,5 +1,6 @@
 """Tokens/s, MFU and peak memory of medvl's own training setup on one GPU, on random-weight models built from
-the published configs (no download), for padded vs packed batches, Liger on/off and LoRA vs QLoRA.
+the published configs (no download), for padded vs packed batches (packed rows kept apart by a varlen kernel, or by
+SDPA's block-diagonal mask), Liger on/off and LoRA vs QLoRA.
 
     python benchmarks/gpu_train.py                   # the whole benchmark: under 8 minutes on one H200
     python benchmarks/gpu_train.py --only 7b         # configurations whose name contains "7b"
@@ -67,6 +68,9 @@ RUNS = [
     Run("7b lora padded length-grouped", "7b", LORA),
     Run("7b lora packed", "7b", LORA + PACKED),
     Run("7b qlora+ckpt packed b4", "7b", QLORA + PACKED, batch=4),
+    # Packed rows kept apart by SDPA's block-diagonal mask instead of a varlen kernel (what "7b lora packed" runs
+    # under auto without flash_attn: torch_varlen where PyTorch's kernel runs).
+    Run("7b lora packed sdpa-mask", "7b", LORA + PACKED + ["model.attn_implementation=sdpa"]),
     Run("7b lora packed liger", "7b", LORA + PACKED + LIGER),
     Run("2b lora padded length-grouped", "2b", LORA),
     Run("2b lora packed", "2b", LORA + PACKED),
@@ -201,7 +205,8 @@ def load_for_run(cfg, spec: Spec, key: str, opts: Options):
         model = load_model(training_model_config(cfg), str(saved_copy(spec, key, opts)),
                            quantization_config=quantization_config(cfg))
     else:
-        attn = resolve_attn_implementation(cfg.model.attn_implementation, opts.dtype)
+        # As medvl.train resolves it (trainer.packing's auto may take torch_varlen).
+        attn = resolve_attn_implementation(training_model_config(cfg).attn_implementation, opts.dtype)
         model = build_random(spec, opts.dtype, opts.device, attn)
     return setup_for_training(model, cfg)
 
@@ -261,7 +266,7 @@ def print_row(r: dict, peak: float) -> None:
         if outcome in r:
             print(f"{r['name']:<32} {outcome}: {r[outcome]}", flush=True)
             return
-    print(f"{r['name']:<32} {r['attn']:<8} {r['rows_per_step']:>4} {r['step_s']:>7.3f} {r['tokens_per_s']:>10,.0f} "
+    print(f"{r['name']:<32} {r['attn']:<12} {r['rows_per_step']:>4} {r['step_s']:>7.3f} {r['tokens_per_s']:>10,.0f} "
           f"{100 * r['flops_per_s'] / peak:>6.1f}% {_gib(r['peak_allocated_gib']):>7} "
           f"{_gib(r['peak_reserved_gib']):>8}", flush=True)
 
@@ -320,7 +325,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
               f"({'float32 256^3' if args.smoke else 'bf16 8192^3'}); {opts.warmup} warm-up + {opts.steps} timed steps")
         print("MFU = needed FLOPs / time / matmul peak; FLOPs per row: 4*N_llm*L + 6*N_lora*L + 6*layers*d_attn*L^2 "
               "+ 2*N_vision*P + 2*N_merger*I + 4*depth*d_vision*P*A (see the script's docstring)")
-        print(f"{'configuration':<32} {'attn':<8} {'rows':>4} {'s/step':>7} {'tokens/s':>10} {'MFU':>7} "
+        print(f"{'configuration':<32} {'attn':<12} {'rows':>4} {'s/step':>7} {'tokens/s':>10} {'MFU':>7} "
               f"{'alloc':>7} {'reserved':>8}  (peak GiB)")
         results, counts = {}, {}
         for run in [r for r in RUNS if args.only in r.name]:

@@ -8,6 +8,7 @@ used as it is), checked here against that mean computed by hand.
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -186,9 +187,12 @@ def test_flash_style_varlen_kwargs_reach_every_text_layer(compose, small_synth, 
         torch.testing.assert_close(packed_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
 
 
-def test_a_packed_training_run_follows_the_padded_run(compose, small_synth, tiny_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("attn", ["sdpa", "torch_varlen"])
+def test_a_packed_training_run_follows_the_padded_run(compose, small_synth, tiny_dir, tmp_path, monkeypatch, attn,
+                                                      caplog):
     """medvl.train with trainer.packing=true: the same rows per step, one packed row each, and the same losses and
-    gradient norms step after step as the padded run (LoRA dropout off: its masks depend on the batch's shape).
+    gradient norms step after step as the padded run (LoRA dropout off: its masks depend on the batch's shape),
+    with the rows kept apart by SDPA's mask or by torch_varlen (one SDPA call per row on the CPU); the log says which.
     ``tiny_dir``: the tiny model is built before either run, as building it draws from the seeded RNG that then
     initialises LoRA's A matrices."""
     packed_shapes, collate = [], PackingCollator.__call__
@@ -200,15 +204,19 @@ def test_a_packed_training_run_follows_the_padded_run(compose, small_synth, tiny
 
     monkeypatch.setattr(PackingCollator, "__call__", recording)
     steps = ["trainer.max_steps=3", "trainer.per_device_train_batch_size=8", "trainer.logging_steps=1",
-             "trainer.save_steps=1000", "lora.dropout=0", *small_data_overrides(small_synth)]
+             "trainer.save_steps=1000", "lora.dropout=0", f"model.attn_implementation={attn}",
+             *small_data_overrides(small_synth)]
     logged, tokens_seen = {}, {}
     for packing in (False, True):
         out = tmp_path / f"packing-{packing}"
-        train(compose([*steps, f"trainer.packing={str(packing).lower()}"], output_dir=out))
+        with caplog.at_level(logging.INFO, logger="medvl.training.packing"):
+            train(compose([*steps, f"trainer.packing={str(packing).lower()}"], output_dir=out))
         state = json.loads((out / "trainer_state.json").read_text())
         logged[packing] = [(h["loss"], h["grad_norm"]) for h in state["log_history"] if "loss" in h]
         tokens_seen[packing] = state["num_input_tokens_seen"]  # the monitor's tokens/s: no padding counted
     assert len(logged[True]) == 3 and (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert f"rows kept apart by {attn} " in caplog.text or f"rows kept apart by a block-diagonal causal mask ({attn})" \
+        in caplog.text
     assert tokens_seen[True] == tokens_seen[False] > 0
     assert len(packed_shapes) >= 3 and all(n == 8 and shape[0] == 1 for n, shape in packed_shapes)
     for (loss, norm), (packed_loss, packed_norm) in zip(logged[False], logged[True]):

@@ -91,7 +91,7 @@ def test_real_presets_use_auto_attention_and_checkpoint_from_7b_up(compose, pres
 def test_unknown_attention_and_missing_flash_attn_are_one_line(monkeypatch):
     assert refusal(["model.attn_implementation=fast"]) == (
         "medvl: model.attn_implementation=fast is invalid: must be one of: auto, sdpa, eager, flash_attention_2, "
-        "flash_attention_3, flex_attention")
+        "flash_attention_3, flex_attention, torch_varlen")
     installed(monkeypatch, set())
     assert refusal(["model.attn_implementation=flash_attention_2"]).startswith(
         "medvl: model.attn_implementation=flash_attention_2 but flash_attn is not installed; install flash-attn, or "

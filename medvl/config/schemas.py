@@ -34,8 +34,10 @@ class AnswerType(str, Enum):
     OPEN = "OPEN"
 
 
-#: ``model.attn_implementation`` choices: ``auto`` and transformers' own attention kernels.
-ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+#: ``model.attn_implementation`` choices: ``auto``, transformers' own attention kernels, and ``torch_varlen``
+#: (PyTorch's varlen kernel for packed rows, SDPA otherwise: :mod:`medvl.models.varlen`).
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention",
+                        "torch_varlen")
 
 
 @dataclass
@@ -47,7 +49,8 @@ class ModelConfig:
     build_tiny: bool = False
     dtype: str = "auto"
     #: One of :data:`ATTN_IMPLEMENTATIONS`; ``auto``: FlashAttention 2 where flash_attn is installed (on a GPU, bf16
-    #: or fp16 weights), else SDPA (:func:`medvl.models.speed.resolve_attn_implementation`).
+    #: or fp16 weights); for packed training without it ``torch_varlen`` where PyTorch's kernel runs; else SDPA
+    #: (:func:`medvl.models.speed.resolve_attn_implementation`).
     attn_implementation: str = "auto"
     min_pixels: int = 3136
     max_pixels: int = 401408

@@ -41,7 +41,8 @@ def resolve_model_path(model_cfg: Any) -> str:
     return path
 
 
-def _torch_dtype(name: str) -> torch.dtype | str:
+def load_dtype(name: str) -> torch.dtype | str:
+    """``model.dtype`` as ``from_pretrained`` takes it."""
     if name == "auto":
         # bf16 on GPUs that have it, float32 on CPU (bf16 matmuls are slow and lossy there).
         if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
@@ -52,7 +53,7 @@ def _torch_dtype(name: str) -> torch.dtype | str:
 
 def attention_of(model_cfg: Any) -> str:
     """The attention kernel :func:`load_model` will load ``model_cfg`` with (``auto`` resolved on this machine)."""
-    return resolve_attn_implementation(model_cfg.attn_implementation, _torch_dtype(str(model_cfg.dtype)), quiet=True)
+    return resolve_attn_implementation(model_cfg.attn_implementation, load_dtype(str(model_cfg.dtype)), quiet=True)
 
 
 def _is_local_path(path: str) -> bool:
@@ -173,7 +174,7 @@ def load_model(model_cfg: Any, path: str | None = None, *, device: str | torch.d
     check_available(path)
     check_family(model_cfg, path)
     log.info("Loading model %s", path)
-    dtype = _torch_dtype(str(model_cfg.dtype))
+    dtype = load_dtype(str(model_cfg.dtype))
     extra = {"device_map": device_map} if device_map is not None else {}
     if quantization_config is not None:
         extra["quantization_config"] = quantization_config

@@ -2,7 +2,8 @@
 
 - ``model.attn_implementation=auto`` (the presets' default) picks FlashAttention 2 where ``flash_attn`` is installed,
   a GPU is present and the weights are in half precision (FlashAttention runs in bf16/fp16 only), else PyTorch's
-  SDPA, and logs which (:func:`resolve_attn_implementation`).
+  SDPA, and logs which (:func:`resolve_attn_implementation`). For packed training (``trainer.packing``) without
+  flash_attn it takes ``torch_varlen``, PyTorch's own varlen kernel, where that runs (:mod:`medvl.models.varlen`).
 - ``trainer.liger=true``: Liger's Triton kernels (fused RMSNorm, RoPE, SwiGLU/GeGLU and the fused linear
   cross-entropy that never materialises the logits) patched into the loaded model (:func:`apply_liger`).
 - ``lora.qlora=true``: the base weights load in 4-bit NF4 through bitsandbytes, with double quantization and bf16
@@ -20,6 +21,8 @@ from typing import Any
 
 from medvl.config import ConfigError, lora_component
 from medvl.config.families import FAMILIES, family_name, family_spec
+from medvl.models.varlen import VARLEN, kernel_unavailable
+from medvl.models.varlen import register as register_varlen
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +41,18 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def resolve_attn_implementation(name: str, dtype: Any = None, *, quiet: bool = False) -> str:
+def resolve_attn_implementation(name: str, dtype: Any = None, *, quiet: bool = False, packing: bool = False) -> str:
     """``model.attn_implementation`` as transformers takes it: ``auto`` becomes the fastest one installed.
 
     ``dtype`` is the dtype the weights load in (a ``torch.dtype`` or its name); FlashAttention is taken only for
-    bf16/fp16 weights, as it runs in nothing else.
+    bf16/fp16 weights, as it runs in nothing else. ``packing`` (``trainer.packing``): without flash_attn, ``auto``
+    takes PyTorch's own varlen kernel (:mod:`medvl.models.varlen`) where it runs on this GPU, so that packed rows
+    need no block-diagonal mask. ``torch_varlen`` is registered with transformers whenever it is the answer.
     """
     name = str(getattr(name, "value", name))
     if name != "auto":
+        if name == VARLEN:
+            register_varlen()
         return name
     half = str(dtype).removeprefix("torch.") in HALF_DTYPES
     if _installed(FLASH_ATTN_PACKAGE) and _cuda() and half:
@@ -55,9 +62,24 @@ def resolve_attn_implementation(name: str, dtype: Any = None, *, quiet: bool = F
     why = ("flash_attn is not installed" if not _installed(FLASH_ATTN_PACKAGE) else
            "no CUDA GPU" if not _cuda() else f"the weights load in {str(dtype).removeprefix('torch.')}, "
            f"not bf16/fp16")
+    if packing and _cuda() and half:
+        unavailable = kernel_unavailable(_cuda_index())
+        if unavailable is None:
+            register_varlen()
+            if not quiet:
+                log.info("model.attn_implementation=auto: torch_varlen (%s; packed rows run PyTorch's "
+                         "FlashAttention varlen kernel)", why)
+            return VARLEN
+        why += f"; PyTorch's varlen kernel: {unavailable}"
     if not quiet:
         log.info("model.attn_implementation=auto: sdpa (%s)", why)
     return "sdpa"
+
+
+def _cuda_index() -> int:
+    import torch
+
+    return torch.cuda.current_device()
 
 
 def check_speed_options(cfg: Any) -> None:

@@ -17,7 +17,8 @@ What stays as in a padded batch, so that the packed step computes the same loss 
   (``masking_utils.find_packed_sequence_indices``; it needs ``attention_mask=None`` and no KV cache, hence
   ``use_cache=False`` in the batch). With ``flash_attention_2`` the layers run ``flash_attn_varlen_func`` on the
   ``cu_seq_lens_q/k`` and ``max_length_q/k`` given here; transformers keeps those four away from the vision tower
-  (``utils.generic.accepts_precomputed_kwargs``), whose own ``cu_seqlens`` separate the images.
+  (``utils.generic.accepts_precomputed_kwargs``), whose own ``cu_seqlens`` separate the images. ``torch_varlen``
+  (:mod:`medvl.models.varlen`) reads the same four with PyTorch's own varlen kernel, where flash_attn is missing.
 - **Labels.** Each row's first label is ignored: the last token of one row must not learn to predict the first
   token of the next. In a padded batch that label is never a target either (labels are shifted left by one).
 - **Loss.** The Qwen-VL models' loss is the mean over all label tokens of the batch (their ``accepts_loss_kwargs``
@@ -38,6 +39,7 @@ from medvl.config import ConfigError
 from medvl.config.families import FAMILIES, family_name, family_spec
 from medvl.data.dataset import IGNORE_INDEX, Collator
 from medvl.data.token_length import resolve_max_length
+from medvl.models.varlen import VARLEN
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,8 @@ def attention_path(attn_implementation: str | None) -> str:
     """How the model's attention keeps packed rows apart, for the run log."""
     if attn_implementation and "flash" in attn_implementation:
         return f"{attn_implementation} varlen on cu_seq_lens"
+    if attn_implementation == VARLEN:
+        return "torch_varlen on cu_seq_lens (PyTorch's varlen kernel on a CUDA GPU in bf16/fp16, else SDPA per row)"
     return f"a block-diagonal causal mask ({attn_implementation}) from the restarting positions"
 
 

@@ -17,9 +17,9 @@ from medvl.data.dataset import VQADataset
 from medvl.data.splits import check_train_lengths, ensure_data, load_split
 from medvl.data.token_length import resolve_max_length
 from medvl.models.card import EVAL_METRICS, write_run_card
-from medvl.models.loading import load_processor, load_run_weights, resolve_model_path
+from medvl.models.loading import load_dtype, load_processor, load_run_weights, resolve_model_path
 from medvl.models.lora import apply_training_setup, trainable_parameter_names, upcast_trainable
-from medvl.models.speed import apply_liger, prepare_quantized, quantization_config
+from medvl.models.speed import apply_liger, prepare_quantized, quantization_config, resolve_attn_implementation
 from medvl.runs import RunDir
 from medvl.training.checks import check_eval_after_train, validate_training
 from medvl.training.distributed import is_main_process, one_gpu_without_launcher
@@ -55,12 +55,18 @@ def ensure_data_once(cfg: DictConfig) -> None:
 
 def training_model_config(cfg: DictConfig) -> DictConfig:
     """``cfg.model`` as training loads it: ``dtype=auto`` means float32 when ``trainer.bf16`` is off
-    (``auto`` alone would load bf16 weights on a bf16 GPU, and the run would not be float32)."""
-    model_cfg = cfg.model
-    if str(model_cfg.dtype) == "auto" and not cfg.trainer.bf16:
-        model_cfg = OmegaConf.create({**OmegaConf.to_container(model_cfg, resolve=True, enum_to_str=True),
-                                      "dtype": "float32"})
-    return model_cfg
+    (``auto`` alone would load bf16 weights on a bf16 GPU, and the run would not be float32), and with
+    ``trainer.packing`` an ``auto`` attention is resolved for packed rows (``torch_varlen`` where flash_attn is
+    missing and PyTorch's varlen kernel runs: :func:`medvl.models.speed.resolve_attn_implementation`)."""
+    changes: dict[str, str] = {}
+    if str(cfg.model.dtype) == "auto" and not cfg.trainer.bf16:
+        changes["dtype"] = "float32"
+    if cfg.trainer.packing and str(cfg.model.attn_implementation) == "auto":
+        dtype = load_dtype(changes.get("dtype", str(cfg.model.dtype)))
+        changes["attn_implementation"] = resolve_attn_implementation("auto", dtype, packing=True)
+    if not changes:
+        return cfg.model
+    return OmegaConf.create({**OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True), **changes})
 
 
 def mixed_precision_bf16(cfg: DictConfig) -> bool:

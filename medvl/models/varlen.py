@@ -1,0 +1,152 @@
+"""``torch_varlen``: padding-free attention for packed rows from PyTorch alone, without the flash-attn package.
+
+PyTorch 2.10 and later ship FlashAttention's variable-length kernel as ``torch.nn.attention.varlen.varlen_attn``.
+Under ``trainer.packing`` the collator gives every text layer the packed row's ``cu_seq_lens_q/k`` and
+``max_length_q/k`` (:mod:`medvl.training.packing`); :func:`varlen_attention_forward`, registered with transformers
+as the attention ``torch_varlen``, runs causal attention inside each segment on them: no attention across rows,
+and no work or memory spent on the blocks between rows that a block-diagonal mask under SDPA still computes.
+
+Everything else goes through transformers' SDPA unchanged: padded batches, generation (left padding, KV cache) and
+the vision tower, whose images transformers already splits (their attention gets no ``cu_seq_lens``).
+
+The kernel runs on a CUDA GPU in bf16/fp16 with a head size of at most 256. Anywhere else (the CPU, float32) the
+packed rows run as one SDPA call per row: the same result, padding-free, slower. :func:`kernel_unavailable` says
+whether the kernel runs forward and backward on this GPU; ``model.attn_implementation=auto`` takes ``torch_varlen``
+for packed training only where it does (:func:`medvl.models.speed.resolve_attn_implementation`).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+#: The name transformers knows this attention by (``model.attn_implementation=torch_varlen``).
+VARLEN = "torch_varlen"
+HALF = (torch.bfloat16, torch.float16)
+MAX_HEAD_DIM = 256  # FlashAttention's largest head size
+
+
+def register() -> None:
+    """Make ``torch_varlen`` an attention transformers can load a model with (idempotent).
+
+    Its mask function is SDPA's: a padded batch or a generation step gets the 4D mask SDPA needs. A packed row's
+    block-diagonal mask is built too (transformers cannot tell it will go unused); the attention ignores it.
+    """
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(VARLEN, varlen_attention_forward)
+    AttentionMaskInterface.register(VARLEN, sdpa_mask)
+
+
+def _varlen_attn():
+    """PyTorch's ``varlen_attn``, or None before 2.10."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+def varlen_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                             attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                             is_causal: bool | None = None, *, cu_seq_lens_q: torch.Tensor | None = None,
+                             cu_seq_lens_k: torch.Tensor | None = None, max_length_q: int | None = None,
+                             max_length_k: int | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers' attention signature: ``query`` ``[1, heads, total, head_dim]``, ``key``/``value`` with the
+    key-value heads; returns ``[1, total, heads, head_dim]``. Without ``cu_seq_lens_q`` (not a packed row) or for
+    non-causal attention, transformers' SDPA. ``cu_seq_lens_k``/``max_length_k`` are taken as equal to the
+    query's (packed self-attention)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+    if cu_seq_lens_q is None or not causal:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    if query.shape[0] != 1:
+        raise ValueError(f"torch_varlen: a packed batch is one row of concatenated rows, got {query.shape[0]} rows")
+    if kwargs.get("sliding_window"):
+        raise ValueError("torch_varlen: sliding-window attention is not supported; use attn_implementation=sdpa")
+    # Self-attention inside each row: the key bounds are the query bounds (cu_seq_lens_k, max_length_k are the
+    # same numbers; comparing them on the GPU would stall every layer).
+    if _kernel_applies(query, scaling, dropout):
+        return _kernel(query, key, value, cu_seq_lens_q, scaling, max_length_q), None
+    bounds = cu_seq_lens_q.tolist()
+    pieces = [sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None,
+                                     dropout=dropout, scaling=scaling, is_causal=True, **kwargs)[0]
+              for a, b in zip(bounds, bounds[1:])]
+    return torch.cat(pieces, dim=1), None
+
+
+def _kernel_applies(query: torch.Tensor, scaling: float | None, dropout: float) -> bool:
+    """Whether PyTorch's varlen kernel can compute this call (else one SDPA call per row does)."""
+    varlen = _varlen_attn()
+    if varlen is None or not query.is_cuda or query.dtype not in HALF or query.shape[-1] > MAX_HEAD_DIM:
+        return False
+    if dropout:  # the kernel's dropout is fixed at 0
+        return False
+    default_scale = query.shape[-1] ** -0.5
+    return "scale" in _params(varlen) or scaling is None or abs(scaling - default_scale) < 1e-12
+
+
+@functools.cache
+def _params(fn) -> frozenset[str]:
+    return frozenset(inspect.signature(fn).parameters)
+
+
+def _kernel(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seq_lens: torch.Tensor,
+            scaling: float | None, max_length: int | None) -> torch.Tensor:
+    """One call of ``varlen_attn`` on the packed row, in the layout it takes (``[total, heads, head_dim]``).
+
+    Its keyword arguments differ between PyTorch releases: 2.10 takes ``is_causal``; later ones take
+    ``window_size=(-1, 0)`` for causal attention, ``scale`` and ``enable_gqa``. Without ``enable_gqa`` the
+    key-value heads are repeated to the query heads, as transformers' ``repeat_kv`` does.
+    """
+    varlen = _varlen_attn()
+    params = _params(varlen)
+    q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))
+    extra: dict[str, Any] = {}
+    if q.shape[1] != k.shape[1]:
+        if "enable_gqa" in params:
+            extra["enable_gqa"] = True
+        else:
+            repeat = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+    if "window_size" in params:
+        extra["window_size"] = (-1, 0)
+    else:
+        extra["is_causal"] = True
+    if "scale" in params and scaling is not None:
+        extra["scale"] = scaling
+    cu = cu_seq_lens.to(device=q.device, dtype=torch.int32)
+    longest = int(max_length) if max_length is not None else int((cu[1:] - cu[:-1]).max())
+    return varlen(q, k, v, cu, cu, longest, longest, **extra)[None]
+
+
+@functools.cache
+def kernel_unavailable(device_index: int = 0) -> str | None:
+    """None when PyTorch's varlen kernel runs forward and backward (bf16, grouped-query heads) on this CUDA
+    device; else why not, in a few words. Tried once per process and device."""
+    if _varlen_attn() is None:
+        return f"torch {torch.__version__} has no torch.nn.attention.varlen (PyTorch 2.10 or later)"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU"
+    try:
+        device = torch.device("cuda", device_index)
+        query = torch.randn(1, 4, 24, 64, device=device, dtype=torch.bfloat16, requires_grad=True)
+        key, value = (torch.randn(1, 2, 24, 64, device=device, dtype=torch.bfloat16, requires_grad=True)
+                      for _ in range(2))
+        cu = torch.tensor([0, 10, 24], dtype=torch.int32, device=device)
+        out = _kernel(query, key, value, cu, None, 14)
+        out.float().sum().backward()
+        if not all(torch.isfinite(t).all() for t in (out, query.grad, key.grad, value.grad)):
+            return "its test call gave non-finite values"
+    except Exception as exc:  # noqa: BLE001 - any failure means: not this kernel here
+        return f"its test call failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return None

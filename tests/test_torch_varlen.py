@@ -1,0 +1,214 @@
+"""model.attn_implementation=torch_varlen: packed rows through PyTorch's own varlen kernel, without flash_attn.
+
+On the CPU the kernel itself cannot run (it is CUDA only). What runs here: the per-row SDPA path, and the kernel call
+with a stand-in for ``torch.nn.attention.varlen.varlen_attn`` in each keyword form PyTorch releases have had, which
+computes causal attention per ``cu_seq`` segment in the kernel's own ``[total, heads, head_dim]`` layout: the model's
+packed loss and gradients must equal the padded batch's through it. The real kernel: the gpu-marked test.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import medvl.models.speed as speed
+import medvl.models.varlen as varlen
+from medvl.data.dataset import Collator, encode
+from medvl.models.loading import load_model, load_processor
+from medvl.training.packing import PackingCollator, rope_index_of
+from medvl.training.run import training_model_config
+
+from .test_packing import FAMILIES, loss_and_grads, rows  # noqa: F401 - rows: the fixture of mixed-length rows
+
+
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor,
+                        scale: float | None = None) -> torch.Tensor:
+    """Causal attention inside each segment of ``cu``, in varlen's layout (``[total, heads, head_dim]``)."""
+    bounds = cu.tolist()
+    if k.shape[1] != q.shape[1]:
+        k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
+    pieces = [torch.nn.functional.scaled_dot_product_attention(
+        q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1), is_causal=True, scale=scale)
+        for a, b in zip(bounds, bounds[1:])]
+    return torch.cat(pieces, dim=1).transpose(0, 1)
+
+
+def varlen_2_10(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):
+    """PyTorch 2.10's form: ``is_causal``, no ``scale``, no grouped-query heads."""
+    STAND_IN_CALLS.append({"is_causal": is_causal, "max_q": max_q, "heads": (query.shape[1], key.shape[1])})
+    assert is_causal and max_q == max_k and torch.equal(cu_seq_q, cu_seq_k) and query.shape[1] == key.shape[1]
+    assert cu_seq_q.dtype == torch.int32 and max_q == int((cu_seq_q[1:] - cu_seq_q[:-1]).max())
+    return reference_attention(query, key, value, cu_seq_q)
+
+
+def varlen_2_12(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                window_size=(-1, -1), enable_gqa=False, seqused_k=None, block_table=None, num_splits=None):
+    """The later form: ``window_size=(-1, 0)`` for causal, ``scale``, ``enable_gqa``."""
+    STAND_IN_CALLS.append({"window_size": window_size, "enable_gqa": enable_gqa, "scale": scale,
+                           "heads": (query.shape[1], key.shape[1])})
+    assert window_size == (-1, 0) and enable_gqa == (query.shape[1] != key.shape[1])
+    return reference_attention(query, key, value, cu_seq_q, scale)
+
+
+STAND_IN_CALLS: list[dict] = []
+
+
+def padded_and_packed(cfg, small_synth, rows):  # noqa: F811 - rows is the fixture's value
+    """(padded loss, grads, packed loss, grads) on ``cfg``'s model; the packed row's text-position row is left
+    out, so transformers cannot find the rows from restarting positions: only ``cu_seq_lens`` separates them."""
+    processor, model = load_processor(cfg.model), load_model(cfg.model)
+    model.train()
+    items = [encode(row, processor, small_synth) for row in rows]
+    loss, _, grads = loss_and_grads(model, Collator(processor.tokenizer.pad_token_id)(items))
+    packed = PackingCollator(rope_index_of(model))(items)
+    packed_loss, _, packed_grads = loss_and_grads(model, {**packed, "position_ids": packed["position_ids"][1:]})
+    return model, (loss, grads, packed_loss, packed_grads)
+
+
+def assert_same_training(loss, grads, packed_loss, packed_grads) -> None:
+    torch.testing.assert_close(packed_loss, loss)
+    assert grads.keys() == packed_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("model_name", FAMILIES)
+def test_packed_rows_under_torch_varlen_train_as_the_padded_batch(compose, small_synth, rows, model_name):  # noqa: F811
+    """The CPU path (one SDPA call per packed row): same loss and gradients as the padded batch."""
+    cfg = compose([f"model={model_name}", "model.attn_implementation=torch_varlen"])
+    assert_same_training(*padded_and_packed(cfg, small_synth, rows)[1])
+
+
+@pytest.mark.parametrize("stand_in", [varlen_2_10, varlen_2_12], ids=["torch-2.10-form", "later-form"])
+@pytest.mark.parametrize("model_name", ["tiny", "tiny3"])
+def test_the_kernel_call_gives_the_padded_batchs_loss_and_gradients(compose, small_synth, rows, model_name,  # noqa: F811
+                                                                     stand_in, monkeypatch):
+    """The kernel path, with a stand-in kernel: layout, grouped-query heads, causality and segment bounds as
+    varlen_attn takes them in each of its keyword forms."""
+    monkeypatch.setattr(varlen, "_varlen_attn", lambda: stand_in)
+    monkeypatch.setattr(varlen, "_kernel_applies", lambda query, scaling, dropout: True)
+    STAND_IN_CALLS.clear()
+    cfg = compose([f"model={model_name}", "model.attn_implementation=torch_varlen"])
+    model, results = padded_and_packed(cfg, small_synth, rows)
+    assert_same_training(*results)
+    # Every text layer of the packed forward, nothing else (the padded batch has no cu_seq_lens).
+    text = model.config.get_text_config()
+    assert len(STAND_IN_CALLS) == text.num_hidden_layers
+    # Grouped-query heads: repeated to the query heads for 2.10's form, passed as they are with enable_gqa later.
+    assert text.num_key_value_heads < text.num_attention_heads
+    kv_heads = text.num_attention_heads if stand_in is varlen_2_10 else text.num_key_value_heads
+    assert all(call["heads"] == (text.num_attention_heads, kv_heads) for call in STAND_IN_CALLS)
+    if stand_in is varlen_2_12:
+        assert all(call["scale"] is not None for call in STAND_IN_CALLS)
+
+
+def test_the_kernel_is_taken_only_on_a_gpu_in_half_precision(monkeypatch):
+    monkeypatch.setattr(varlen, "_varlen_attn", lambda: varlen_2_12)
+    query = torch.zeros(1, 4, 8, 64)
+    assert not varlen._kernel_applies(query, None, 0.0)  # the CPU
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    assert not varlen._kernel_applies(query, None, 0.0)  # float32
+    half = query.to(torch.bfloat16)
+    assert varlen._kernel_applies(half, 0.125, 0.0)
+    assert not varlen._kernel_applies(half, None, 0.1)  # attention dropout: the kernel has none
+    assert not varlen._kernel_applies(torch.zeros(1, 4, 8, 320, dtype=torch.bfloat16), None, 0.0)  # head > 256
+    monkeypatch.setattr(varlen, "_varlen_attn", lambda: varlen_2_10)  # no scale argument: only the default scale
+    assert varlen._kernel_applies(half, 64 ** -0.5, 0.0) and not varlen._kernel_applies(half, 0.5, 0.0)
+    monkeypatch.setattr(varlen, "_varlen_attn", lambda: None)  # PyTorch before 2.10
+    assert not varlen._kernel_applies(half, None, 0.0)
+
+
+@pytest.fixture
+def gpu_without_flash_attn(monkeypatch):
+    """A CUDA machine without flash_attn, as resolve_attn_implementation sees it; the kernel's test call passes."""
+    monkeypatch.setattr(speed, "_cuda", lambda: True)
+    monkeypatch.setattr(speed, "_cuda_index", lambda: 0)
+    monkeypatch.setattr(speed, "_installed", lambda module: module != speed.FLASH_ATTN_PACKAGE)
+    monkeypatch.setattr(speed, "kernel_unavailable", lambda index: None)
+    return monkeypatch
+
+
+def test_auto_takes_torch_varlen_for_packed_training_where_its_kernel_runs(gpu_without_flash_attn, caplog):
+    from transformers import AttentionInterface
+
+    with caplog.at_level(logging.INFO, logger="medvl.models.speed"):
+        assert speed.resolve_attn_implementation("auto", torch.bfloat16, packing=True) == "torch_varlen"
+    assert "auto: torch_varlen (flash_attn is not installed; packed rows run PyTorch's" in caplog.text
+    assert AttentionInterface._global_mapping["torch_varlen"] is varlen.varlen_attention_forward
+    # Not packed (evaluation, padded training), or float32 weights: SDPA, as before.
+    assert speed.resolve_attn_implementation("auto", torch.bfloat16) == "sdpa"
+    assert speed.resolve_attn_implementation("auto", torch.float32, packing=True) == "sdpa"
+    gpu_without_flash_attn.setattr(speed, "_installed", lambda module: True)  # flash_attn installed: it wins
+    assert speed.resolve_attn_implementation("auto", torch.bfloat16, packing=True) == "flash_attention_2"
+
+
+def test_auto_falls_back_to_sdpa_and_says_why_when_the_kernel_does_not_run(gpu_without_flash_attn, caplog):
+    gpu_without_flash_attn.setattr(speed, "kernel_unavailable", lambda index: "its test call failed: RuntimeError")
+    with caplog.at_level(logging.INFO, logger="medvl.models.speed"):
+        assert speed.resolve_attn_implementation("auto", "bfloat16", packing=True) == "sdpa"
+    assert ("auto: sdpa (flash_attn is not installed; PyTorch's varlen kernel: its test call failed: RuntimeError)"
+            in caplog.text)
+
+
+def test_training_resolves_auto_attention_for_packing(compose, gpu_without_flash_attn):
+    """The model config training loads with: packing + auto -> torch_varlen on such a GPU; the saved config
+    keeps ``auto``; without packing nothing changes."""
+    cfg = compose(["trainer.packing=true", "model.dtype=bfloat16"])
+    assert training_model_config(cfg).attn_implementation == "torch_varlen"
+    assert cfg.model.attn_implementation == "auto"
+    assert training_model_config(compose(["model.dtype=bfloat16"])).attn_implementation == "auto"
+
+
+def test_training_on_this_cpu_keeps_sdpa_for_packed_rows(compose):
+    assert training_model_config(compose(["trainer.packing=true"])).attn_implementation == "sdpa"
+
+
+def test_the_kernels_test_call_says_why_it_cannot_run_without_a_gpu():
+    varlen.kernel_unavailable.cache_clear()
+    why = varlen.kernel_unavailable(0)
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible: the gpu-marked test covers the kernel")
+    assert why in ("no CUDA GPU", f"torch {torch.__version__} has no torch.nn.attention.varlen (PyTorch 2.10 or later)")
+
+
+def test_a_padded_batch_and_generation_under_torch_varlen_are_sdpas(compose, small_synth, rows):  # noqa: F811
+    """Without cu_seq_lens (a padded batch, left-padded generation with its KV cache) torch_varlen is SDPA."""
+    outputs = {}
+    for attn in ("sdpa", "torch_varlen"):
+        cfg = compose([f"model.attn_implementation={attn}"])
+        processor, model = load_processor(cfg.model), load_model(cfg.model)
+        model.eval()
+        items = [encode(row, processor, small_synth) for row in rows[:3]]
+        batch = Collator(processor.tokenizer.pad_token_id)(items)
+        with torch.no_grad():
+            logits = model(**batch).logits
+            prompt = {k: v for k, v in batch.items() if k != "labels"}
+            generated = model.generate(**prompt, max_new_tokens=4, do_sample=False)
+        outputs[attn] = (logits, generated)
+    torch.testing.assert_close(outputs["torch_varlen"][0], outputs["sdpa"][0])
+    assert torch.equal(outputs["torch_varlen"][1], outputs["sdpa"][1])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model_name", FAMILIES)
+def test_torch_varlen_kernel_packed_equals_padded_on_the_gpu(compose, small_synth, rows, model_name,  # noqa: F811
+                                                             monkeypatch):
+    """PyTorch's varlen kernel itself (bf16: looser bounds), as test_flash_attention_varlen_equals_padded."""
+    varlen.kernel_unavailable.cache_clear()
+    why = varlen.kernel_unavailable(0)
+    assert why is None, f"PyTorch's varlen kernel does not run here: {why}"
+    cfg = compose([f"model={model_name}", "model.attn_implementation=torch_varlen", "model.dtype=bfloat16"])
+    processor, model = load_processor(cfg.model), load_model(cfg.model, device="cuda")
+    model.train()
+    items = [encode(row, processor, small_synth) for row in rows]
+    on_gpu = lambda batch: {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}  # noqa: E731
+    calls, kernel = [], varlen._kernel
+    monkeypatch.setattr(varlen, "_kernel", lambda *a: calls.append(1) or kernel(*a))
+    loss, _, grads = loss_and_grads(model, on_gpu(Collator(processor.tokenizer.pad_token_id)(items)))
+    packed_loss, _, packed_grads = loss_and_grads(model, on_gpu(PackingCollator(rope_index_of(model))(items)))
+    assert calls, "the packed forward never reached PyTorch's varlen kernel"
+    torch.testing.assert_close(packed_loss, loss, atol=2e-2, rtol=1e-2)
+    for name, grad in grads.items():
+        assert (packed_grads[name] - grad).float().norm() <= 0.05 * grad.float().norm() + 1e-4, name
