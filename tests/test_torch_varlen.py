@@ -212,3 +212,9 @@ def test_torch_varlen_kernel_packed_equals_padded_on_the_gpu(compose, small_synt
     torch.testing.assert_close(packed_loss, loss, atol=2e-2, rtol=1e-2)
     for name, grad in grads.items():
         assert (packed_grads[name] - grad).float().norm() <= 0.05 * grad.float().norm() + 1e-4, name
+
+
+def test_each_rank_tests_the_kernel_on_its_own_gpu(monkeypatch):
+    """Under torchrun the kernel's test call runs on LOCAL_RANK's GPU, so no rank leaves a CUDA context on GPU 0."""
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert speed._cuda_index() == 3

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from typing import Any
 
 from medvl.config import ConfigError, lora_component
@@ -77,9 +78,12 @@ def resolve_attn_implementation(name: str, dtype: Any = None, *, quiet: bool = F
 
 
 def _cuda_index() -> int:
+    """This process's GPU: ``LOCAL_RANK``'s under torchrun/deepspeed (each rank tests the kernel on its own GPU,
+    not every rank on GPU 0, where each would leave a CUDA context), else the current device."""
     import torch
 
-    return torch.cuda.current_device()
+    local = os.environ.get("LOCAL_RANK")
+    return int(local) if local is not None else torch.cuda.current_device()
 
 
 def check_speed_options(cfg: Any) -> None:
