@@ -205,7 +205,9 @@ class TrainerConfig:
     #: Padding-free packing: each batch's rows laid end to end in one row, positions restarting per row, no
     #: attention across rows (medvl.training.packing; Qwen-VL families).
     packing: bool = False
-    dataloader_num_workers: int = 0
+    #: DataLoader worker processes per rank that encode the rows (decode, resize, tokenize); ``null``: up to 4
+    #: per rank on a CUDA machine, 0 on the CPU (:mod:`medvl.training.workers`).
+    dataloader_num_workers: int | None = None
     max_grad_norm: float = 1.0
     #: bf16 is used when a GPU supports it; ``false`` forces float32.
     bf16: bool = True

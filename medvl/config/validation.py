@@ -55,6 +55,8 @@ def validate(cfg: DictConfig) -> None:
          "must be a positive integer"),
         ("trainer.gradient_accumulation_steps", cfg.trainer.gradient_accumulation_steps > 0,
          "must be a positive integer"),
+        ("trainer.dataloader_num_workers", cfg.trainer.dataloader_num_workers is None
+         or cfg.trainer.dataloader_num_workers >= 0, "must be 0 or more, or null (up to 4 per rank on a GPU)"),
     ]
     lr = cfg.trainer.learning_rate
     checks.append(("trainer.learning_rate", lr is None or lr > 0, "must be positive"))

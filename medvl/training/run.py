@@ -26,6 +26,7 @@ from medvl.training.distributed import is_main_process, one_gpu_without_launcher
 from medvl.training.outputs import save_outputs
 from medvl.training.packing import train_collator
 from medvl.training.sweep import wants_eval_after_train
+from medvl.training.workers import dataloader_workers
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +214,7 @@ def training_arguments(cfg: DictConfig, output_dir: Path):
 
     t = cfg.trainer
     use_bf16 = mixed_precision_bf16(cfg)
+    workers = dataloader_workers(cfg)
     ds = OmegaConf.to_container(cfg.deepspeed.config, resolve=True) if cfg.deepspeed.config else None
     args = TrainingArguments(
         output_dir=str(output_dir),
@@ -235,7 +237,8 @@ def training_arguments(cfg: DictConfig, output_dir: Path):
         bf16=use_bf16,
         gradient_checkpointing=gradient_checkpointing(cfg),
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
-        dataloader_num_workers=t.dataloader_num_workers,
+        dataloader_num_workers=workers,
+        dataloader_persistent_workers=workers > 0,  # not re-forked (and re-warmed) every epoch
         remove_unused_columns=False,
         report_to=list(cfg.logger.report_to) or "none",
         run_name=cfg.run_name,
