@@ -60,7 +60,13 @@ def test_unknown_metrics_are_refused_at_start(tmp_path: Path, key: str, metrics:
 
 def test_metric_for_best_outside_eval_metrics_is_still_computed(tmp_path: Path, monkeypatch) -> None:
     answers = iter([["lung", "liver", "kidney", "x"], ["left lung", "liver", "right kidney", "x"]])
-    monkeypatch.setattr("medvl.evaluation.generate.generate", lambda *args, **kwargs: next(answers))
+    def fake_answer_chunks(model, processor, chunks, *args, **kwargs):
+        step_answers, first = next(answers), 0
+        for chunk in chunks:
+            yield chunk, step_answers[first: first + len(chunk)], [(None, 0)] * len(chunk)
+            first += len(chunk)
+
+    monkeypatch.setattr("medvl.evaluation.generate.answer_chunks", fake_answer_chunks)
     callback = _callback(tmp_path, ["exact_match"], "word_f1")
     _step(callback, 1)
     _step(callback, 2)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from medvl.data.dataset import IGNORE_INDEX, Collator, VQADataset, encode, encode_prompts
+from medvl.data.dataset import IGNORE_INDEX, Collator, VQADataset, append_answer, encode, encode_prompts, first_turn
 from medvl.data.format import make_row, read_jsonl
 from medvl.data.token_length import image_token_count, token_length
 from medvl.models.loading import load_processor
@@ -102,6 +102,29 @@ def test_batched_prompt_encoding_equals_encode_row_by_row(processor, small_synth
     bad = {**rows[0], "conversations": [{"from": "human", "value": "<image>\n<image>\nQ"}, rows[0]["conversations"][1]]}
     with pytest.raises(ValueError, match="2 <image> placeholders but 1 images"):
         encode_prompts([rows[1], bad], processor, small_synth)
+
+
+@pytest.mark.parametrize("system_prompt", [None, "Answer with a single word or phrase."])
+def test_answer_appended_to_the_prompt_equals_encoding_the_first_turn(processor, small_synth, system_prompt):
+    """Evaluation's perplexity items, built from generation's encoded prompts without processing the images
+    again, are the items encode gives the first question and answer."""
+    rows = read_jsonl(small_synth / "test.jsonl")[:6]
+    Image.new("RGB", (300, 170), color=(30, 90, 30)).save(small_synth / "answer_300x170.png")
+    rows += [make_row("two", ["answer_300x170.png", rows[0]["image"]], "Compare the two images.", "the same"),
+             make_row("text", None, "What does MRI stand for?", "magnetic resonance imaging")]
+    multi = {**rows[1], "id": "multi", "conversations": [*rows[1]["conversations"],
+                                                         {"from": "human", "value": "And the size?"},
+                                                         {"from": "gpt", "value": "small"}]}
+    rows.append(multi)
+    prompts = encode_prompts(rows, processor, small_synth, system_prompt=system_prompt)
+    for row, prompt in zip(rows, prompts):
+        want = encode(first_turn(row), processor, small_synth, system_prompt=system_prompt)
+        got = append_answer(prompt, row, processor, system_prompt=system_prompt)
+        assert got.keys() == want.keys(), row["id"]
+        for key in want:
+            assert torch.equal(got[key], want[key]), (row["id"], key)
+    assert (append_answer(prompts[-1], multi, processor)["labels"] != IGNORE_INDEX).sum() == len(
+        processor.tokenizer(rows[1]["conversations"][1]["value"] + "<|im_end|>")["input_ids"])
 
 
 def test_placeholder_image_mismatch_is_an_error(processor, small_synth):

@@ -18,6 +18,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+import medvl.evaluation.generate as generate_mod
 import medvl.evaluation.run as eval_run
 from medvl.data.dataset import IGNORE_INDEX, encode
 from medvl.data.format import answer_of, question_of, read_jsonl, write_jsonl
@@ -237,24 +238,23 @@ def test_compare_base_writes_both_and_a_comparison(cache_dir, run_dir, tmp_path)
 @pytest.mark.parametrize("prompt, system", [("custom", "Answer with a single word or phrase."),
                                             ("default", "You are a helpful assistant.")])
 def test_system_prompt_is_in_the_system_role(prompt, system, cache_dir, small_synth, tmp_path, monkeypatch):
-    import medvl.evaluation.generate as generate_mod
-    import medvl.evaluation.perplexity as perplexity_mod
-
     texts: dict[str, list[str]] = {"generate": [], "perplexity": []}
 
-    def spy(module, name, key):
-        real = getattr(module, name)
+    def spy(name, key):
+        """Record the text of what ``generate_mod.<name>`` encodes (its processor: the argument named so)."""
+        real = getattr(generate_mod, name)
 
-        def wrapper(rows, processor, *args, **kwargs):
-            items = real(rows, processor, *args, **kwargs)
+        def wrapper(*args, **kwargs):
+            items = real(*args, **kwargs)
+            processor = kwargs.get("processor") or next(a for a in args if hasattr(a, "tokenizer"))
             for item in items if isinstance(items, list) else [items]:
                 texts[key].append(processor.tokenizer.decode(item["input_ids"]))
             return items
 
-        monkeypatch.setattr(module, name, wrapper)
+        monkeypatch.setattr(generate_mod, name, wrapper)
 
-    spy(generate_mod, "encode_prompts", "generate")
-    spy(perplexity_mod, "encode", "perplexity")
+    spy("encode_prompts", "generate")
+    spy("append_answer", "perplexity")  # perplexity's items: the prompts with their answers appended
     out = tmp_path / "eval"
     run_eval(cache_dir, out, [f"prompt={prompt}", "data.max_eval_samples=2", "metrics=[exact_match]", *FAST,
                               *small_data_overrides(small_synth)])
@@ -281,7 +281,7 @@ class Interrupted(Exception):
 
 
 def test_resume_after_interruption_skips_finished_rows(cache_dir, run_dir, small_synth, tmp_path, monkeypatch):
-    real = eval_run.generate_batch
+    real = generate_mod.generate_batch
     asked: list[str] = []
 
     def dies_on_third_batch(model, processor, rows, *args, **kwargs):
@@ -293,7 +293,7 @@ def test_resume_after_interruption_skips_finished_rows(cache_dir, run_dir, small
     out = tmp_path / "eval"
     overrides = [f"+ckpt={run_dir}", "data.max_eval_samples=12", "batch_size=4", "max_new_tokens=4",
                  "metrics=[exact_match]"]
-    monkeypatch.setattr(eval_run, "generate_batch", dies_on_third_batch)
+    monkeypatch.setattr(generate_mod, "generate_batch", dies_on_third_batch)
     with pytest.raises(Interrupted):
         run_eval(cache_dir, out, overrides)
     ids = [r["id"] for r in read_jsonl(small_synth / "test.jsonl")[:12]]
@@ -313,7 +313,7 @@ def test_resume_after_interruption_skips_finished_rows(cache_dir, run_dir, small
         asked.extend(r["id"] for r in rows)
         return real(model, processor, rows, *args, **kwargs)
 
-    monkeypatch.setattr(eval_run, "generate_batch", counting)
+    monkeypatch.setattr(generate_mod, "generate_batch", counting)
     result = run_eval(cache_dir, out, overrides)
     assert asked == ids[8:]
     recs = predictions(out)
@@ -613,7 +613,7 @@ def test_multiple_choice_accuracy_and_benchmark_breakdowns(cache_dir, tmp_path, 
     def fake_generate(model, processor, chunk, *args, **kwargs):
         return [answers[r["id"]] for r in chunk]
 
-    monkeypatch.setattr(eval_run, "generate_batch", fake_generate)
+    monkeypatch.setattr(generate_mod, "generate_batch", fake_generate)
     out = tmp_path / "eval"
     result = run_eval(cache_dir, out, ["data=gmai_mmbench", "data.format=medvl", f"data.root={root}",
                                        f"data.dir={root}", "split=validation", "metrics=[exact_match]",

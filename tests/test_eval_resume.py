@@ -36,7 +36,12 @@ def test_resume_fills_in_perplexity_of_rows_predicted_without_it(tmp_path, monke
         scored.extend(r["id"] for r in chunk)
         return [(float(int(r["id"][1:]) + 1), 2) for r in chunk]
 
-    monkeypatch.setattr(eval_run, "generate_batch", fake_generate)
+    def fake_answer_chunks(model, processor, chunks, *args, perplexity=False, **kwargs):
+        for chunk in chunks:
+            yield chunk, fake_generate(model, processor, chunk), (fake_nll(model, processor, chunk) if perplexity
+                                                                   else [(None, 0)] * len(chunk))
+
+    monkeypatch.setattr(eval_run, "answer_chunks", fake_answer_chunks)
     monkeypatch.setattr(eval_run, "answer_nll", fake_nll)
     cfg = OmegaConf.create({"prompt": {"system_prompt": None}, "batch_size": 2, "max_new_tokens": 4,
                             "perplexity": True, "data": {"root": str(tmp_path)}})
@@ -54,7 +59,11 @@ def test_a_smaller_rerun_never_drops_finished_rows(tmp_path, monkeypatch):
     finished = "".join(json.dumps({"id": r["id"], "prediction": "kept", "nll": 1.0, "n_tokens": 1}) + "\n"
                        for r in rows)
     (tmp_path / "predictions.jsonl").write_text(finished)
-    monkeypatch.setattr(eval_run, "generate_batch", lambda *a, **k: pytest.fail("nothing should be generated"))
+    def generates_nothing(model, processor, chunks, *args, **kwargs):
+        assert not chunks, "nothing should be generated"
+        return iter(())
+
+    monkeypatch.setattr(eval_run, "answer_chunks", generates_nothing)
     cfg = OmegaConf.create({"prompt": {"system_prompt": None}, "batch_size": 2, "max_new_tokens": 4,
                             "perplexity": False, "data": {"root": str(tmp_path)}})
     with pytest.raises(CheckpointError, match="holds 4 predicted rows, 2 of them outside this selection of 2"):

@@ -142,7 +142,7 @@ def test_qwen3_image_tokens_are_32_px_squares(compose, name, family, tokens):
 
 @pytest.mark.parametrize("name, end", [("tiny3", "<|im_end|>"), ("tiny_gemma3", "<end_of_turn>")])
 def test_encoding_lengths_and_prompts_agree(compose, small_synth, name, end):
-    from medvl.data.dataset import IGNORE_INDEX, encode, encode_prompts
+    from medvl.data.dataset import IGNORE_INDEX, append_answer, encode, encode_prompts, first_turn
     from medvl.data.format import answer_of, read_jsonl
     from medvl.data.token_length import estimate_lengths
 
@@ -154,11 +154,15 @@ def test_encoding_lengths_and_prompts_agree(compose, small_synth, name, end):
     for row, item in zip(rows, items):
         answer = item["input_ids"][item["labels"] != IGNORE_INDEX]
         assert processor.tokenizer.decode(answer) == answer_of(row) + end  # labels: the answer and end of turn
-    # Generation's batched prompts equal the prompts encoded one by one.
+    # Generation's batched prompts equal the prompts encoded one by one; perplexity's items built on them equal
+    # the rows encoded whole.
     for row, batched in zip(rows, encode_prompts(rows, processor, small_synth, system_prompt=system)):
         single = encode(row, processor, small_synth, system_prompt=system, with_answer=False)
         assert batched.keys() == single.keys()
         assert all(torch.equal(batched[k], single[k]) for k in single if k != "labels")
+        whole, built = encode(first_turn(row), processor, small_synth, system_prompt=system), append_answer(
+            batched, row, processor, system_prompt=system)
+        assert built.keys() == whole.keys() and all(torch.equal(built[k], whole[k]) for k in whole)
 
 
 @pytest.mark.parametrize("name, tokens", [("qwen3_vl_8b", 1280), ("qwen2_5_vl_7b", 1280), ("medgemma_4b", 256),

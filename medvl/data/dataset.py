@@ -95,6 +95,34 @@ def encode(
     return _item(ids, torch.tensor(labels), pixel_values, grids, type_key, mm_types)
 
 
+def first_turn(row: dict[str, Any]) -> dict[str, Any]:
+    """The row cut to its first question and answer: what generation answers and perplexity scores."""
+    return {**row, "conversations": row["conversations"][:2]}
+
+
+def append_answer(prompt: dict[str, torch.Tensor], row: dict[str, Any], processor, *,
+                  system_prompt: str | None = None) -> dict[str, torch.Tensor]:
+    """``encode(first_turn(row), ...)`` built from the row's encoded first-turn prompt (``encode(row, ...,
+    with_answer=False)`` or :func:`encode_prompts`) by appending the answer's tokens and labels.
+
+    The pieces after the prompt are text only, so the images are not loaded and processed a second time:
+    evaluation encodes each row's prompt for generation and its answer for perplexity from one image pass.
+    """
+    pieces = list(segments(to_messages(first_turn(row), system_prompt), processor, with_answer=True))
+    start = next(i for i, (is_answer, _, _) in enumerate(pieces) if is_answer)
+    ids, labels = prompt["input_ids"].tolist(), prompt["labels"].tolist()
+    type_key = next((key for key in TYPE_KEYS if key in prompt), TYPE_KEYS[0])
+    mm_types = prompt[type_key].tolist() if type_key in prompt else [0] * len(ids)
+    for is_answer, text, _ in pieces[start:]:
+        chunk = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += chunk
+        labels += chunk if is_answer else [IGNORE_INDEX] * len(chunk)
+        mm_types += [0] * len(chunk)
+    pixel_values = [prompt["pixel_values"]] if "pixel_values" in prompt else []
+    grids = [prompt["image_grid_thw"]] if "image_grid_thw" in prompt else []
+    return _item(ids, torch.tensor(labels), pixel_values, grids, type_key, mm_types)
+
+
 #: A piece of a prompt as :func:`encode` cuts it: its text, and the images its placeholders stand for.
 Piece = tuple[str, list[Image.Image]]
 

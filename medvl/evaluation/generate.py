@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import copy
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 
 from medvl.data.chat import end_of_turn
-from medvl.data.dataset import Collator, encode_prompts
+from medvl.data.dataset import Collator, append_answer, encode_prompts
+from medvl.evaluation.perplexity import answer_nll
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 #: How answers are decoded: greedy, one beam. Recorded in each eval's fingerprint so that medvl.compare
 #: can tell runs decoded differently apart.
@@ -52,21 +59,81 @@ def generate_tokens(model, items: list[dict[str, torch.Tensor]], *, pad_token_id
 
 
 def generate_batch(model, processor, rows: list[dict[str, Any]], image_root: str | Path, *,
-                   system_prompt: str | None = None, max_new_tokens: int = 32) -> list[str]:
-    """Greedy answers to the first question of each row, generated as one left-padded batch."""
+                   system_prompt: str | None = None, max_new_tokens: int = 32,
+                   prompts: list[dict[str, torch.Tensor]] | None = None) -> list[str]:
+    """Greedy answers to the first question of each row, generated as one left-padded batch.
+
+    ``prompts``: the rows' prompts already encoded (:func:`encode_chunk`); else they are encoded here.
+    """
     tokenizer = processor.tokenizer
-    items = encode_prompts(rows, processor, image_root, system_prompt=system_prompt)
+    items = prompts if prompts is not None else encode_prompts(rows, processor, image_root,
+                                                                system_prompt=system_prompt)
     new_tokens = generate_tokens(model, items, pad_token_id=tokenizer.pad_token_id,
                                  eos_token_id=stop_token_ids(model, processor), max_new_tokens=max_new_tokens)
     return [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
+class Encoded(NamedTuple):
+    """A chunk of evaluation rows encoded: generation's prompts, and perplexity's whole first turns (or None)."""
+
+    prompts: list[dict[str, torch.Tensor]]
+    whole: list[dict[str, torch.Tensor]] | None
+
+
+def encode_chunk(rows: list[dict[str, Any]], processor, image_root: str | Path, *, system_prompt: str | None,
+                 with_answers: bool) -> Encoded:
+    """Everything evaluation feeds the model for ``rows``, from one pass over their images: the prompts, and
+    with ``with_answers`` the first turns with their answers (:func:`medvl.data.dataset.append_answer`)."""
+    prompts = encode_prompts(rows, processor, image_root, system_prompt=system_prompt)
+    whole = ([append_answer(prompt, row, processor, system_prompt=system_prompt) for prompt, row in zip(prompts, rows)]
+             if with_answers else None)
+    return Encoded(prompts, whole)
+
+
+def prefetched(chunks: Sequence[T], encode: Callable[[T], R]) -> Iterator[tuple[T, R]]:
+    """``(chunk, encode(chunk))`` for each chunk, the next chunk's ``encode`` running in a background thread while
+    the caller works on the current one: image decoding, resizing and tokenization overlap the model's work.
+
+    ``encode`` runs in that thread only, so it must not share a tokenizer with the caller (a Rust tokenizer used
+    from two threads at once can fail with "Already borrowed"): give it its own processor (``copy.deepcopy``).
+    An error in ``encode`` is raised here, at the chunk it belongs to.
+    """
+    if not chunks:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medvl-encode") as pool:
+        ahead = pool.submit(encode, chunks[0])
+        for i, chunk in enumerate(chunks):
+            encoded = ahead.result()
+            if i + 1 < len(chunks):
+                ahead = pool.submit(encode, chunks[i + 1])
+            yield chunk, encoded
+
+
+def answer_chunks(model, processor, chunks: Sequence[list[dict[str, Any]]], image_root: str | Path, *,
+                  system_prompt: str | None = None, max_new_tokens: int = 32, perplexity: bool = False,
+                  ) -> Iterator[tuple[list[dict[str, Any]], list[str], list[tuple[float | None, int]]]]:
+    """``(chunk, greedy answers, reference-answer NLLs)`` for each chunk of rows (NLLs ``(None, 0)`` without
+    ``perplexity``), in order: what ``medvl.eval`` and validation during training run.
+
+    Each chunk is encoded once (its images processed once, for generation and perplexity both) in a background
+    thread with its own copy of the processor, while the model works on the chunk before it (:func:`prefetched`).
+    """
+    model.eval()
+    if not chunks:
+        return
+    encode = functools.partial(encode_chunk, processor=copy.deepcopy(processor), image_root=image_root,
+                               system_prompt=system_prompt, with_answers=perplexity)
+    for chunk, encoded in prefetched(chunks, encode):
+        preds = generate_batch(model, processor, chunk, image_root, system_prompt=system_prompt,
+                               max_new_tokens=max_new_tokens, prompts=encoded.prompts)
+        nlls = (answer_nll(model, processor, chunk, image_root, system_prompt=system_prompt, items=encoded.whole)
+                if perplexity else [(None, 0)] * len(chunk))
+        yield chunk, preds, nlls
+
+
 def generate(model, processor, rows: list[dict[str, Any]], image_root: str | Path, *,
              system_prompt: str | None = None, batch_size: int = 32, max_new_tokens: int = 32) -> list[str]:
     """Greedy answers for all rows, ``batch_size`` at a time."""
-    model.eval()
-    preds: list[str] = []
-    for chunk in iter_batches(rows, batch_size):
-        preds += generate_batch(model, processor, chunk, image_root, system_prompt=system_prompt,
-                                max_new_tokens=max_new_tokens)
-    return preds
+    return [pred for _, preds, _ in answer_chunks(model, processor, list(iter_batches(rows, batch_size)), image_root,
+                                                  system_prompt=system_prompt, max_new_tokens=max_new_tokens)
+            for pred in preds]

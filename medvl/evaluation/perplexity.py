@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from medvl.data.dataset import IGNORE_INDEX, Collator, encode
+from medvl.data.dataset import IGNORE_INDEX, Collator, encode, first_turn
 
 
 def _core(model):
@@ -26,14 +26,16 @@ def _core(model):
 
 @torch.inference_mode()
 def answer_nll(model, processor, rows: list[dict[str, Any]], image_root: str | Path, *,
-               system_prompt: str | None = None) -> list[tuple[float, int]]:
+               system_prompt: str | None = None,
+               items: list[dict[str, torch.Tensor]] | None = None) -> list[tuple[float, int]]:
     """(summed NLL in nats, number of scored tokens) of each row's reference answer.
 
     The reference is the first answer (``answer_of``, what generation answers): later turns of a
     multi-turn row are left out, so the NLL is of the same answer the other metrics score.
+    ``items``: the rows' first turns already encoded (``medvl.evaluation.generate.encode_chunk``).
     """
-    items = [encode({**r, "conversations": r["conversations"][:2]}, processor, image_root,
-                    system_prompt=system_prompt) for r in rows]
+    if items is None:
+        items = [encode(first_turn(r), processor, image_root, system_prompt=system_prompt) for r in rows]
     batch = Collator(processor.tokenizer.pad_token_id, padding_side="right")(items)
     device = next(model.parameters()).device
     labels = batch.pop("labels").to(device)

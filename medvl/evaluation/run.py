@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from medvl.data.splits import load_split, resolve_image_root
 from medvl.evaluation import ranks
-from medvl.evaluation.generate import generate_batch, iter_batches
+from medvl.evaluation.generate import answer_chunks, iter_batches
 from medvl.evaluation.html import image_index
 from medvl.evaluation.perplexity import answer_nll
 from medvl.evaluation.scoring import likelihood_fields, prediction_record, score
@@ -170,11 +170,9 @@ def predict(model, processor, rows: list[dict[str, Any]], cfg: DictConfig, out: 
         # Whole batches per rank: each is the batch one process would form, so the predictions are the same.
         mine = list(iter_batches(todo, cfg.batch_size))[rank::world]
         task = progress.add_task("generating", total=sum(len(chunk) for chunk in mine))
-        for chunk in mine:
-            preds = generate_batch(model, processor, chunk, cfg.data.root, system_prompt=system_prompt,
-                                   max_new_tokens=cfg.max_new_tokens)
-            nlls = (answer_nll(model, processor, chunk, cfg.data.root, system_prompt=system_prompt)
-                    if cfg.perplexity else [(None, 0)] * len(chunk))
+        # Each batch's images are processed once, in a background thread while the model works on the batch before.
+        for chunk, preds, nlls in answer_chunks(model, processor, mine, cfg.data.root, system_prompt=system_prompt,
+                                                max_new_tokens=cfg.max_new_tokens, perplexity=bool(cfg.perplexity)):
             for row, pred, (nll, n) in zip(chunk, preds, nlls):
                 f.write(json.dumps(prediction_record(row, pred, nll, n), ensure_ascii=False) + "\n")
             f.flush()

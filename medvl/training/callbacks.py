@@ -115,22 +115,18 @@ class GenerationEvalCallback(TrainerCallback):
         return higher_is_better(self.metric_for_best)
 
     def run(self, model, step: int) -> dict[str, Any]:
-        from medvl.evaluation.generate import generate, iter_batches
-        from medvl.evaluation.perplexity import answer_nll
+        from medvl.evaluation.generate import answer_chunks, iter_batches
         from medvl.evaluation.scoring import prediction_record, score
 
         was_training = model.training
-        with mixed_precision(model):
-            preds = generate(model, self.processor, self.rows, self.image_root, system_prompt=self.system_prompt,
-                             batch_size=self.batch_size, max_new_tokens=self.max_new_tokens)
-            nlls: list[tuple[float | None, int]] = [(None, 0)] * len(self.rows)
-            if self.perplexity:  # still in eval mode: no dropout in the likelihood
-                nlls = [pair for chunk in iter_batches(self.rows, self.batch_size)
-                        for pair in answer_nll(model, self.processor, chunk, self.image_root,
-                                               system_prompt=self.system_prompt)]
+        records = []
+        with mixed_precision(model):  # answer_chunks puts the model in eval mode: no dropout in the likelihood
+            for chunk, preds, nlls in answer_chunks(model, self.processor, list(iter_batches(self.rows, self.batch_size)),
+                                                    self.image_root, system_prompt=self.system_prompt,
+                                                    max_new_tokens=self.max_new_tokens, perplexity=self.perplexity):
+                records += [prediction_record(r, p, nll, n) for r, p, (nll, n) in zip(chunk, preds, nlls)]
         if was_training:
             model.train()
-        records = [prediction_record(r, p, nll, n) for r, p, (nll, n) in zip(self.rows, preds, nlls)]
         # No breakdown tables: validation logs the overall, closed/open and category values only.
         tables = score(records, self.score_cfg)
         self.records = records
