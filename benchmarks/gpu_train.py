@@ -97,7 +97,9 @@ def compose_config(run: Run, spec: Spec, work: Path, steps: int, batch: int):
     overrides = [f"model={spec.preset}", "stage=instruct", "lora=attn_ffn", "logger=none",
                  f"trainer.per_device_train_batch_size={batch}", f"trainer.max_steps={steps}",
                  "trainer.logging_steps=100000", "trainer.save_steps=100000", "trainer.warmup_ratio=0",
-                 "trainer.eval_steps=0", f"output_dir={work / 'run'}", f"cache_dir={work}", *run.overrides]
+                 "trainer.eval_steps=0", f"output_dir={work / 'run'}", f"cache_dir={work}",
+                 # The rows are encoded already, in memory; and Counting must see each batch in this process.
+                 "trainer.dataloader_num_workers=0", *run.overrides]
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -247,6 +249,9 @@ def run_one(run: Run, counts: Counts, opts: Options) -> dict:
     trainer.train()
     seconds = timer.end - timer.start
     timed = counting.batches[opts.warmup: opts.warmup + opts.steps]
+    if len(timed) != opts.steps or not seconds > 0:
+        raise RuntimeError(f"counted {len(timed)} of {opts.steps} timed batches in {seconds:.3f} s (batches collated "
+                           f"outside this process?)")
     result = {"name": run.name, "rows_per_step": batch, "attn": model.config._attn_implementation,
               "step_s": seconds / opts.steps, "tokens_per_s": sum(t for t, _ in timed) / seconds,
               "flops_per_s": sum(f for _, f in timed) / seconds,
@@ -274,7 +279,7 @@ def print_row(r: dict, peak: float) -> None:
 def targets(results: dict[str, dict], peak: float) -> list[str]:
     """The issue's targets as ratios from this run: measured / target (>= 1 passes; memory: < 1 passes)."""
     def got(*names: str) -> list[dict]:
-        return [results[n] for n in names if n in results and "tokens_per_s" in results[n]]
+        return [results[n] for n in names if n in results and results[n].get("tokens_per_s")]
 
     lines = []
     packed = got("7b lora packed", "7b lora packed liger")
@@ -327,22 +332,32 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
               "+ 2*N_vision*P + 2*N_merger*I + 4*depth*d_vision*P*A (see the script's docstring)")
         print(f"{'configuration':<32} {'attn':<12} {'rows':>4} {'s/step':>7} {'tokens/s':>10} {'MFU':>7} "
               f"{'alloc':>7} {'reserved':>8}  (peak GiB)")
-        results, counts = {}, {}
+        results, counts, last_took = {}, {}, 0.0
         for run in [r for r in RUNS if args.only in r.name]:
-            if time.perf_counter() - started > args.budget_s:
+            # Not started when the last configuration's duration would overrun the budget: a configuration
+            # stopped from outside leaves no row.
+            if time.perf_counter() - started + last_took > args.budget_s:
                 results[run.name] = {"name": run.name, "skipped": f"time budget of {args.budget_s:.0f} s spent"}
             else:
+                began = time.perf_counter()
                 results[run.name] = _measure(run, counts, opts)
+                last_took = time.perf_counter() - began
             print_row(results[run.name], peak)
+            if args.json:  # after every configuration: what was measured survives a kill
+                write_json(args.json, peak, results)
             gc.collect()
             if opts.device == "cuda":
                 torch.cuda.empty_cache()
     title = "targets (smoke: tiny CPU models, the ratios mean nothing)" if args.smoke else "targets"
     print("\n".join([f"{title} (ratio = measured / target):", *("  " + line for line in targets(results, peak))]))
     print(f"total {time.perf_counter() - started:.0f} s")
-    if args.json:
-        args.json.write_text(json.dumps({"matmul_peak_flops": peak, "runs": list(results.values())}, indent=2))
     return results
+
+
+def write_json(path: Path, peak: float, results: dict[str, dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"matmul_peak_flops": peak, "runs": list(results.values())}, indent=2))
+    tmp.replace(path)
 
 
 def _measure(run: Run, counts: dict[str, Counts], opts: Options) -> dict:

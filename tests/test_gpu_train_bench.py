@@ -56,3 +56,17 @@ def test_the_published_configs_give_the_published_sizes(bench):
              for key, spec in bench.SPECS.items()}
     assert sizes["7b"] == pytest.approx(8.29e9, rel=2e-3) and sizes["8b"] == pytest.approx(8.77e9, rel=2e-3)
     assert sizes["2b"] == pytest.approx(2.21e9, rel=5e-3)
+
+
+def test_batches_are_collated_in_the_process_that_counts_them(bench, tmp_path):
+    """On a GPU machine medvl.train's default is dataloader workers; the benchmark's rows are in memory already
+    and its FLOP counter wraps the collator, so it trains with none (else every count would be zero)."""
+    run = next(r for r in bench.RUNS if r.name == "7b lora packed")
+    cfg = bench.compose_config(run, bench.SMOKE_SPECS["7b"], tmp_path, steps=2, batch=2)
+    assert cfg.trainer.dataloader_num_workers == 0
+
+
+def test_a_configuration_that_measured_nothing_is_no_target(bench):
+    empty = {"name": "7b lora packed", "tokens_per_s": 0.0, "flops_per_s": 0.0, "peak_reserved_gib": None}
+    assert bench.targets({"7b lora packed": empty, "7b lora padded length-grouped": {**empty, "name": "x"}},
+                         1e12) == ["no target could be measured (their configurations were skipped)"]
