@@ -185,12 +185,13 @@ def test_qlora_prepares_the_quantized_model_before_adding_adapters(compose, tiny
     from medvl.models.loading import load_model
 
     seen = []
-    monkeypatch.setattr(run, "prepare_quantized", lambda model, checkpointing: seen.append(
-        (checkpointing, any(p.requires_grad for p in model.parameters()), type(model).__name__)) or model)
+    monkeypatch.setattr(run, "prepare_quantized", lambda model: seen.append(
+        (any(p.requires_grad for p in model.parameters()), type(model).__name__)) or model)
     cfg = compose(["lora.qlora=true", "model.gradient_checkpointing=true"])
     validate(cfg)
-    run.setup_for_training(load_model(cfg.model), cfg)
-    assert seen == [(True, True, "Qwen2VLForConditionalGeneration")]  # before LoRA froze it, checkpointing on
+    model = run.setup_for_training(load_model(cfg.model), cfg)
+    assert seen == [(True, "Qwen2VLForConditionalGeneration")]  # before LoRA froze it
+    assert model.get_base_model().is_gradient_checkpointing  # turned on once, after the adapters
 
 
 def test_dora_with_gradient_checkpointing_trains_magnitudes_and_directions(compose, small_synth, tmp_path, caplog):
@@ -228,3 +229,36 @@ def test_gpu_options_train_the_tiny_model(compose, small_synth, tmp_path, option
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
     weights = load_file(out / "adapter" / "adapter_model.safetensors")
     assert any(v.abs().max() > 0 for k, v in weights.items() if "lora_B" in k)
+
+
+@pytest.mark.parametrize("model_name", ["tiny", "tiny25"])
+def test_checkpointing_keeps_the_frozen_vision_tower_out_of_backward(compose, small_synth, model_name):
+    """Gradient checkpointing as setup_for_training turns it on (non-reentrant): the LoRA gradients equal those of
+    the same model without checkpointing, and the frozen vision tower's output carries no gradient (its backward
+    would be work and activation memory for nothing)."""
+    from medvl.data.dataset import Collator, encode
+    from medvl.data.format import read_jsonl
+    from medvl.models.loading import load_model, load_processor
+
+    cfg = compose([f"model={model_name}", "stage=instruct", "lora=attn_ffn", "lora.dropout=0"])
+    validate_training(cfg)
+    processor = load_processor(cfg.model)
+    batch = Collator(processor.tokenizer.pad_token_id)(
+        [encode(row, processor, small_synth) for row in read_jsonl(small_synth / "train.jsonl")[:3]])
+    grads, vision_grad = {}, {}
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        cfg.trainer.gradient_checkpointing = checkpointing
+        model = run.setup_for_training(load_model(cfg.model), cfg)
+        assert model.get_base_model().is_gradient_checkpointing is checkpointing
+        model.train()
+        visual = model.get_base_model().model.visual
+        assert not visual.patch_embed._forward_hooks  # no input-gradient hook on the vision tower
+        visual.register_forward_hook(lambda module, args, out, key=checkpointing: vision_grad.update(
+            {key: (out[0] if isinstance(out, tuple) else getattr(out, "pooler_output", out)).requires_grad}))
+        model(**batch).loss.backward()
+        grads[checkpointing] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert vision_grad == {False: False, True: False}
+    assert grads[True].keys() == grads[False].keys() and grads[True]
+    for name, grad in grads[False].items():
+        torch.testing.assert_close(grads[True][name], grad, msg=name)

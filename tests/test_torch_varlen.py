@@ -88,7 +88,7 @@ def test_the_kernel_call_gives_the_padded_batchs_loss_and_gradients(compose, sma
     """The kernel path, with a stand-in kernel: layout, grouped-query heads, causality and segment bounds as
     varlen_attn takes them in each of its keyword forms."""
     monkeypatch.setattr(varlen, "_varlen_attn", lambda: stand_in)
-    monkeypatch.setattr(varlen, "_kernel_applies", lambda query, scaling, dropout: True)
+    monkeypatch.setattr(varlen, "_kernel_applies", lambda *args: True)
     STAND_IN_CALLS.clear()
     cfg = compose([f"model={model_name}", "model.attn_implementation=torch_varlen"])
     model, results = padded_and_packed(cfg, small_synth, rows)
@@ -102,6 +102,61 @@ def test_the_kernel_call_gives_the_padded_batchs_loss_and_gradients(compose, sma
     assert all(call["heads"] == (text.num_attention_heads, kv_heads) for call in STAND_IN_CALLS)
     if stand_in is varlen_2_12:
         assert all(call["scale"] is not None for call in STAND_IN_CALLS)
+
+
+def test_the_kernels_test_call_compares_it_with_causal_sdpa_row_by_row(monkeypatch):
+    """The start-up test call on the CPU with stand-ins: a correct kernel passes; one that ignores causality
+    (what a backend that drops the causal window would do on long rows) or raises is named, not used."""
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(varlen, "_varlen_attn", lambda: varlen_2_12)
+    assert varlen.probe(cpu) is None
+
+    def not_causal(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, window_size=(-1, -1), **kwargs):
+        k, v = (t.repeat_interleave(query.shape[1] // key.shape[1], dim=1) for t in (key, value))
+        bounds = cu_seq_q.tolist()
+        return torch.cat([torch.nn.functional.scaled_dot_product_attention(
+            query[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1)).transpose(0, 1)
+            for a, b in zip(bounds, bounds[1:])])
+
+    monkeypatch.setattr(varlen, "_varlen_attn", lambda: not_causal)
+    assert varlen.probe(cpu).startswith("its test call differs from causal SDPA per row by ")
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("no kernel image is available for execution on the device")
+
+    monkeypatch.setattr(varlen, "_varlen_attn", lambda: fails)
+    assert varlen.probe(cpu) == ("its test call failed: RuntimeError: no kernel image is available for execution on "
+                                 "the device")
+
+
+def test_a_packed_row_builds_no_mask_and_a_padded_batch_gets_sdpas(compose, small_synth, rows, monkeypatch):  # noqa: F811
+    """No total x total block-diagonal mask for a packed row (cu_seq_lens keeps its rows apart); a padded batch
+    gets SDPA's mask from its padding."""
+    import transformers.masking_utils as masking
+
+    built, real = [], masking.sdpa_mask
+    monkeypatch.setattr(masking, "sdpa_mask", lambda *a, **k: built.append(1) or real(*a, **k))
+    cfg = compose(["model.attn_implementation=torch_varlen"])
+    processor, model = load_processor(cfg.model), load_model(cfg.model)
+    items = [encode(row, processor, small_synth) for row in rows]
+    with torch.no_grad():
+        packed = model(**PackingCollator(rope_index_of(model))(items)).loss
+        assert built == []
+        padded = model(**Collator(processor.tokenizer.pad_token_id)(items)).loss
+    assert built and torch.testing.assert_close(packed, padded) is None
+
+
+def test_float32_attention_under_cuda_autocast_runs_the_kernel_in_the_autocast_dtype(monkeypatch):
+    """QLoRA's float32 residual stream reaches attention in float32 under bf16 autocast: the kernel takes it in
+    bf16 (its dtype), not the per-row fallback."""
+    query = torch.zeros(1, 4, 8, 64)
+    assert varlen._compute_dtype(query) == torch.float32  # the CPU: as it is
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda device_type=None: device_type == "cuda")
+    monkeypatch.setattr(torch, "get_autocast_dtype", lambda device_type: torch.bfloat16)
+    assert varlen._compute_dtype(query) == torch.bfloat16
+    monkeypatch.setattr(varlen, "_varlen_attn", lambda: varlen_2_12)
+    assert varlen._kernel_applies(query, None, 0.0, torch.bfloat16) and not varlen._kernel_applies(query, None, 0.0)
 
 
 def test_the_kernel_is_taken_only_on_a_gpu_in_half_precision(monkeypatch):

@@ -159,11 +159,11 @@ def quantization_config(cfg: Any):
                               bnb_4bit_compute_dtype=torch.bfloat16)
 
 
-def prepare_quantized(model: Any, gradient_checkpointing: bool) -> Any:
+def prepare_quantized(model: Any) -> Any:
     """peft's preparation of a 4-bit model for training: the weights that stay unquantized (embeddings, norms,
-    output head) in float32, and the inputs' gradients that checkpointed layers under LoRA need."""
+    output head) in float32. Gradient checkpointing is turned on later, once, by
+    :func:`medvl.training.run.enable_checkpointing`."""
     from peft import prepare_model_for_kbit_training
 
     log.info("lora.qlora=true: the base is 4-bit NF4 (bitsandbytes), LoRA adapters train on top")
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                           gradient_checkpointing_kwargs={"use_reentrant": False})
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)

@@ -35,14 +35,28 @@ MAX_HEAD_DIM = 256  # FlashAttention's largest head size
 def register() -> None:
     """Make ``torch_varlen`` an attention transformers can load a model with (idempotent).
 
-    Its mask function is SDPA's: a padded batch or a generation step gets the 4D mask SDPA needs. A packed row's
-    block-diagonal mask is built too (transformers cannot tell it will go unused); the attention ignores it.
+    Its mask function is SDPA's where there is a padding mask (a padded batch, generation), and none otherwise
+    (:func:`_mask`).
     """
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(VARLEN, varlen_attention_forward)
-    AttentionMaskInterface.register(VARLEN, sdpa_mask)
+    AttentionMaskInterface.register(VARLEN, _mask)
+
+
+def _mask(*args: Any, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor | None:
+    """SDPA's mask where there is padding (a padded batch, left-padded generation); none without a padding mask.
+
+    A packed row comes with no ``attention_mask``: its rows are kept apart by ``cu_seq_lens``, so the
+    block-diagonal mask transformers would build from the restarting positions (total x total, 4 GB at 64k
+    tokens) is not built. Without padding and without ``cu_seq_lens`` attention is plain causal SDPA.
+    """
+    from transformers.masking_utils import sdpa_mask
+
+    if attention_mask is None:
+        return None
+    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
 
 
 def _varlen_attn():
@@ -75,8 +89,10 @@ def varlen_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
         raise ValueError("torch_varlen: sliding-window attention is not supported; use attn_implementation=sdpa")
     # Self-attention inside each row: the key bounds are the query bounds (cu_seq_lens_k, max_length_k are the
     # same numbers; comparing them on the GPU would stall every layer).
-    if _kernel_applies(query, scaling, dropout):
-        return _kernel(query, key, value, cu_seq_lens_q, scaling, max_length_q), None
+    compute = _compute_dtype(query)
+    if _kernel_applies(query, scaling, dropout, compute):
+        out = _kernel(*(t.to(compute) for t in (query, key, value)), cu_seq_lens_q, scaling, max_length_q)
+        return out.to(query.dtype), None
     bounds = cu_seq_lens_q.tolist()
     pieces = [sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None,
                                      dropout=dropout, scaling=scaling, is_causal=True, **kwargs)[0]
@@ -84,10 +100,21 @@ def varlen_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
     return torch.cat(pieces, dim=1), None
 
 
-def _kernel_applies(query: torch.Tensor, scaling: float | None, dropout: float) -> bool:
-    """Whether PyTorch's varlen kernel can compute this call (else one SDPA call per row does)."""
+def _compute_dtype(query: torch.Tensor) -> torch.dtype:
+    """The dtype the kernel computes in: the autocast dtype for float32 inputs under CUDA autocast (QLoRA's
+    float32 residual stream reaches attention in float32 even under bf16 mixed precision), else the query's."""
+    if query.is_cuda and query.dtype == torch.float32 and torch.is_autocast_enabled("cuda"):
+        return torch.get_autocast_dtype("cuda")
+    return query.dtype
+
+
+def _kernel_applies(query: torch.Tensor, scaling: float | None, dropout: float,
+                    dtype: torch.dtype | None = None) -> bool:
+    """Whether PyTorch's varlen kernel can compute this call in ``dtype`` (default: the query's), else one SDPA
+    call per row does."""
     varlen = _varlen_attn()
-    if varlen is None or not query.is_cuda or query.dtype not in HALF or query.shape[-1] > MAX_HEAD_DIM:
+    dtype = query.dtype if dtype is None else dtype
+    if varlen is None or not query.is_cuda or dtype not in HALF or query.shape[-1] > MAX_HEAD_DIM:
         return False
     if dropout:  # the kernel's dropout is fixed at 0
         return False
@@ -131,22 +158,46 @@ def _kernel(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seq_
 
 @functools.cache
 def kernel_unavailable(device_index: int = 0) -> str | None:
-    """None when PyTorch's varlen kernel runs forward and backward (bf16, grouped-query heads) on this CUDA
-    device; else why not, in a few words. Tried once per process and device."""
+    """None when PyTorch's varlen kernel runs forward and backward on this CUDA device and computes causal
+    attention inside each segment (bf16, grouped-query heads, segments longer than 128 tokens, where PyTorch may
+    choose another backend), compared with SDPA row by row; else why not, in a few words. Tried once per process
+    and device."""
     if _varlen_attn() is None:
         return f"torch {torch.__version__} has no torch.nn.attention.varlen (PyTorch 2.10 or later)"
     if not torch.cuda.is_available():
         return "no CUDA GPU"
+    return probe(torch.device("cuda", device_index))
+
+
+def probe(device: torch.device) -> str | None:
+    """:func:`kernel_unavailable`'s test call on ``device``."""
     try:
-        device = torch.device("cuda", device_index)
-        query = torch.randn(1, 4, 24, 64, device=device, dtype=torch.bfloat16, requires_grad=True)
-        key, value = (torch.randn(1, 2, 24, 64, device=device, dtype=torch.bfloat16, requires_grad=True)
-                      for _ in range(2))
-        cu = torch.tensor([0, 10, 24], dtype=torch.int32, device=device)
-        out = _kernel(query, key, value, cu, None, 14)
+        lengths = [150, 333, 64]
+        generator = torch.Generator(device=device).manual_seed(0)
+        query = torch.randn(1, 8, sum(lengths), 128, device=device, generator=generator)
+        key, value = (torch.randn(1, 2, sum(lengths), 128, device=device, generator=generator) for _ in range(2))
+        query, key, value = (t.bfloat16().requires_grad_() for t in (query, key, value))
+        cu = torch.tensor([0, *lengths], device=device).cumsum(0).to(torch.int32)
+        out = _kernel(query, key, value, cu, None, max(lengths))
         out.float().sum().backward()
         if not all(torch.isfinite(t).all() for t in (out, query.grad, key.grad, value.grad)):
             return "its test call gave non-finite values"
+        error = _relative_error(out[0], query.detach(), key.detach(), value.detach(), cu.tolist())
+        if error > 2e-2:
+            return f"its test call differs from causal SDPA per row by {error:.3f} (relative)"
     except Exception as exc:  # noqa: BLE001 - any failure means: not this kernel here
         return f"its test call failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return None
+
+
+def _relative_error(out: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    bounds: list[int]) -> float:
+    """|out - reference| / |reference| for ``out`` ``[total, heads, dim]`` against causal float32 SDPA per segment."""
+    repeat = query.shape[1] // key.shape[1]
+    pieces = []
+    for a, b in zip(bounds, bounds[1:]):
+        q, k, v = (t[0, :, a:b].float() for t in (query, key, value))
+        k, v = k.repeat_interleave(repeat, dim=0), v.repeat_interleave(repeat, dim=0)
+        pieces.append(torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(0, 1))
+    reference = torch.cat(pieces)
+    return float((out.detach().float() - reference).norm() / reference.norm())

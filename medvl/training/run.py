@@ -128,12 +128,12 @@ def build_model(cfg: DictConfig):
 
 def setup_for_training(model, cfg: DictConfig):
     """A loaded model as a stage trains it: Liger's kernels, QLoRA's preparation, LoRA adapters and freezing,
-    float32 trainable weights under bf16 autocast, and gradient checkpointing's input gradients."""
+    float32 trainable weights under bf16 autocast (gradient checkpointing itself: the Trainer, non-reentrant)."""
     checkpointing = gradient_checkpointing(cfg)
     if cfg.trainer.liger:
         apply_liger(model, family_name(cfg.model.family))
     if cfg.lora.qlora:
-        model = prepare_quantized(model, checkpointing)
+        model = prepare_quantized(model)
     model = apply_training_setup(model, cfg)
     if mixed_precision_bf16(cfg) and not cfg.deepspeed.config:  # the forward runs under bf16 autocast
         upcast = upcast_trainable(model)
@@ -142,9 +142,22 @@ def setup_for_training(model, cfg: DictConfig):
     source = "trainer.gradient_checkpointing" if cfg.trainer.gradient_checkpointing is not None else \
         f"model={cfg.model.name}'s default"
     log.info("Gradient checkpointing: %s (%s)", "on" if checkpointing else "off", source)
-    if checkpointing:  # LoRA on a frozen base: the checkpointed layers' inputs must carry gradients
-        model.enable_input_require_grads()
+    if checkpointing:
+        enable_checkpointing(model)
     return model
+
+
+def enable_checkpointing(model) -> None:
+    """Non-reentrant activation checkpointing of every layer, with no input-gradient hooks.
+
+    transformers' ``gradient_checkpointing_enable`` also makes every sub-model's input embeddings require
+    gradients (``enable_input_require_grads``), the vision tower's patch embedding included: the frozen tower's
+    backward would then run, and keep its activations, for nothing. Non-reentrant checkpointing needs no such
+    hook (the LoRA weights inside a checkpointed layer get their gradients without it), so they are removed.
+    """
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.disable_input_require_grads()
 
 
 def trainer_class():
@@ -235,7 +248,7 @@ def training_arguments(cfg: DictConfig, output_dir: Path):
         seed=t.seed,
         data_seed=t.seed,
         bf16=use_bf16,
-        gradient_checkpointing=gradient_checkpointing(cfg),
+
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         dataloader_num_workers=workers,
         dataloader_persistent_workers=workers > 0,  # not re-forked (and re-warmed) every epoch
