@@ -13,6 +13,8 @@ from medvl.models.loading import ModelLoadError, load_model, load_processor
 from medvl.models.lora import apply_training_setup, trainable_parameter_names
 from medvl.models.tiny import build_tiny
 
+from .conftest import small_data_overrides
+
 LLM_LINEAR = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
 
@@ -144,11 +146,36 @@ def test_no_network_fails_fast_without_offline_flag(compose, monkeypatch):
 
 
 @pytest.mark.gpu
-def test_bf16_training_step_on_gpu(compose, tiny_dir):
-    cfg = compose(["model.dtype=bfloat16"])
+def test_bf16_training_step_on_gpu(compose, tiny_dir, small_synth):
+    """bf16 weights on the GPU, float32 LoRA weights under bf16 autocast (as medvl.train sets them up): a step
+    changes the LoRA weights, and only them, by finite amounts, with a finite loss."""
+    from medvl.data.dataset import Collator, encode
+    from medvl.data.format import read_jsonl
+    from medvl.training.run import setup_for_training
+
+    cfg = compose(["model.dtype=bfloat16", "stage=instruct", "lora=attn_ffn", *small_data_overrides(small_synth)])
     validate(cfg)
-    model = apply_training_setup(load_model(cfg.model, device="cuda"), cfg)
-    assert next(model.parameters()).dtype == torch.bfloat16
+    model = setup_for_training(load_model(cfg.model, device="cuda"), cfg)
+    frozen = next(p for p in model.parameters() if not p.requires_grad)
+    assert frozen.dtype == torch.bfloat16
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(p.dtype == torch.float32 for p in trainable.values())
+    processor = load_processor(cfg.model)
+    batch = Collator(processor.tokenizer.pad_token_id)(
+        [encode(row, processor, small_synth) for row in read_jsonl(small_synth / "train.jsonl")[:4]])
+    batch = {k: v.cuda() for k, v in batch.items()}
+    before = {n: p.detach().clone() for n, p in trainable.items()}
+    frozen_before = frozen.detach().clone()
+    optimizer = torch.optim.AdamW(trainable.values(), lr=1e-3)
+    model.train()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = model(**batch).loss
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p).all() for p in trainable.values())
+    assert any(not torch.equal(p, before[n]) for n, p in trainable.items())
+    assert torch.equal(frozen, frozen_before)
 
 
 def test_building_a_tiny_model_leaves_the_global_random_stream_alone(tmp_path):
