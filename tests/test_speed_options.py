@@ -45,6 +45,16 @@ def installed(monkeypatch, present: set[str]):
                         if name in optional else real(name, *a))
 
 
+def liger_modules(monkeypatch, importable: set[str]) -> None:
+    """A stand-in liger_kernel whose per-family model modules import for the families in ``importable`` only."""
+    names = ["liger_kernel", "liger_kernel.transformers", "liger_kernel.transformers.model",
+             *(f"liger_kernel.transformers.model.{family}" for family in importable)]
+    for name in names:
+        module = types.ModuleType(name)
+        module.__path__ = []  # packages: the family modules not listed are looked up below and not found
+        monkeypatch.setitem(sys.modules, name, module)
+
+
 def refusal(argv: list[str]) -> str:
     with pytest.raises(SystemExit) as exc:
         preflight("train", argv)
@@ -116,6 +126,7 @@ def test_gpu_options_without_their_package_name_the_extra(monkeypatch, gpu_machi
     installed(monkeypatch, set())
     assert f"is not installed; pip install 'medvl[{extra}]', or set {option.split('=')[0]}=false" in refusal([option])
     installed(monkeypatch, {"liger_kernel", "bitsandbytes"})
+    liger_modules(monkeypatch, {"qwen2_vl"})
     preflight("train", [option])  # with the package on a GPU machine: accepted
 
 
@@ -218,12 +229,19 @@ def test_dora_with_gradient_checkpointing_trains_magnitudes_and_directions(compo
 # --- on a GPU with the extras installed (skipped here) -------------------------------------------------------
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("option, package", [("lora.qlora=true", "bitsandbytes"), ("trainer.liger=true", "liger_kernel")])
-def test_gpu_options_train_the_tiny_model(compose, small_synth, tmp_path, option, package):
+@pytest.mark.parametrize("option, package, model_name", [("lora.qlora=true", "bitsandbytes", "tiny"),
+                                                         ("trainer.liger=true", "liger_kernel", "tiny"),
+                                                         ("trainer.liger=true", "liger_kernel", "tiny3_moe")])
+def test_gpu_options_train_the_tiny_model(compose, small_synth, tmp_path, option, package, model_name):
     pytest.importorskip(package)
     out = tmp_path / "run"
     cfg = compose([*small_data_overrides(small_synth), "trainer.max_steps=3", "trainer.save_steps=1000",
-                   "trainer.logging_steps=1", "model.dtype=bfloat16", option], output_dir=out)
+                   "trainer.logging_steps=1", "model.dtype=bfloat16", f"model={model_name}", option], output_dir=out)
+    if option.startswith("trainer.liger"):
+        try:
+            validate_training(cfg)
+        except ConfigError as exc:  # this liger-kernel cannot patch this transformers' family: said, not run
+            pytest.skip(str(exc))
     run.train(cfg)
     losses = [h["loss"] for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in h]
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
@@ -262,3 +280,16 @@ def test_checkpointing_keeps_the_frozen_vision_tower_out_of_backward(compose, sm
     assert grads[True].keys() == grads[False].keys() and grads[True]
     for name, grad in grads[False].items():
         torch.testing.assert_close(grads[True][name], grad, msg=name)
+
+
+def test_liger_that_cannot_patch_this_transformers_is_refused_at_start_up(compose, gpu_machine, monkeypatch):
+    """liger-kernel 0.8.5's Qwen2-VL patch imports output classes transformers 5.24 no longer has: one line
+    naming both versions, before any weights load; a family whose patch imports is taken."""
+    installed(monkeypatch, {"liger_kernel"})
+    liger_modules(monkeypatch, {"qwen3_vl"})
+    validate_training(compose(["model=tiny3", "trainer.liger=true"]))  # its patch imports: taken
+    with pytest.raises(ConfigError, match=r"^trainer.liger=true: Liger cannot patch model.family=qwen2_vl with "
+                                          r"liger-kernel .*, transformers [\d.]+ \(liger_kernel.transformers.model."
+                                          r"qwen2_vl: No module named .*\); install a liger-kernel release made for "
+                                          r"this transformers, or set trainer.liger=false$"):
+        validate_training(compose(["model=tiny", "trainer.liger=true"]))

@@ -15,6 +15,7 @@ which ``medvl.preflight`` and ``train()`` run before any weights load.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
 import os
@@ -110,6 +111,30 @@ def _check_liger(cfg: Any) -> None:
     if not _installed("liger_kernel"):
         raise ConfigError("trainer.liger=true but liger-kernel is not installed; pip install 'medvl[liger]', "
                           "or set trainer.liger=false")
+    _check_liger_imports(family_name(cfg.model.family))
+
+
+def _check_liger_imports(family: str) -> None:
+    """Liger's patch for a family imports transformers' model classes by name; a Liger release older than the
+    installed transformers can fail there (liger-kernel 0.8.5 with transformers 5.24's Qwen2-VL, Qwen2.5-VL and
+    Qwen3-VL). Refused here in one line rather than when the model is patched."""
+    module = f"liger_kernel.transformers.model.{family}"
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        versions = ", ".join(f"{name} {_version(name)}" for name in ("liger-kernel", "transformers"))
+        raise ConfigError(f"trainer.liger=true: Liger cannot patch model.family={family} with {versions} "
+                          f"({module}: {str(exc).splitlines()[0]}); install a liger-kernel release made for this "
+                          f"transformers, or set trainer.liger=false") from None
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "(version unknown)"
 
 
 def _check_qlora(cfg: Any) -> None:
