@@ -92,6 +92,7 @@ class Counts:
     """Parameter counts and shapes the FLOP formula needs (module docstring)."""
 
     llm: int
+    head: int
     vision: int
     merger: int
     layers: int
@@ -116,14 +117,15 @@ class Counts:
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         window = getattr(vision, "window_size", 0) // vision.patch_size
         full = getattr(vision, "fullatt_block_indexes", None)
-        return cls(llm=sizes["llm"] + model.lm_head.weight.numel(), vision=sizes["vision"], merger=sizes["merger"],
+        return cls(llm=sizes["llm"], head=model.lm_head.weight.numel(), vision=sizes["vision"], merger=sizes["merger"],
                    layers=text.num_hidden_layers, d_attn=text.num_attention_heads * head_dim, depth=vision.depth,
                    d_vision=getattr(vision, "embed_dim", vision.hidden_size),
                    window_blocks=vision.depth - len(full) if full else 0, window_patches=window * window)
 
-    def row_flops(self, length: int, image_tokens: int, n_lora: int, k: int = 4) -> float:
+    def row_flops(self, length: int, image_tokens: int, n_lora: int, answer_tokens: int, k: int = 4) -> float:
         patches = 4 * image_tokens
-        llm = k * self.llm * length + 6 * n_lora * length + 6 * self.layers * self.d_attn * length**2
+        llm = (k * self.llm * length + k * self.head * answer_tokens + 6 * n_lora * length
+               + 6 * self.layers * self.d_attn * length**2)
         full_blocks = self.depth - self.window_blocks
         span = full_blocks * patches + self.window_blocks * min(patches, self.window_patches)
         vision = 2 * self.vision * patches + 2 * self.merger * image_tokens + 4 * self.d_vision * patches * span

@@ -18,13 +18,15 @@ Data: Slake-like rows, one image of 256-1280 image tokens (uniform; 4 patches ea
 a 1-6 token answer (the loss is on the answer), inside the chat template's tokens.
 
 MFU = FLOPs a step needs / step time / the bf16 matmul rate measured in this run (torch.matmul of 8192^3 in a
-loop). FLOPs per row of L tokens, I image tokens and P = 4I patches:
-    k*N_llm*L + 6*N_lora*L + 6*layers*d_attn*L^2            (language model; causal attention, forward + backward)
-    + 2*N_vision*P + 2*N_merger*I + 4*depth*d_vision*P*A    (vision tower, frozen: forward only; A = P, or the
-                                                             window's patches in Qwen2.5-VL's windowed blocks)
+loop). FLOPs per row of L tokens, T answer (label) tokens, I image tokens and P = 4I patches:
+    k*N_llm*L + k*N_head*T + 6*N_lora*L + 6*layers*d_attn*L^2    (language model; causal attention, fwd + bwd)
+    + 2*N_vision*P + 2*N_merger*I + 4*depth*d_vision*P*A         (vision tower, frozen: forward only; A = P, or the
+                                                                  window's patches in Qwen2.5-VL's windowed blocks)
 k = 4 for a frozen base under LoRA (forward 2N, backward 2N for the input gradients, no weight gradients), 6 for
-full fine-tuning; N_llm counts the decoder layers and the output head (not the embedding lookup). Padding and
-the recomputation of gradient checkpointing are not counted: they are work a step does, not work it needs.
+full fine-tuning; N_llm counts the decoder layers (not the embedding lookup), N_head the output head, which a
+step needs only where a label is predicted (medvl.training.loss runs it there). Padding, the head at other
+positions (Liger's fused loss runs it everywhere) and the recomputation of gradient checkpointing are not counted:
+they are work a step does, not work it needs.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]  # medvl from this checkout, and bench_models beside this script
 
-from bench_models import SMOKE_SPECS, SPECS, Counts, Spec, build_random, make_rows  # noqa: E402
+from bench_models import IGNORE, SMOKE_SPECS, SPECS, Counts, Spec, build_random, make_rows  # noqa: E402
 
 
 @dataclass
@@ -241,9 +243,10 @@ def run_one(run: Run, counts: Counts, opts: Options) -> dict:
     n_lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
     rows = make_rows(spec, batch * (opts.warmup + opts.steps), opts.image_tokens)
     counting = Counting(collator(cfg, model), lambda it: counts.row_flops(
-        len(it["input_ids"]), int(it["mm_token_type_ids"].sum()), n_lora))
+        len(it["input_ids"]), int(it["mm_token_type_ids"].sum()), n_lora, int((it["labels"] != IGNORE).sum())))
     timer = step_timer(opts.warmup, opts.steps, torch.cuda.synchronize if cuda else (lambda: None))
-    trainer = build_trainer(model, training_arguments(cfg, opts.work / "run"), Rows(rows), counting, [timer])
+    trainer = build_trainer(model, training_arguments(cfg, opts.work / "run"), Rows(rows), counting, [timer],
+                            answer_head=not cfg.trainer.liger)
     for quiet in (ProgressCallback, PrinterCallback):  # one table line per configuration, no progress bars
         trainer.remove_callback(quiet)
     trainer.train()
@@ -328,7 +331,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         device = "CPU (smoke: tiny models, not a measurement)" if args.smoke else torch.cuda.get_device_name()
         print(f"{device}; torch {torch.__version__}; matmul peak {peak / 1e12:.1f} TFLOP/s "
               f"({'float32 256^3' if args.smoke else 'bf16 8192^3'}); {opts.warmup} warm-up + {opts.steps} timed steps")
-        print("MFU = needed FLOPs / time / matmul peak; FLOPs per row: 4*N_llm*L + 6*N_lora*L + 6*layers*d_attn*L^2 "
+        print("MFU = needed FLOPs / time / matmul peak; FLOPs per row: 4*N_llm*L + 4*N_head*T + 6*N_lora*L + 6*layers*d_attn*L^2 "
               "+ 2*N_vision*P + 2*N_merger*I + 4*depth*d_vision*P*A (see the script's docstring)")
         print(f"{'configuration':<32} {'attn':<12} {'rows':>4} {'s/step':>7} {'tokens/s':>10} {'MFU':>7} "
               f"{'alloc':>7} {'reserved':>8}  (peak GiB)")

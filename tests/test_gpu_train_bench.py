@@ -30,22 +30,22 @@ def test_smoke_runs_every_configuration_or_says_why_not(bench, tmp_path, capsys,
         assert r["peak_allocated_gib"] is None  # no CUDA memory to report on the CPU
     assert results["7b lora packed liger"]["skipped"].startswith("trainer.liger=true needs a CUDA GPU")
     assert results["7b qlora+ckpt packed b4"]["skipped"].startswith("lora.qlora=true needs a CUDA GPU")
-    assert "MFU = needed FLOPs / time / matmul peak" in printed and "4*N_llm*L" in printed
+    assert "MFU = needed FLOPs / time / matmul peak" in printed and "4*N_llm*L + 4*N_head*T" in printed
     assert "targets (smoke: tiny CPU models, the ratios mean nothing)" in printed
     assert "7B LoRA packed MFU >= 45%" in printed and "packed >= 1.5x padded tokens/s" in printed
     assert json.loads(out.read_text())["runs"] == list(results.values())
 
 
 def test_the_flop_count_is_the_documented_formula(bench):
-    counts = bench.Counts(llm=10, vision=5, merger=2, layers=1, d_attn=4, depth=1, d_vision=2, window_blocks=0,
-                          window_patches=0)
-    # 3 tokens, 1 image token = 4 patches, 1 trainable LoRA parameter:
-    # 4*10*3 + 6*1*3 + 6*1*4*3^2 + 2*5*4 + 2*2*1 + 4*1*2*4*4
-    assert counts.row_flops(3, 1, 1) == 120 + 18 + 216 + 40 + 4 + 128
+    counts = bench.Counts(llm=10, head=7, vision=5, merger=2, layers=1, d_attn=4, depth=1, d_vision=2,
+                          window_blocks=0, window_patches=0)
+    # 3 tokens (2 of them answer tokens), 1 image token = 4 patches, 1 trainable LoRA parameter:
+    # 4*10*3 + 4*7*2 + 6*1*3 + 6*1*4*3^2 + 2*5*4 + 2*2*1 + 4*1*2*4*4
+    assert counts.row_flops(3, 1, 1, 2) == 120 + 56 + 18 + 216 + 40 + 4 + 128
     # Qwen2.5-VL's windowed blocks attend within a window of 64 patches, not the whole image.
-    windowed = bench.Counts(llm=0, vision=0, merger=0, layers=0, d_attn=0, depth=4, d_vision=1, window_blocks=3,
-                            window_patches=64)
-    assert windowed.row_flops(0, 100, 0) == 4 * 1 * 400 * (1 * 400 + 3 * 64)
+    windowed = bench.Counts(llm=0, head=0, vision=0, merger=0, layers=0, d_attn=0, depth=4, d_vision=1,
+                            window_blocks=3, window_patches=64)
+    assert windowed.row_flops(0, 100, 0, 0) == 4 * 1 * 400 * (1 * 400 + 3 * 64)
 
 
 def test_the_published_configs_give_the_published_sizes(bench):

@@ -161,9 +161,11 @@ def enable_checkpointing(model) -> None:
 
 
 def trainer_class():
-    """HF's Trainer with medvl's length-grouped sampler (a factory: transformers loads only when training does)."""
+    """HF's Trainer with medvl's length-grouped sampler and answer-position loss (a factory: transformers loads only
+    when training does)."""
     from transformers import Trainer
 
+    from medvl.training.loss import answer_loss, answer_loss_applies
     from medvl.training.sampler import EpochLengthGroupedSampler
 
     class MedvlTrainer(Trainer):
@@ -172,6 +174,23 @@ def trainer_class():
         Trainer only takes precomputed lengths from a ``datasets.Dataset``; for any other dataset
         it would encode every sample (decoding every image) just to learn its length.
         """
+
+        #: The loss from logits at the answer positions only (:mod:`medvl.training.loss`); False: the model's own.
+        answer_head = True
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if (return_outputs or not self.answer_head or "labels" not in inputs or self.label_smoother is not None
+                    or self.compute_loss_func is not None or not answer_loss_applies(model)):
+                return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
+            # As the model's own loss would be: normalized by the accumulated label count where the model takes
+            # it (accepts_loss_kwargs), else the mean of this micro-batch.
+            items = num_items_in_batch if self.model_accepts_loss_kwargs else None
+            loss = answer_loss(model, inputs, num_items_in_batch=items)
+            if self.args.average_tokens_across_devices and items is not None:
+                loss = loss * (self.accelerator.num_processes // self.get_tp_size() if self.args.n_gpu <= 1
+                               else self.args.n_gpu)
+            return loss
 
         def _get_train_sampler(self, train_dataset=None):
             dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -248,7 +267,6 @@ def training_arguments(cfg: DictConfig, output_dir: Path):
         seed=t.seed,
         data_seed=t.seed,
         bf16=use_bf16,
-
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         dataloader_num_workers=workers,
         dataloader_persistent_workers=workers > 0,  # not re-forked (and re-warmed) every epoch
@@ -308,7 +326,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
                          max_length=resolve_max_length(cfg.model, cfg.data), lengths=lengths)
     callbacks = [validation_callback(cfg, processor, out)] if cfg.trainer.eval_steps > 0 else []
     callbacks += log_callbacks
-    trainer = build_trainer(model, args, dataset, train_collator(cfg, processor, model), callbacks)
+    trainer = build_trainer(model, args, dataset, train_collator(cfg, processor, model), callbacks,
+                            answer_head=not cfg.trainer.liger)
     result = trainer.train(resume_from_checkpoint=resume_from)
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
     save_outputs(trainer.model, processor, trainer, cfg, out)
@@ -338,11 +357,13 @@ def check_before_loading(cfg: DictConfig, out: Path) -> tuple[str | None, list[d
     return resume_from, rows, lengths
 
 
-def build_trainer(model, args, dataset, collator, callbacks: list):
+def build_trainer(model, args, dataset, collator, callbacks: list, *, answer_head: bool = True):
     """medvl's Trainer (:func:`trainer_class`), known to each callback: validation logs and saves the best
-    checkpoint through it, and the W&B callback finds the validation callback through it."""
+    checkpoint through it, and the W&B callback finds the validation callback through it. ``answer_head=False``:
+    the model computes its own loss (Liger's patched forward, whose fused loss needs the labels)."""
     trainer = trainer_class()(model=model, args=args, train_dataset=dataset, data_collator=collator,
                               callbacks=callbacks)
+    trainer.answer_head = answer_head
     for cb in callbacks:
         cb.trainer = trainer
     return trainer
