@@ -28,16 +28,19 @@ SWEEP = "2026-12-03_10-00-00-000001"
 
 
 @pytest.fixture
-def offline_with_key(no_wandb_login, monkeypatch) -> str:
-    """WANDB_API_KEY set, and a W&B server nobody listens on (refused at once): offline, said in one line."""
+def offline_with_key(no_wandb_login, monkeypatch):
+    """WANDB_API_KEY set, and a W&B server nobody listens on (refused at once): offline, said in one line.
+
+    The port stays bound (not listening) for the whole test, so that no other process (wandb's own service, a
+    DataLoader worker) can take it and answer."""
     for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    monkeypatch.setenv("WANDB_API_KEY", KEY)
-    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
-    return f"127.0.0.1:{port}"
+        monkeypatch.setenv("WANDB_API_KEY", KEY)
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+        yield f"127.0.0.1:{port}"
 
 
 def sweep_job(tmp_path: Path, cache_dir: Path, tiny_dir: Path, small_synth: Path) -> Path:

@@ -24,21 +24,18 @@ KEY = "0123456789abcdef0123456789abcdef01234567"  # a W&B-key-shaped fake
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
-def unreachable_wandb(no_wandb_login, monkeypatch) -> str:  # noqa: F811
-    """A W&B key, and a W&B server nobody listens on."""
+def unreachable_wandb(no_wandb_login, monkeypatch):  # noqa: F811
+    """A W&B key, and a W&B server nobody listens on: a port kept bound (not listening) for the whole test, so
+    that no other process (wandb's own service, a DataLoader worker) can take it and answer."""
     for var in PROXY_VARS:
         monkeypatch.delenv(var, raising=False)
-    port = _closed_port()
-    monkeypatch.setenv("WANDB_API_KEY", KEY)
-    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
-    return f"127.0.0.1:{port}"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        monkeypatch.setenv("WANDB_API_KEY", KEY)
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+        yield f"127.0.0.1:{port}"
 
 
 @pytest.fixture
