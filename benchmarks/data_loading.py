@@ -149,7 +149,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.smoke:
         args.rows, args.size, args.batch, args.workers, args.step_s = 6, 128, 2, [0, 1], 0.01
-    logging.disable(logging.WARNING)
     results: dict = {"cpus": len(os.sched_getaffinity(0)), "rows": args.rows, "size": args.size, "presets": {}}
     print(f"{results['cpus']} CPUs; {args.rows} rows of {args.size}x{args.size} JPEGs; batch {args.batch}")
     with tempfile.TemporaryDirectory(prefix="medvl-data-loading-") as tmp:
@@ -177,4 +176,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    logging.disable(logging.WARNING)  # the loaders' progress lines; not in main(): tests call it in their process
     main()
