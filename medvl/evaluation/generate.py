@@ -90,7 +90,7 @@ def encode_chunk(rows: list[dict[str, Any]], processor, image_root: str | Path, 
     return Encoded(prompts, whole)
 
 
-def prefetched(chunks: Sequence[T], encode: Callable[[T], R]) -> Iterator[tuple[T, R]]:
+def prefetched(chunks: Sequence[T], encode: Callable[[T], R], *, background: bool = True) -> Iterator[tuple[T, R]]:
     """``(chunk, encode(chunk))`` for each chunk, the next chunk's ``encode`` running in a background thread while
     the caller works on the current one: image decoding, resizing and tokenization overlap the model's work.
 
@@ -98,6 +98,9 @@ def prefetched(chunks: Sequence[T], encode: Callable[[T], R]) -> Iterator[tuple[
     from two threads at once can fail with "Already borrowed"): give it its own processor (``copy.deepcopy``).
     An error in ``encode`` is raised here, at the chunk it belongs to.
     """
+    if not background:  # each chunk encoded when its turn comes
+        yield from ((chunk, encode(chunk)) for chunk in chunks)
+        return
     if not chunks:
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medvl-encode") as pool:
@@ -115,15 +118,18 @@ def answer_chunks(model, processor, chunks: Sequence[list[dict[str, Any]]], imag
     """``(chunk, greedy answers, reference-answer NLLs)`` for each chunk of rows (NLLs ``(None, 0)`` without
     ``perplexity``), in order: what ``medvl.eval`` and validation during training run.
 
-    Each chunk is encoded once (its images processed once, for generation and perplexity both) in a background
-    thread with its own copy of the processor, while the model works on the chunk before it (:func:`prefetched`).
+    Each chunk is encoded once (its images processed once, for generation and perplexity both). With the model on
+    a GPU that happens in a background thread with its own copy of the processor, while the model works on the
+    chunk before it (:func:`prefetched`); on the CPU the model and the encoding would compete for the same cores
+    (measured slower with the tiny model), so each chunk is encoded in turn.
     """
     model.eval()
     if not chunks:
         return
-    encode = functools.partial(encode_chunk, processor=copy.deepcopy(processor), image_root=image_root,
-                               system_prompt=system_prompt, with_answers=perplexity)
-    for chunk, encoded in prefetched(chunks, encode):
+    on_gpu = next(model.parameters()).device.type == "cuda"
+    encode = functools.partial(encode_chunk, processor=copy.deepcopy(processor) if on_gpu else processor,
+                               image_root=image_root, system_prompt=system_prompt, with_answers=perplexity)
+    for chunk, encoded in prefetched(chunks, encode, background=on_gpu):
         preds = generate_batch(model, processor, chunk, image_root, system_prompt=system_prompt,
                                max_new_tokens=max_new_tokens, prompts=encoded.prompts)
         nlls = (answer_nll(model, processor, chunk, image_root, system_prompt=system_prompt, items=encoded.whole)
