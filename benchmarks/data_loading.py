@@ -34,28 +34,15 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # medvl from this checkout
+sys.path[:0] = [str(HERE.parent), str(HERE)]  # medvl from this checkout, and eval_generation beside this script
+
+from eval_generation import compose  # noqa: E402 - after the path
 
 #: preset -> the tiny offline model of the same family (same processor classes).
 PRESETS = {"7b": "tiny", "qwen3_vl_8b": "tiny3"}
 QUESTIONS = ["What organ is shown in this image?", "Is there an abnormality in the left lung?",
              "Which imaging modality was used?", "Where is the lesion located?"]
 ANSWERS = ["the liver", "yes", "CT", "right upper lobe"]
-
-
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from medvl.config import CONF_DIR
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return hydra_compose(config_name="train", overrides=overrides)
-    finally:
-        GlobalHydra.instance().clear()
 
 
 def make_rows(root: Path, n: int, size: int) -> list[dict]:
@@ -80,8 +67,8 @@ def processor_for(preset: str, cache: Path):
     """The family's processor (its tiny offline model's) at ``preset``'s pixel budget."""
     from medvl.models.loading import load_processor
 
-    real = compose([f"model={preset}"]).model
-    tiny = compose([f"model={PRESETS[preset]}", f"cache_dir={cache}", f"model.min_pixels={real.min_pixels}",
+    real = compose("train", [f"model={preset}"]).model
+    tiny = compose("train", [f"model={PRESETS[preset]}", f"cache_dir={cache}", f"model.min_pixels={real.min_pixels}",
                     f"model.max_pixels={real.max_pixels}"]).model
     return load_processor(tiny), real.max_pixels
 

@@ -4,6 +4,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,22 @@ def small_synth(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("synth-small")
     return ensure_synth(root, {"train": 96, "validation": 24, "test": 48})
+
+
+@pytest.fixture(scope="module")
+def rows(small_synth) -> list[dict]:
+    """Rows of different lengths (packing, attention and loss tests): other image sizes (other grids), two images
+    in one row, no image."""
+    from PIL import Image
+
+    from medvl.data.format import make_row, read_jsonl
+
+    for size in [(300, 170), (56, 112)]:
+        Image.new("RGB", size, color=(size[0] % 255, 90, 30)).save(small_synth / f"pack_{size[0]}x{size[1]}.png")
+    return [*read_jsonl(small_synth / "train.jsonl")[:2],
+            make_row("wide", "pack_300x170.png", "What is shown here?", "a wide grey field"),
+            make_row("text", None, "What does MRI stand for?", "magnetic resonance imaging"),
+            make_row("two", ["pack_300x170.png", "pack_56x112.png"], "Compare the two images.", "the same")]
 
 
 def small_data_overrides(root: Path) -> list[str]:
@@ -191,6 +208,24 @@ def no_wandb_login(monkeypatch, tmp_path) -> Path:
                 "WANDB_BASE_URL", "WANDB_PROJECT", "WANDB_RUN_GROUP", "NETRC"):
         monkeypatch.delenv(var, raising=False)
     return home
+
+
+PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+
+
+@contextlib.contextmanager
+def unreachable_wandb_server(monkeypatch, key: str):
+    """``WANDB_API_KEY=key`` and a W&B server nobody listens on (refused at once), with no proxy in between;
+    yields its ``host:port``. The port stays bound (not listening) while in use, so that no other process
+    (wandb's own service, a DataLoader worker) can take it and answer."""
+    for var in PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        monkeypatch.setenv("WANDB_API_KEY", key)
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+        yield f"127.0.0.1:{port}"
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from medvl.training.packing import PackingCollator, rope_index_of
 from medvl.training.run import train
 
 from .conftest import small_data_overrides
-from .test_packing import rows  # noqa: F401 - the fixture of mixed-length rows
 
 FAMILIES = ["tiny", "tiny25", "tiny3", "tiny3_moe", "tiny_gemma3"]
 
@@ -32,7 +31,7 @@ def losses_and_grads(model, batch, **kwargs):
 
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("model_name", FAMILIES)
-def test_the_answer_position_loss_is_the_models_own_loss(compose, small_synth, rows, model_name, packed):  # noqa: F811
+def test_the_answer_position_loss_is_the_models_own_loss(compose, small_synth, rows, model_name, packed):
     if packed and model_name == "tiny_gemma3":
         pytest.skip("Gemma 3 is not packed (no mrope positions)")
     cfg = compose([f"model={model_name}"])
@@ -47,7 +46,7 @@ def test_the_answer_position_loss_is_the_models_own_loss(compose, small_synth, r
         torch.testing.assert_close(answer_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
 
 
-def test_the_head_sees_only_the_positions_before_an_answer_token(compose, small_synth, rows):  # noqa: F811
+def test_the_head_sees_only_the_positions_before_an_answer_token(compose, small_synth, rows):
     cfg = compose([])
     processor, model = load_processor(cfg.model), load_model(cfg.model)
     batch = Collator(processor.tokenizer.pad_token_id)([encode(row, processor, small_synth) for row in rows])
@@ -60,7 +59,7 @@ def test_the_head_sees_only_the_positions_before_an_answer_token(compose, small_
     assert answer_positions < batch["labels"].shape[1] - 1  # fewer than every position of the batch
 
 
-def test_a_sum_over_the_accumulated_label_count_when_the_model_takes_it(compose, small_synth, rows):  # noqa: F811
+def test_a_sum_over_the_accumulated_label_count_when_the_model_takes_it(compose, small_synth, rows):
     cfg = compose([])
     processor, model = load_processor(cfg.model), load_model(cfg.model)
     batch = Collator(processor.tokenizer.pad_token_id)([encode(row, processor, small_synth) for row in rows])

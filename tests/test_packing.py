@@ -12,11 +12,9 @@ import logging
 
 import pytest
 import torch
-from PIL import Image
 
 from medvl.config import ConfigError
 from medvl.data.dataset import IGNORE_INDEX, Collator, encode
-from medvl.data.format import make_row, read_jsonl
 from medvl.models.loading import load_model, load_processor
 from medvl.training.checks import validate_training
 from medvl.training.packing import PackingCollator, rope_index_of
@@ -25,17 +23,6 @@ from medvl.training.run import train
 from .conftest import small_data_overrides
 
 FAMILIES = ["tiny", "tiny25", "tiny3", "tiny3_moe"]  # Qwen2-VL, Qwen2.5-VL, Qwen3-VL and its MoE
-
-
-@pytest.fixture(scope="module")
-def rows(small_synth) -> list[dict]:
-    """Rows of different lengths: other image sizes (other grids), two images in one row, no image."""
-    for size in [(300, 170), (56, 112)]:
-        Image.new("RGB", size, color=(size[0] % 255, 90, 30)).save(small_synth / f"pack_{size[0]}x{size[1]}.png")
-    return [*read_jsonl(small_synth / "train.jsonl")[:2],
-            make_row("wide", "pack_300x170.png", "What is shown here?", "a wide grey field"),
-            make_row("text", None, "What does MRI stand for?", "magnetic resonance imaging"),
-            make_row("two", ["pack_300x170.png", "pack_56x112.png"], "Compare the two images.", "the same")]
 
 
 def loss_and_grads(model, batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:

@@ -20,7 +20,7 @@ from medvl.models.loading import load_model, load_processor
 from medvl.training.packing import PackingCollator, rope_index_of
 from medvl.training.run import training_model_config
 
-from .test_packing import FAMILIES, loss_and_grads, rows  # noqa: F401 - rows: the fixture of mixed-length rows
+from .test_packing import FAMILIES, loss_and_grads
 
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor,
@@ -55,7 +55,7 @@ def varlen_2_12(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_a
 STAND_IN_CALLS: list[dict] = []
 
 
-def padded_and_packed(cfg, small_synth, rows):  # noqa: F811 - rows is the fixture's value
+def padded_and_packed(cfg, small_synth, rows):
     """(padded loss, grads, packed loss, grads) on ``cfg``'s model; the packed row's text-position row is left
     out, so transformers cannot find the rows from restarting positions: only ``cu_seq_lens`` separates them."""
     processor, model = load_processor(cfg.model), load_model(cfg.model)
@@ -75,7 +75,7 @@ def assert_same_training(loss, grads, packed_loss, packed_grads) -> None:
 
 
 @pytest.mark.parametrize("model_name", FAMILIES)
-def test_packed_rows_under_torch_varlen_train_as_the_padded_batch(compose, small_synth, rows, model_name):  # noqa: F811
+def test_packed_rows_under_torch_varlen_train_as_the_padded_batch(compose, small_synth, rows, model_name):
     """The CPU path (one SDPA call per packed row): same loss and gradients as the padded batch."""
     cfg = compose([f"model={model_name}", "model.attn_implementation=torch_varlen"])
     assert_same_training(*padded_and_packed(cfg, small_synth, rows)[1])
@@ -83,7 +83,7 @@ def test_packed_rows_under_torch_varlen_train_as_the_padded_batch(compose, small
 
 @pytest.mark.parametrize("stand_in", [varlen_2_10, varlen_2_12], ids=["torch-2.10-form", "later-form"])
 @pytest.mark.parametrize("model_name", ["tiny", "tiny3"])
-def test_the_kernel_call_gives_the_padded_batchs_loss_and_gradients(compose, small_synth, rows, model_name,  # noqa: F811
+def test_the_kernel_call_gives_the_padded_batchs_loss_and_gradients(compose, small_synth, rows, model_name,
                                                                      stand_in, monkeypatch):
     """The kernel path, with a stand-in kernel: layout, grouped-query heads, causality and segment bounds as
     varlen_attn takes them in each of its keyword forms."""
@@ -129,7 +129,7 @@ def test_the_kernels_test_call_compares_it_with_causal_sdpa_row_by_row(monkeypat
                                  "the device")
 
 
-def test_a_packed_row_builds_no_mask_and_a_padded_batch_gets_sdpas(compose, small_synth, rows, monkeypatch):  # noqa: F811
+def test_a_packed_row_builds_no_mask_and_a_padded_batch_gets_sdpas(compose, small_synth, rows, monkeypatch):
     """No total x total block-diagonal mask for a packed row (cu_seq_lens keeps its rows apart); a padded batch
     gets SDPA's mask from its padding."""
     import transformers.masking_utils as masking
@@ -228,7 +228,7 @@ def test_the_kernels_test_call_says_why_it_cannot_run_without_a_gpu():
     assert why in ("no CUDA GPU", f"torch {torch.__version__} has no torch.nn.attention.varlen (PyTorch 2.10 or later)")
 
 
-def test_a_padded_batch_and_generation_under_torch_varlen_are_sdpas(compose, small_synth, rows):  # noqa: F811
+def test_a_padded_batch_and_generation_under_torch_varlen_are_sdpas(compose, small_synth, rows):
     """Without cu_seq_lens (a padded batch, left-padded generation with its KV cache) torch_varlen is SDPA."""
     outputs = {}
     for attn in ("sdpa", "torch_varlen"):
@@ -248,7 +248,7 @@ def test_a_padded_batch_and_generation_under_torch_varlen_are_sdpas(compose, sma
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("model_name", FAMILIES)
-def test_torch_varlen_kernel_packed_equals_padded_on_the_gpu(compose, small_synth, rows, model_name,  # noqa: F811
+def test_torch_varlen_kernel_packed_equals_padded_on_the_gpu(compose, small_synth, rows, model_name,
                                                              monkeypatch):
     """PyTorch's varlen kernel itself (bf16: looser bounds), as test_flash_attention_varlen_equals_padded."""
     varlen.kernel_unavailable.cache_clear()

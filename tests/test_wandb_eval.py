@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,7 +20,15 @@ from medvl import compare as compare_cli
 from medvl.evaluation import wandb_log, wandb_session
 from medvl.runs import RunDir
 
-from .conftest import compose_config, make_eval_dir, prediction_row, run_eval, small_data_overrides, wandb_records
+from .conftest import (
+    compose_config,
+    make_eval_dir,
+    prediction_row,
+    run_eval,
+    small_data_overrides,
+    unreachable_wandb_server,
+    wandb_records,
+)
 
 KEY = "fedcba9876543210fedcba9876543210fedcba98"  # a W&B-key-shaped fake
 SWEEP = "2026-12-03_10-00-00-000001"
@@ -29,18 +36,9 @@ SWEEP = "2026-12-03_10-00-00-000001"
 
 @pytest.fixture
 def offline_with_key(no_wandb_login, monkeypatch):
-    """WANDB_API_KEY set, and a W&B server nobody listens on (refused at once): offline, said in one line.
-
-    The port stays bound (not listening) for the whole test, so that no other process (wandb's own service, a
-    DataLoader worker) can take it and answer."""
-    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        monkeypatch.setenv("WANDB_API_KEY", KEY)
-        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
-        yield f"127.0.0.1:{port}"
+    """WANDB_API_KEY set, and a W&B server nobody listens on (refused at once): offline, said in one line."""
+    with unreachable_wandb_server(monkeypatch, KEY) as host:
+        yield host
 
 
 def sweep_job(tmp_path: Path, cache_dir: Path, tiny_dir: Path, small_synth: Path) -> Path:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.server
 import logging
-import socket
 import threading
 from types import SimpleNamespace
 
@@ -18,24 +17,16 @@ from medvl.config import ConfigError
 from medvl.evaluation import wandb_session
 from medvl.training import loggers
 
-from .conftest import small_data_overrides
+from .conftest import PROXY_VARS, small_data_overrides, unreachable_wandb_server
 
 KEY = "0123456789abcdef0123456789abcdef01234567"  # a W&B-key-shaped fake
-PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 
 
 @pytest.fixture
 def unreachable_wandb(no_wandb_login, monkeypatch):  # noqa: F811
-    """A W&B key, and a W&B server nobody listens on: a port kept bound (not listening) for the whole test, so
-    that no other process (wandb's own service, a DataLoader worker) can take it and answer."""
-    for var in PROXY_VARS:
-        monkeypatch.delenv(var, raising=False)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        monkeypatch.setenv("WANDB_API_KEY", KEY)
-        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
-        yield f"127.0.0.1:{port}"
+    """A W&B key, and a W&B server nobody listens on."""
+    with unreachable_wandb_server(monkeypatch, KEY) as host:
+        yield host
 
 
 @pytest.fixture

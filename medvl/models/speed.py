@@ -105,12 +105,8 @@ def _check_liger(cfg: Any) -> None:
         supported = [name for name, spec in FAMILIES.items() if spec.liger]
         raise ConfigError(f"trainer.liger=true: Liger has no kernels for model.family={family_name(cfg.model.family)} "
                           f"(supported: {', '.join(supported)}); set trainer.liger=false")
-    if not _cuda():
-        raise ConfigError("trainer.liger=true needs a CUDA GPU (Liger's kernels are Triton GPU kernels) and none "
-                          "is visible; set trainer.liger=false")
-    if not _installed("liger_kernel"):
-        raise ConfigError("trainer.liger=true but liger-kernel is not installed; pip install 'medvl[liger]', "
-                          "or set trainer.liger=false")
+    _require_gpu_package("trainer.liger", "Liger's kernels are Triton GPU kernels", "liger_kernel", "liger-kernel",
+                         "liger")
     _check_liger_imports(family_name(cfg.model.family))
 
 
@@ -150,12 +146,17 @@ def _check_qlora(cfg: Any) -> None:
     if zero.get("stage") == 3:  # ZeRO-3 would partition bitsandbytes' packed uint8 weights as if they were bf16
         raise ConfigError(f"lora.qlora=true with deepspeed={cfg.deepspeed.name} (ZeRO-3) is not supported; use "
                           f"deepspeed=zero2 or deepspeed=none (a 4-bit 7B fits one GPU), or lora.qlora=false")
+    _require_gpu_package("lora.qlora", "bitsandbytes' 4-bit matrix products", "bitsandbytes", "bitsandbytes", "qlora")
+
+
+def _require_gpu_package(option: str, why_gpu: str, module: str, package: str, extra: str) -> None:
+    """``<option>=true`` needs a CUDA GPU and ``package`` (medvl's ``extra``): one ConfigError naming what is
+    missing and how to get it, or how to turn the option off."""
     if not _cuda():
-        raise ConfigError("lora.qlora=true needs a CUDA GPU (bitsandbytes' 4-bit matrix products) and none is "
-                          "visible; set lora.qlora=false")
-    if not _installed("bitsandbytes"):
-        raise ConfigError("lora.qlora=true but bitsandbytes is not installed; pip install 'medvl[qlora]', or set "
-                          "lora.qlora=false")
+        raise ConfigError(f"{option}=true needs a CUDA GPU ({why_gpu}) and none is visible; set {option}=false")
+    if not _installed(module):
+        raise ConfigError(f"{option}=true but {package} is not installed; pip install 'medvl[{extra}]', or set "
+                          f"{option}=false")
 
 
 def apply_liger(model: Any, family: Any) -> None:
