@@ -17,6 +17,10 @@ models', only the vocabulary is small):
    perplexity's whole first turns): each encoded on its own, as before (the images processed twice), against
    ``encode_chunk`` (once).
 
+4. **Evaluation loop on the CPU** (``answer_chunks``: generation of ``--new-tokens`` tokens and perplexity, the
+   tiny model itself): rows/s with each batch encoded in turn (the CPU default) and encoded in a background
+   thread (the GPU default), alternated twice. On the CPU the model and the encoder share the cores.
+
 What the GPU then does with the rows is not measured here: a 7B LoRA step of 8 such rows takes on the order of a
 second on an H100-class GPU, so the per-row cost times 8 says how much of a step in-process encoding would add.
 """
@@ -125,6 +129,25 @@ def eval_encode_rates(processor, rows: list[dict], root: Path, batch: int) -> tu
     return twice, once
 
 
+def eval_loop_rates(tiny: str, processor, rows: list[dict], root: Path, batch: int, new_tokens: int,
+                    cache: Path) -> dict[str, list[float]]:
+    """Rows/s of ``answer_chunks`` on the CPU with the tiny model, batches encoded in turn and in the background."""
+    from medvl.evaluation.generate import answer_chunks, iter_batches
+    from medvl.models.loading import load_model
+
+    model = load_model(compose("train", [f"model={tiny}", f"cache_dir={cache}"]).model)
+    chunks = list(iter_batches(rows, batch))
+    rates: dict[str, list[float]] = {"in turn": [], "background": []}
+    for _ in range(2):
+        for name, background in (("in turn", False), ("background", True)):
+            start = time.perf_counter()
+            for _ in answer_chunks(model, processor, chunks, root, max_new_tokens=new_tokens, perplexity=True,
+                                   background=background):
+                pass
+            rates[name].append(len(rows) / (time.perf_counter() - start))
+    return rates
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=64)
@@ -132,6 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--step-s", type=float, default=0.3, help="the simulated GPU step per batch, in seconds")
+    parser.add_argument("--new-tokens", type=int, default=8, help="tokens generated per row in the evaluation loop")
     parser.add_argument("--smoke", action="store_true", help="6 rows of 128x128 images, 0 and 1 workers")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -147,7 +171,9 @@ def main(argv: list[str] | None = None) -> dict:
             ms, tokens = encode_cost(processor, rows, root)
             step_times = {w: loader_rate(processor, rows, root, w, args.batch, args.step_s) for w in args.workers}
             twice, once = eval_encode_rates(processor, rows, root, args.batch)
+            loop = eval_loop_rates(PRESETS[preset], processor, rows, root, args.batch, args.new_tokens, cache)
             results["presets"][preset] = {"max_pixels": max_pixels, "image_tokens": tokens, "encode_ms": ms,
+                                          "eval_loop_rows_per_s": loop,
                                           "step_s": args.step_s, "loop_s_per_batch": step_times,
                                           "eval_rows_per_s_twice": twice,
                                           "eval_rows_per_s_once": once}
@@ -159,6 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
                       f"({step_times[args.workers[0]] / took:.2f}x)")
             print(f"  evaluation encoding: {twice:.1f} rows/s with the images processed twice, {once:.1f} rows/s "
                   f"once ({once / twice:.2f}x)")
+            print("  evaluation loop, tiny model on this CPU: " + ", ".join(
+                f"{name} {' / '.join(f'{r:.1f}' for r in values)} rows/s" for name, values in loop.items()))
     return results
 
 

@@ -26,5 +26,7 @@ def test_smoke_measures_every_preset_with_workers_and_both_eval_encodings(bench,
         # Each loop waits the simulated step per batch at least.
         assert set(r["loop_s_per_batch"]) == {0, 1} and all(v >= r["step_s"] for v in r["loop_s_per_batch"].values())
         assert r["eval_rows_per_s_twice"] > 0 and r["eval_rows_per_s_once"] > 0
+        assert {k: len(v) for k, v in r["eval_loop_rows_per_s"].items()} == {"in turn": 2, "background": 2}
     assert "training loop with a 0.01 s step, 1 worker(s)" in printed and "evaluation encoding:" in printed
+    assert "evaluation loop, tiny model on this CPU: in turn " in printed
     assert logging.root.manager.disable == logging.NOTSET  # logging left as it was for the tests that follow

@@ -114,22 +114,24 @@ def prefetched(chunks: Sequence[T], encode: Callable[[T], R], *, background: boo
 
 def answer_chunks(model, processor, chunks: Sequence[list[dict[str, Any]]], image_root: str | Path, *,
                   system_prompt: str | None = None, max_new_tokens: int = 32, perplexity: bool = False,
-                  ) -> Iterator[tuple[list[dict[str, Any]], list[str], list[tuple[float | None, int]]]]:
+                  background: bool | None = None) -> Iterator[tuple[list[dict[str, Any]], list[str], list[tuple[float | None, int]]]]:
     """``(chunk, greedy answers, reference-answer NLLs)`` for each chunk of rows (NLLs ``(None, 0)`` without
     ``perplexity``), in order: what ``medvl.eval`` and validation during training run.
 
     Each chunk is encoded once (its images processed once, for generation and perplexity both). With the model on
     a GPU that happens in a background thread with its own copy of the processor, while the model works on the
     chunk before it (:func:`prefetched`); on the CPU the model and the encoding would compete for the same cores
-    (measured slower with the tiny model), so each chunk is encoded in turn.
+    (measured slower with the tiny model: ``benchmarks/data_loading.py``), so each chunk is encoded in turn.
+    ``background``: that choice made explicitly (None: in the background with the model on a GPU).
     """
     model.eval()
     if not chunks:
         return
-    on_gpu = next(model.parameters()).device.type == "cuda"
-    encode = functools.partial(encode_chunk, processor=copy.deepcopy(processor) if on_gpu else processor,
+    if background is None:
+        background = next(model.parameters()).device.type == "cuda"
+    encode = functools.partial(encode_chunk, processor=copy.deepcopy(processor) if background else processor,
                                image_root=image_root, system_prompt=system_prompt, with_answers=perplexity)
-    for chunk, encoded in prefetched(chunks, encode, background=on_gpu):
+    for chunk, encoded in prefetched(chunks, encode, background=background):
         preds = generate_batch(model, processor, chunk, image_root, system_prompt=system_prompt,
                                max_new_tokens=max_new_tokens, prompts=encoded.prompts)
         nlls = (answer_nll(model, processor, chunk, image_root, system_prompt=system_prompt, items=encoded.whole)
