@@ -170,7 +170,8 @@ def predict(model, processor, rows: list[dict[str, Any]], cfg: DictConfig, out: 
         # Whole batches per rank: each is the batch one process would form, so the predictions are the same.
         mine = list(iter_batches(todo, cfg.batch_size))[rank::world]
         task = progress.add_task("generating", total=sum(len(chunk) for chunk in mine))
-        # Each batch's images are processed once, in a background thread while the model works on the batch before.
+        # Each batch's images are processed once; on a GPU, in a background thread while the model works on the
+        # batch before (answer_chunks).
         for chunk, preds, nlls in answer_chunks(model, processor, mine, cfg.data.root, system_prompt=system_prompt,
                                                 max_new_tokens=cfg.max_new_tokens, perplexity=bool(cfg.perplexity)):
             for row, pred, (nll, n) in zip(chunk, preds, nlls):

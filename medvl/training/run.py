@@ -128,7 +128,7 @@ def build_model(cfg: DictConfig):
 
 def setup_for_training(model, cfg: DictConfig):
     """A loaded model as a stage trains it: Liger's kernels, QLoRA's preparation, LoRA adapters and freezing,
-    float32 trainable weights under bf16 autocast (gradient checkpointing itself: the Trainer, non-reentrant)."""
+    float32 trainable weights under bf16 autocast, and gradient checkpointing (:func:`enable_checkpointing`)."""
     checkpointing = gradient_checkpointing(cfg)
     if cfg.trainer.liger:
         apply_liger(model, family_name(cfg.model.family))
