@@ -1,4 +1,4 @@
-"""Every GPU check of issue 12 in one run, under 8 minutes on one H200, each step inside its own time budget:
+"""Every GPU check of issue 12 in one run, in about 8 minutes on one H200, each step inside its own time budget:
 
   1. ``pytest -m gpu``: the gpu-marked tests (packed = padded under FlashAttention 2 and under PyTorch's own
      varlen kernel, torch_varlen; QLoRA and Liger training the tiny model, bf16 training step, GPU memory logging,
@@ -41,6 +41,7 @@ import argparse
 import importlib.metadata
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -92,10 +93,16 @@ def packages() -> list[tuple[str, str, str]]:
     return rows
 
 
-def test_rows(xml: Path, status: str) -> list[tuple[str, str, str]]:
-    """One row per gpu-marked test from pytest's JUnit XML: passed, or failed/skipped with the first line why."""
+def test_rows(xml: Path, status: str, log: Path | None = None) -> list[tuple[str, str, str]]:
+    """One row per gpu-marked test from pytest's JUnit XML: passed, or failed/skipped with the first line why.
+    Without the XML (pytest stopped at the step's time limit) the tests that finished come from the verbose log,
+    and one row says the rest did not run."""
     if not xml.exists():
-        return [("pytest -m gpu", "(all)", f"no results: {status}")]
+        finished = [("pytest -m gpu", name.removeprefix("tests/").replace(".py::", "::"),
+                     outcome.lower())
+                    for name, outcome in re.findall(r"^(tests/\S+::\S+) (PASSED|FAILED|SKIPPED|ERROR)",
+                                                    log.read_text() if log and log.exists() else "", re.M)]
+        return [*finished, ("pytest -m gpu", "(the rest)", f"no results: {status}")]
     rows = []
     for case in ET.parse(xml).iter("testcase"):
         name = f"{case.get('classname', '').rsplit('.', 1)[-1]}::{case.get('name')}"
@@ -149,7 +156,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str, str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None, help="where logs and results go (default: $OUT, or temp)")
     parser.add_argument("--smoke", action="store_true", help="the steps on the CPU at tiny sizes: checks the script")
-    parser.add_argument("--tests-s", type=float, default=120, help="budget of pytest -m gpu")
+    parser.add_argument("--tests-s", type=float, default=150, help="budget of pytest -m gpu")
     parser.add_argument("--train-s", type=float, default=200,
                         help="budget of gpu_train.py (no configuration starts in its last 40 s, or when the last "
                              "one took longer than the time left)")
@@ -173,7 +180,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str, str]]:
     gen = (["--smoke", "--models", "2b"] if args.smoke
            else ["--gpu", "--rows", "32", "--single-rows", "16", "--budget-s", str(args.eval_s - 90)])
     status = {
-        "tests": run_step("gpu_tests", [py, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
+        "tests": run_step("gpu_tests", [py, "-m", "pytest", "-m", "gpu", "-v", "-p", "no:cacheprovider",
                                         "--continue-on-collection-errors",
                                         f"--junitxml={out / 'gpu_tests.xml'}", *tests], args.tests_s, out),
         "train": run_step("gpu_train", [py, "benchmarks/gpu_train.py", *train, "--json",
@@ -181,7 +188,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str, str]]:
         "eval": run_step("eval_generation", [py, "benchmarks/eval_generation.py", *gen, "--json",
                                              str(out / "eval_generation.json")], args.eval_s, out),
     }
-    rows = [*packages(), *test_rows(out / "gpu_tests.xml", status["tests"]),
+    rows = [*packages(), *test_rows(out / "gpu_tests.xml", status["tests"], out / "gpu_tests.log"),
             *train_rows(out / "gpu_train.json", status["train"]),
             *eval_rows(out / "eval_generation.json", status["eval"])]
     steps = ", ".join(f"{k}: {v}" for k, v in status.items())

@@ -24,9 +24,8 @@ loop). FLOPs per row of L tokens, T answer (label) tokens, I image tokens and P 
                                                                   window's patches in Qwen2.5-VL's windowed blocks)
 k = 4 for a frozen base under LoRA (forward 2N, backward 2N for the input gradients, no weight gradients), 6 for
 full fine-tuning; N_llm counts the decoder layers (not the embedding lookup), N_head the output head, which a
-step needs only where a label is predicted (medvl.training.loss runs it there). Padding, the head at other
-positions (Liger's fused loss runs it everywhere) and the recomputation of gradient checkpointing are not counted:
-they are work a step does, not work it needs.
+step needs only where a label is predicted (medvl.training.loss runs it there, with Liger too). Padding and the
+recomputation of gradient checkpointing are not counted: they are work a step does, not work it needs.
 """
 
 from __future__ import annotations
@@ -245,8 +244,7 @@ def run_one(run: Run, counts: Counts, opts: Options) -> dict:
     counting = Counting(collator(cfg, model), lambda it: counts.row_flops(
         len(it["input_ids"]), int(it["mm_token_type_ids"].sum()), n_lora, int((it["labels"] != IGNORE).sum())))
     timer = step_timer(opts.warmup, opts.steps, torch.cuda.synchronize if cuda else (lambda: None))
-    trainer = build_trainer(model, training_arguments(cfg, opts.work / "run"), Rows(rows), counting, [timer],
-                            answer_head=not cfg.trainer.liger)
+    trainer = build_trainer(model, training_arguments(cfg, opts.work / "run"), Rows(rows), counting, [timer])
     for quiet in (ProgressCallback, PrinterCallback):  # one table line per configuration, no progress bars
         trainer.remove_callback(quiet)
     trainer.train()

@@ -13,11 +13,12 @@ import torch
 from omegaconf import OmegaConf
 
 from medvl.config import ConfigError, Family, validate
-from medvl.config.families import FAMILIES, Components, FamilySpec
+from medvl.config.families import FAMILIES, Components, FamilySpec, LigerKernels
 from medvl.data.token_length import max_image_tokens, resolve_max_length
+from medvl.models.liger import apply_liger
 from medvl.models.loading import processor_budget
 from medvl.models.lora import component_prefixes, target_modules
-from medvl.models.speed import apply_liger, check_speed_options
+from medvl.models.speed import check_speed_options
 from medvl.training.packing import check_packing, packable_families
 
 #: A family none of medvl's code names: its components live under module paths no real family uses.
@@ -100,20 +101,25 @@ def test_packing_and_liger_follow_a_new_familys_spec(compose, toy, monkeypatch):
     with pytest.raises(ConfigError, match=rf"^trainer.liger=true: Liger has no kernels for model.family={TOY} "):
         check_speed_options(liger)
 
-    monkeypatch.setitem(FAMILIES, TOY, dataclasses.replace(toy, packing=True, liger="apply_liger_kernel_to_toy"))
+    # Its transformers module (here a made-up one) holds the rotary function Liger's RoPE replaces.
+    modeling = types.ModuleType("toy_modeling")
+    modeling.apply_rotary_pos_emb = lambda q, k, cos, sin, unsqueeze_dim=1: (q, k)
+    monkeypatch.setitem(sys.modules, "toy_modeling", modeling)
+    monkeypatch.setitem(FAMILIES, TOY, dataclasses.replace(toy, packing=True, liger=LigerKernels("toy_modeling")))
     check_packing(packed)
     assert TOY in packable_families()
     with pytest.raises(ConfigError, match="^trainer.liger=true needs a CUDA GPU"):
         check_speed_options(liger)  # past the family check: what is left is the machine's
-    calls = []
-    module = types.ModuleType("liger_kernel.transformers")
-    module.apply_liger_kernel_to_toy = lambda model: calls.append(model)
-    monkeypatch.setitem(sys.modules, "liger_kernel", types.ModuleType("liger_kernel"))
-    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", module)
-    sys.modules["liger_kernel"].transformers = module
+    pytest.importorskip("liger_kernel")
+    from liger_kernel.transformers import LigerSwiGLUMLP, liger_rotary_pos_emb
+
     model = _toy_model()
-    apply_liger(model, liger.model.family)
-    assert calls == [model]
+    for block in model["model"]["brain"]["layers"]:
+        block["mlp"].act_fn = torch.nn.SiLU()
+    patched = apply_liger(model, liger.model.family)
+    assert modeling.apply_rotary_pos_emb is liger_rotary_pos_emb
+    assert patched["LigerSwiGLUMLP"] == 2 and model["model"]["brain"]["layers"][0]["mlp"]._get_name() == (
+        LigerSwiGLUMLP.__name__)
 
 
 @pytest.mark.parametrize("model_type, expected", [

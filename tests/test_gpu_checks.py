@@ -45,3 +45,16 @@ def test_a_step_out_of_time_is_stopped(checks, tmp_path):
                                                               "time.sleep(60)"], 2, tmp_path)
     assert status == "timed out after 2 s"
     assert (tmp_path / "sleepy.log").read_text() == "started\n"
+
+
+def test_tests_cut_off_by_their_time_limit_keep_the_results_they_had(checks, tmp_path):
+    """pytest writes its XML at the end: a run stopped at the limit leaves the verbose log, which still names the
+    tests that finished."""
+    log = tmp_path / "gpu_tests.log"
+    log.write_text("tests/test_liger.py::test_liger_kernels_on_a_gpu_compute_what_the_model_computed[tiny] PASSED [ 4%]\n"
+                   "tests/test_models.py::test_bf16_training_step_on_gpu FAILED                       [ 8%]\n"
+                   "tests/test_speed_options.py::test_gpu_options_train_the_tiny_model[lora.qlora")
+    assert checks.test_rows(tmp_path / "absent.xml", "timed out after 150 s", log) == [
+        ("pytest -m gpu", "test_liger::test_liger_kernels_on_a_gpu_compute_what_the_model_computed[tiny]", "passed"),
+        ("pytest -m gpu", "test_models::test_bf16_training_step_on_gpu", "failed"),
+        ("pytest -m gpu", "(the rest)", "no results: timed out after 150 s")]

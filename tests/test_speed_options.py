@@ -10,15 +10,12 @@ import json
 import logging
 import math
 import re
-import sys
-import types
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from medvl.config import ConfigError, group_choices, validate
-from medvl.config.families import FAMILIES
 from medvl.models import speed
 from medvl.preflight import preflight
 from medvl.training import run
@@ -43,16 +40,6 @@ def installed(monkeypatch, present: set[str]):
     optional = {"flash_attn", "liger_kernel", "bitsandbytes"}
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (object() if name in present else None)
                         if name in optional else real(name, *a))
-
-
-def liger_modules(monkeypatch, importable: set[str]) -> None:
-    """A stand-in liger_kernel whose per-family model modules import for the families in ``importable`` only."""
-    names = ["liger_kernel", "liger_kernel.transformers", "liger_kernel.transformers.model",
-             *(f"liger_kernel.transformers.model.{family}" for family in importable)]
-    for name in names:
-        module = types.ModuleType(name)
-        module.__path__ = []  # packages: the family modules not listed are looked up below and not found
-        monkeypatch.setitem(sys.modules, name, module)
 
 
 def refusal(argv: list[str]) -> str:
@@ -126,7 +113,6 @@ def test_gpu_options_without_their_package_name_the_extra(monkeypatch, gpu_machi
     installed(monkeypatch, set())
     assert f"is not installed; pip install 'medvl[{extra}]', or set {option.split('=')[0]}=false" in refusal([option])
     installed(monkeypatch, {"liger_kernel", "bitsandbytes"})
-    liger_modules(monkeypatch, {"qwen2_vl"})
     preflight("train", [option])  # with the package on a GPU machine: accepted
 
 
@@ -152,37 +138,18 @@ def test_train_refuses_liger_on_the_cpu_before_the_model_loads(compose, small_sy
 
 # --- what medvl calls -----------------------------------------------------------------------------------------
 
-@pytest.fixture
-def fake_liger(monkeypatch):
-    """A stand-in ``liger_kernel.transformers`` that records which patch function got which model."""
-    calls: list[tuple[str, object]] = []
-    package, module = types.ModuleType("liger_kernel"), types.ModuleType("liger_kernel.transformers")
-    for name in {spec.liger for spec in FAMILIES.values() if spec.liger}:
-        setattr(module, name, lambda model, _name=name: calls.append((_name, model)))
-    package.transformers = module
-    monkeypatch.setitem(sys.modules, "liger_kernel", package)
-    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", module)
-    return calls
-
-
-@pytest.mark.parametrize("model_name, function", [("tiny", "apply_liger_kernel_to_qwen2_vl"),
-                                                  ("tiny25", "apply_liger_kernel_to_qwen2_5_vl"),
-                                                  ("tiny3", "apply_liger_kernel_to_qwen3_vl")])
-def test_liger_patches_the_loaded_model_of_its_family_before_lora_wraps_it(compose, fake_liger, model_name, function):
+def test_liger_goes_into_the_loaded_model_before_lora_wraps_it(compose, monkeypatch):
     from peft import PeftModel
 
     from medvl.models.loading import load_model
 
-    cfg = compose([f"model={model_name}", "trainer.liger=true"])
+    calls = []
+    monkeypatch.setattr(run, "apply_liger", lambda model, family: calls.append((model, family, type(model).__name__)))
+    cfg = compose(["model=tiny3", "trainer.liger=true"])
     validate(cfg)
     base = load_model(cfg.model)
     model = run.setup_for_training(base, cfg)
-    assert fake_liger == [(function, base)] and not isinstance(fake_liger[0][1], PeftModel)
-    assert isinstance(model, PeftModel)
-
-
-def test_every_registered_family_has_its_liger_function():
-    assert all(spec.liger == f"apply_liger_kernel_to_{family}" for family, spec in FAMILIES.items())
+    assert calls == [(base, "qwen3_vl", "Qwen3VLForConditionalGeneration")] and isinstance(model, PeftModel)
 
 
 def test_qlora_loads_nf4_with_double_quantization_and_bf16_compute(compose):
@@ -229,19 +196,15 @@ def test_dora_with_gradient_checkpointing_trains_magnitudes_and_directions(compo
 # --- on a GPU with the extras installed (skipped here) -------------------------------------------------------
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("option, package, model_name", [("lora.qlora=true", "bitsandbytes", "tiny"),
-                                                         ("trainer.liger=true", "liger_kernel", "tiny"),
-                                                         ("trainer.liger=true", "liger_kernel", "tiny3_moe")])
+@pytest.mark.parametrize("option, package, model_name", [
+    ("lora.qlora=true", "bitsandbytes", "tiny"),
+    *(("trainer.liger=true", "liger_kernel", name) for name in ("tiny", "tiny25", "tiny3", "tiny3_moe", "tiny_gemma3")),
+])
 def test_gpu_options_train_the_tiny_model(compose, small_synth, tmp_path, option, package, model_name):
     pytest.importorskip(package)
     out = tmp_path / "run"
     cfg = compose([*small_data_overrides(small_synth), "trainer.max_steps=3", "trainer.save_steps=1000",
                    "trainer.logging_steps=1", "model.dtype=bfloat16", f"model={model_name}", option], output_dir=out)
-    if option.startswith("trainer.liger"):
-        try:
-            validate_training(cfg)
-        except ConfigError as exc:  # this liger-kernel cannot patch this transformers' family: said, not run
-            pytest.skip(str(exc))
     run.train(cfg)
     losses = [h["loss"] for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in h]
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
@@ -280,16 +243,3 @@ def test_checkpointing_keeps_the_frozen_vision_tower_out_of_backward(compose, sm
     assert grads[True].keys() == grads[False].keys() and grads[True]
     for name, grad in grads[False].items():
         torch.testing.assert_close(grads[True][name], grad, msg=name)
-
-
-def test_liger_that_cannot_patch_this_transformers_is_refused_at_start_up(compose, gpu_machine, monkeypatch):
-    """liger-kernel 0.8.5's Qwen2-VL patch imports output classes transformers 5.24 no longer has: one line
-    naming both versions, before any weights load; a family whose patch imports is taken."""
-    installed(monkeypatch, {"liger_kernel"})
-    liger_modules(monkeypatch, {"qwen3_vl"})
-    validate_training(compose(["model=tiny3", "trainer.liger=true"]))  # its patch imports: taken
-    with pytest.raises(ConfigError, match=r"^trainer.liger=true: Liger cannot patch model.family=qwen2_vl with "
-                                          r"liger-kernel .*, transformers [\d.]+ \(liger_kernel.transformers.model."
-                                          r"qwen2_vl: No module named .*\); install a liger-kernel release made for "
-                                          r"this transformers, or set trainer.liger=false$"):
-        validate_training(compose(["model=tiny", "trainer.liger=true"]))

@@ -4,7 +4,7 @@ Adding a model family takes two things, and no other edit:
 
 1. one ``FamilySpec`` entry in :data:`FAMILIES`, keyed by transformers' ``model_type`` (where the vision tower,
    the merger/projector and the LLM live, pixels per image token, whether the processor resizes every image to
-   one square, Liger's patch function, whether packing can build its positions);
+   one square, where Liger's kernels go, whether packing can build its positions);
 2. one ``conf/model/<name>.yaml`` with ``family: <key>``, the checkpoint's hub id or local path and its pixel
    budget (``min_pixels``/``max_pixels``).
 
@@ -38,6 +38,19 @@ class Components:
 
 
 @dataclass(frozen=True)
+class LigerKernels:
+    """What ``trainer.liger=true`` needs to know of a family (:mod:`medvl.models.liger` finds the RMSNorm,
+    LayerNorm and gated-MLP modules itself)."""
+
+    #: The family's transformers modeling module, whose ``apply_rotary_pos_emb`` (and vision counterpart) Liger's
+    #: RoPE replaces.
+    module: str
+    #: How the family's RMSNorm computes: ``llama`` (normalise in float32, cast back, times the weight) or
+    #: ``gemma`` (float32 throughout, times ``1 + weight``).
+    rms_norm: str = "llama"
+
+
+@dataclass(frozen=True)
 class FamilySpec:
     """What medvl needs to know about one model family."""
 
@@ -47,8 +60,8 @@ class FamilySpec:
     #: The processor resizes every image to one square (its side is the checkpoint's: ``min_pixels = max_pixels``
     #: in the conf/model file), so it takes no pixel budget.
     fixed_image_size: bool = False
-    #: ``liger_kernel.transformers``' patch function for the family; None: ``trainer.liger=true`` is refused.
-    liger: str | None = None
+    #: Where Liger's kernels go; None: ``trainer.liger=true`` is refused.
+    liger: LigerKernels | None = None
     #: Packing can build the rows' positions: the model has Qwen's 3D mrope ``get_rope_index``. False:
     #: ``trainer.packing=true`` is refused rather than trained with wrong positions.
     packing: bool = False
@@ -71,21 +84,24 @@ _QWEN3_VL = Components(
     llm=("model.language_model",),
 )
 
+
+def _liger(model_type: str, **kwargs: str) -> LigerKernels:
+    return LigerKernels(f"transformers.models.{model_type}.modeling_{model_type}", **kwargs)
+
+
 #: Every family medvl loads, by transformers' ``model_type``. Pixels per token: 2x2 merged patches of 14 px
 #: (Qwen2-VL, Qwen2.5-VL) or 16 px (Qwen3-VL); Gemma 3's one square gives 256 tokens for 896 px, 56x56 px each.
-#: Liger 0.8 patches RMSNorm, RoPE (Qwen's multimodal RoPE too), the gated MLP (SwiGLU; Gemma 3's GeGLU) and the
-#: fused linear cross-entropy; for Qwen3-VL's dense text MLP it has no kernel, there it patches the rest.
 FAMILIES: dict[str, FamilySpec] = {
-    "qwen2_vl": FamilySpec(_QWEN2_VL, 28 * 28, liger="apply_liger_kernel_to_qwen2_vl", packing=True),
-    "qwen2_5_vl": FamilySpec(_QWEN2_VL, 28 * 28, liger="apply_liger_kernel_to_qwen2_5_vl", packing=True),
-    "qwen3_vl": FamilySpec(_QWEN3_VL, 32 * 32, liger="apply_liger_kernel_to_qwen3_vl", packing=True),
-    "qwen3_vl_moe": FamilySpec(_QWEN3_VL, 32 * 32, liger="apply_liger_kernel_to_qwen3_vl_moe", packing=True),
+    "qwen2_vl": FamilySpec(_QWEN2_VL, 28 * 28, liger=_liger("qwen2_vl"), packing=True),
+    "qwen2_5_vl": FamilySpec(_QWEN2_VL, 28 * 28, liger=_liger("qwen2_5_vl"), packing=True),
+    "qwen3_vl": FamilySpec(_QWEN3_VL, 32 * 32, liger=_liger("qwen3_vl"), packing=True),
+    "qwen3_vl_moe": FamilySpec(_QWEN3_VL, 32 * 32, liger=_liger("qwen3_vl_moe"), packing=True),
     # MedGemma (Gemma 3): a SigLIP vision tower, a projector that is one weight matrix (no nn.Linear, so no
     # LoRA: stage=align trains it with lora=none), and the Gemma 3 LLM. No mrope: packing is refused.
     "gemma3": FamilySpec(
         Components(vision=("model.vision_tower",), merger=("model.multi_modal_projector",),
                    llm=("model.language_model",)),
-        56 * 56, fixed_image_size=True, liger="apply_liger_kernel_to_gemma3"),
+        56 * 56, fixed_image_size=True, liger=_liger("gemma3", rms_norm="gemma")),
 }
 #: ``model.family``'s default: the schema's, also for a bare namespace without the key.
 DEFAULT_FAMILY = "qwen2_vl"

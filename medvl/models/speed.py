@@ -4,8 +4,8 @@
   a GPU is present and the weights are in half precision (FlashAttention runs in bf16/fp16 only), else PyTorch's
   SDPA, and logs which (:func:`resolve_attn_implementation`). For packed training (``trainer.packing``) without
   flash_attn it takes ``torch_varlen``, PyTorch's own varlen kernel, where that runs (:mod:`medvl.models.varlen`).
-- ``trainer.liger=true``: Liger's Triton kernels (fused RMSNorm, RoPE, SwiGLU/GeGLU and the fused linear
-  cross-entropy that never materialises the logits) patched into the loaded model (:func:`apply_liger`).
+- ``trainer.liger=true``: Liger's Triton kernels (RMSNorm, LayerNorm, RoPE, SwiGLU/GeGLU) in the loaded model
+  (:mod:`medvl.models.liger`).
 - ``lora.qlora=true``: the base weights load in 4-bit NF4 through bitsandbytes, with double quantization and bf16
   compute (:func:`quantization_config`); peft's ``prepare_model_for_kbit_training`` then readies the model.
 
@@ -15,7 +15,6 @@ which ``medvl.preflight`` and ``train()`` run before any weights load.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import logging
 import os
@@ -23,6 +22,7 @@ from typing import Any
 
 from medvl.config import ConfigError, lora_component
 from medvl.config.families import FAMILIES, family_name, family_spec
+from medvl.models.liger import check_wiring
 from medvl.models.varlen import VARLEN, kernel_unavailable
 from medvl.models.varlen import register as register_varlen
 
@@ -107,30 +107,7 @@ def _check_liger(cfg: Any) -> None:
                           f"(supported: {', '.join(supported)}); set trainer.liger=false")
     _require_gpu_package("trainer.liger", "Liger's kernels are Triton GPU kernels", "liger_kernel", "liger-kernel",
                          "liger")
-    _check_liger_imports(family_name(cfg.model.family))
-
-
-def _check_liger_imports(family: str) -> None:
-    """Liger's patch for a family imports transformers' model classes by name; a Liger release older than the
-    installed transformers can fail there (liger-kernel 0.8.5 with transformers 5.24's Qwen2-VL, Qwen2.5-VL and
-    Qwen3-VL). Refused here in one line rather than when the model is patched."""
-    module = f"liger_kernel.transformers.model.{family}"
-    try:
-        importlib.import_module(module)
-    except ImportError as exc:
-        versions = ", ".join(f"{name} {_version(name)}" for name in ("liger-kernel", "transformers"))
-        raise ConfigError(f"trainer.liger=true: Liger cannot patch model.family={family} with {versions} "
-                          f"({module}: {str(exc).splitlines()[0]}); install a liger-kernel release made for this "
-                          f"transformers, or set trainer.liger=false") from None
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "(version unknown)"
+    check_wiring(cfg.model.family)
 
 
 def _check_qlora(cfg: Any) -> None:
@@ -157,20 +134,6 @@ def _require_gpu_package(option: str, why_gpu: str, module: str, package: str, e
     if not _installed(module):
         raise ConfigError(f"{option}=true but {package} is not installed; pip install 'medvl[{extra}]', or set "
                           f"{option}=false")
-
-
-def apply_liger(model: Any, family: Any) -> None:
-    """Patch Liger's kernels into a loaded model of ``family`` (before LoRA adapters wrap its layers): the
-    family's ``FamilySpec.liger`` function (:mod:`medvl.config.families`), with Liger's defaults.
-
-    Liger patches the model's own modules and, for RoPE and its classes, the family's transformers module:
-    models of that family built later in the same process get the kernels too.
-    """
-    import liger_kernel.transformers as liger
-
-    name = family_spec(family).liger
-    getattr(liger, name)(model=model)
-    log.info("trainer.liger=true: Liger's fused kernels patched in (liger_kernel.transformers.%s)", name)
 
 
 def quantization_config(cfg: Any):

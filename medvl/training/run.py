@@ -17,9 +17,10 @@ from medvl.data.dataset import VQADataset
 from medvl.data.splits import check_train_lengths, ensure_data, load_split
 from medvl.data.token_length import resolve_max_length
 from medvl.models.card import EVAL_METRICS, write_run_card
+from medvl.models.liger import apply_liger
 from medvl.models.loading import load_dtype, load_processor, load_run_weights, resolve_model_path
 from medvl.models.lora import apply_training_setup, trainable_parameter_names, upcast_trainable
-from medvl.models.speed import apply_liger, prepare_quantized, quantization_config, resolve_attn_implementation
+from medvl.models.speed import prepare_quantized, quantization_config, resolve_attn_implementation
 from medvl.runs import RunDir
 from medvl.training.checks import check_eval_after_train, validate_training
 from medvl.training.distributed import is_main_process, one_gpu_without_launcher
@@ -326,8 +327,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                          max_length=resolve_max_length(cfg.model, cfg.data), lengths=lengths)
     callbacks = [validation_callback(cfg, processor, out)] if cfg.trainer.eval_steps > 0 else []
     callbacks += log_callbacks
-    trainer = build_trainer(model, args, dataset, train_collator(cfg, processor, model), callbacks,
-                            answer_head=not cfg.trainer.liger)
+    trainer = build_trainer(model, args, dataset, train_collator(cfg, processor, model), callbacks)
     result = trainer.train(resume_from_checkpoint=resume_from)
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
     save_outputs(trainer.model, processor, trainer, cfg, out)
@@ -357,13 +357,11 @@ def check_before_loading(cfg: DictConfig, out: Path) -> tuple[str | None, list[d
     return resume_from, rows, lengths
 
 
-def build_trainer(model, args, dataset, collator, callbacks: list, *, answer_head: bool = True):
+def build_trainer(model, args, dataset, collator, callbacks: list):
     """medvl's Trainer (:func:`trainer_class`), known to each callback: validation logs and saves the best
-    checkpoint through it, and the W&B callback finds the validation callback through it. ``answer_head=False``:
-    the model computes its own loss (Liger's patched forward, whose fused loss needs the labels)."""
+    checkpoint through it, and the W&B callback finds the validation callback through it."""
     trainer = trainer_class()(model=model, args=args, train_dataset=dataset, data_collator=collator,
                               callbacks=callbacks)
-    trainer.answer_head = answer_head
     for cb in callbacks:
         cb.trainer = trainer
     return trainer

@@ -1,0 +1,218 @@
+"""trainer.liger=true: Liger's kernels placed by medvl (medvl.models.liger).
+
+Liger's kernels are Triton GPU kernels. On the CPU, each kernel entry point Liger's modules call is replaced by a
+plain-torch computation of what the kernel computes (Liger's own shape handling and casting modes included), and
+counted: the patched model must then compute the same loss and gradients as the unpatched one, and every patched
+module must have run. That checks what medvl owns: which modules and functions get a kernel, and with what
+arguments. The real kernels are compared on a GPU (the gpu-marked test at the end).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections import Counter
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medvl.config import ConfigError
+from medvl.config.families import FAMILIES, family_name
+from medvl.data.dataset import Collator, encode
+from medvl.models.liger import TEXT_ROPE, VISION_ROPE, apply_liger
+from medvl.models.loading import load_model, load_processor
+from medvl.training import run
+from medvl.training.checks import validate_training
+from medvl.training.packing import PackingCollator, rope_index_of
+
+liger = pytest.importorskip("liger_kernel.transformers")  # in the dev extra: CI has it
+
+TINY = ["tiny", "tiny25", "tiny3", "tiny3_moe", "tiny_gemma3"]
+
+
+def rms_norm(x, weight, eps, offset, casting_mode, in_place, row_mode):
+    """Liger's RMSNorm: ``llama`` casts the normalised input back before the weight, ``gemma`` stays in float32."""
+    x32 = x.float()
+    normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    if casting_mode == "gemma":
+        return (normed * (offset + weight.float())).to(x.dtype)
+    assert casting_mode == "llama", casting_mode
+    return normed.to(x.dtype) * (offset + weight)
+
+
+def rope(op, q, k, cos, sin, position_ids=None, unsqueeze_dim=1):
+    """Liger's RoPE as ``liger_kernel.ops.rope.rope_forward`` takes its arguments: q/k (batch, heads, seq, dim),
+    cos/sin 2D, 3D or 4D, brought to (1 or batch, seq, dim) before the kernel reads them."""
+    assert op == "rope" and position_ids is None
+    if cos.ndim == 4:
+        cos, sin = (cos.squeeze(unsqueeze_dim), sin.squeeze(unsqueeze_dim)) if cos.shape[unsqueeze_dim] == 1 else (
+            cos.squeeze(1), sin.squeeze(1))
+    if cos.ndim == 2:
+        cos, sin = cos.unsqueeze(0), sin.unsqueeze(0)
+    batch, _, seq, dim = q.shape
+    assert cos.shape[0] in (1, batch) and cos.shape[1:] == (seq, dim), (cos.shape, q.shape)
+
+    def rotate(x):
+        half = x.shape[-1] // 2
+        return x * cos.unsqueeze(1) + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin.unsqueeze(1)
+
+    return rotate(q), rotate(k)
+
+
+class Counted:
+    """A stand-in for one of Liger's kernel entry points: computes ``fn`` and counts its calls under ``name``."""
+
+    def __init__(self, fn, calls: Counter, name: str):
+        self.fn, self.calls, self.name = fn, calls, name
+
+    def __call__(self, *args, **kwargs):
+        self.calls[self.name] += 1
+        return self.fn(*args, **kwargs)
+
+    apply = __call__  # torch.autograd.Function's entry point
+
+
+@pytest.fixture
+def liger_on_cpu(monkeypatch) -> Counter:
+    """Liger's kernel entry points computed in plain torch and counted; the rotary functions apply_liger replaces
+    in transformers' modules are put back after the test."""
+    import liger_kernel.transformers.geglu as geglu
+    import liger_kernel.transformers.layer_norm as layer_norm
+    import liger_kernel.transformers.rms_norm as rms
+    import liger_kernel.transformers.rope as rope_module
+    import liger_kernel.transformers.swiglu as swiglu
+
+    calls: Counter = Counter()
+    monkeypatch.setattr(rms, "LigerRMSNormFunction", Counted(rms_norm, calls, "RMSNorm"))
+    monkeypatch.setattr(layer_norm, "_functional_layer_norm", Counted(
+        lambda x, w, b, eps, impl=None, mode=None: F.layer_norm(x, x.shape[-1:], w, b, eps), calls, "LayerNorm"))
+    monkeypatch.setattr(swiglu, "_swiglu_dispatch", Counted(lambda a, b: F.silu(a) * b, calls, "LigerSwiGLUMLP"))
+    monkeypatch.setattr(geglu, "LigerGELUMulFunction", Counted(
+        lambda a, b: F.gelu(a, approximate="tanh") * b, calls, "LigerGEGLUMLP"))
+    monkeypatch.setattr(rope_module, "dispatch", Counted(rope, calls, "rope"))
+    for kernels in {spec.liger for spec in FAMILIES.values() if spec.liger}:
+        module = importlib.import_module(kernels.module)
+        for name in (TEXT_ROPE, VISION_ROPE):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, getattr(module, name))
+    return calls
+
+
+def loss_and_grads(model, batch):
+    model.zero_grad()
+    loss = model(**batch).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def tiny_batch(compose, small_synth, rows, model_name: str, packed: bool = False):
+    cfg = compose([f"model={model_name}"])
+    processor, model = load_processor(cfg.model), load_model(cfg.model)
+    model.train()
+    items = [encode(row, processor, small_synth) for row in rows]
+    collate = PackingCollator(rope_index_of(model)) if packed else Collator(processor.tokenizer.pad_token_id)
+    return cfg, model, collate(items)
+
+
+@pytest.mark.parametrize("model_name, packed", [*((name, False) for name in TINY), ("tiny", True), ("tiny3", True)])
+def test_the_model_with_liger_computes_what_it_computed_before(compose, small_synth, rows, liger_on_cpu, caplog,
+                                                               model_name, packed):
+    cfg, model, batch = tiny_batch(compose, small_synth, rows, model_name, packed)
+    own_loss, own_grads = loss_and_grads(model, batch)
+    assert not liger_on_cpu
+    with caplog.at_level(logging.INFO, logger="medvl.models.liger"):
+        patched = apply_liger(model, cfg.model.family)
+    loss, grads = loss_and_grads(model, batch)
+
+    torch.testing.assert_close(loss, own_loss)
+    assert grads.keys() == own_grads.keys() and grads
+    for name, grad in own_grads.items():
+        torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+    # Every module given a kernel ran it once in the forward: none was patched where the model does not look.
+    modules = Counter(type(m).__name__ for m in model.modules())
+    norms = sum(n for name, n in modules.items() if name.endswith("RMSNorm"))
+    assert patched["RMSNorm"] == norms == liger_on_cpu["RMSNorm"] > 0
+    assert patched["LayerNorm"] == modules["LayerNorm"] == liger_on_cpu["LayerNorm"]
+    mlp = "LigerGEGLUMLP" if model_name == "tiny_gemma3" else "LigerSwiGLUMLP"
+    gated = sum(all(isinstance(getattr(m, n, None), torch.nn.Linear) for n in ("gate_proj", "up_proj", "down_proj"))
+                for m in model.modules())
+    assert patched[mlp] == gated == liger_on_cpu[mlp]
+    assert gated > 0 or model_name == "tiny3_moe"  # the MoE's experts keep transformers' grouped implementation
+    assert liger_on_cpu["rope"] >= model.config.get_text_config().num_hidden_layers  # once per attention layer
+    assert patched[f"RoPE ({TEXT_ROPE})"] == 1
+    assert "trainer.liger=true: Liger's kernels in " in caplog.text and "RMSNorm x" in caplog.text
+    assert all(m._get_name().startswith("Liger") for m in model.modules() if type(m).__name__.endswith("RMSNorm"))
+
+
+def test_each_familys_norms_get_its_casting_mode(compose, liger_on_cpu):
+    """Qwen's RMSNorm casts back before the weight; Gemma's multiplies by 1 + weight in float32."""
+    for model_name, casting, offset in (("tiny", "llama", 0.0), ("tiny_gemma3", "gemma", 1.0)):
+        cfg = compose([f"model={model_name}"])
+        model = load_model(cfg.model)
+        apply_liger(model, cfg.model.family)
+        norms = [m for m in model.modules() if type(m).__name__.endswith("RMSNorm")]
+        assert norms and {(m.casting_mode, m.offset) for m in norms} == {(casting, offset)}
+
+
+@pytest.mark.parametrize("model_name", ["tiny", "tiny3"])
+def test_lora_trains_through_the_patched_mlp(compose, small_synth, rows, liger_on_cpu, model_name):
+    """Liger's kernels go in before LoRA wraps the linear layers; the patched MLP calls its (now LoRA) layers, so
+    the LoRA gradients are those of the unpatched model."""
+    results = {}
+    for on in (False, True):
+        torch.manual_seed(0)
+        cfg = compose([f"model={model_name}", "stage=instruct", "lora=attn_ffn", "lora.dropout=0",
+                       f"trainer.liger={str(on).lower()}"])
+        processor = load_processor(cfg.model)
+        model = run.setup_for_training(load_model(cfg.model), cfg)
+        model.train()
+        batch = Collator(processor.tokenizer.pad_token_id)([encode(row, processor, small_synth) for row in rows])
+        results[on] = loss_and_grads(model, batch)
+    assert liger_on_cpu["LigerSwiGLUMLP"] > 0
+    (own_loss, own_grads), (loss, grads) = results[False], results[True]
+    torch.testing.assert_close(loss, own_loss)
+    assert grads.keys() == own_grads.keys() and any("mlp.gate_proj.lora_B" in n for n in grads)
+    for name, grad in own_grads.items():
+        torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_every_family_has_the_rotary_function_liger_replaces():
+    for family, spec in FAMILIES.items():
+        assert callable(getattr(importlib.import_module(spec.liger.module), TEXT_ROPE)), family
+
+
+def test_a_transformers_without_the_rotary_function_is_refused_at_start_up(compose, monkeypatch):
+    """If a transformers release moves the family's RoPE, medvl says so in one line before any weights load,
+    rather than train with Liger's RoPE silently not in place."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    module = importlib.import_module(FAMILIES["qwen2_vl"].liger.module)
+    validate_training(compose(["model=tiny", "trainer.liger=true"]))  # as installed: taken
+    monkeypatch.delattr(module, TEXT_ROPE)
+    with pytest.raises(ConfigError, match=r"^trainer.liger=true: transformers [\d.]+'s transformers.models.qwen2_vl."
+                                          r"modeling_qwen2_vl has no apply_rotary_pos_emb, where medvl puts Liger's "
+                                          r"RoPE for model.family=qwen2_vl; set trainer.liger=false$"):
+        validate_training(compose(["model=tiny", "trainer.liger=true"]))
+
+
+# --- on a GPU: Liger's real kernels (skipped here) --------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model_name", TINY)
+def test_liger_kernels_on_a_gpu_compute_what_the_model_computed(compose, small_synth, rows, monkeypatch, model_name):
+    """Float32 on the GPU, so that a difference is the kernels' and not bf16's rounding."""
+    for kernels in {spec.liger for spec in FAMILIES.values() if spec.liger}:  # put back after the test
+        module = importlib.import_module(kernels.module)
+        for name in (TEXT_ROPE, VISION_ROPE):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, getattr(module, name))
+    cfg, model, batch = tiny_batch(compose, small_synth, rows, model_name)
+    model.cuda()
+    batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}
+    own_loss, own_grads = loss_and_grads(model, batch)
+    patched = apply_liger(model, family_name(cfg.model.family))
+    assert patched["RMSNorm"] > 0
+    loss, grads = loss_and_grads(model, batch)
+    torch.testing.assert_close(loss, own_loss, atol=1e-4, rtol=1e-4)
+    for name, grad in own_grads.items():
+        torch.testing.assert_close(grads[name], grad, atol=1e-4, rtol=1e-2, msg=name)
