@@ -1,8 +1,8 @@
 """Every GPU check of issue 12 in one run, in about 8 minutes on one H200, each step inside its own time budget:
 
   1. ``pytest -m gpu``: the gpu-marked tests (packed = padded under FlashAttention 2 and under PyTorch's own
-     varlen kernel, torch_varlen; QLoRA and Liger training the tiny model, bf16 training step, GPU memory logging,
-     eval on the GPU);
+     varlen kernel, torch_varlen; Liger's kernels against the plain model, float32 and a bf16 LoRA step; QLoRA and
+     Liger training the tiny models, bf16 training step, GPU memory logging, eval on the GPU);
   2. ``benchmarks/gpu_train.py``: tokens/s, MFU and peak memory, padded vs packed, Liger, LoRA vs QLoRA;
   3. ``benchmarks/eval_generation.py --gpu``: rows/s of batched vs one-at-a-time generation, identical outputs.
 

@@ -211,8 +211,8 @@ class TrainerConfig:
     max_grad_norm: float = 1.0
     #: bf16 is used when a GPU supports it; ``false`` forces float32.
     bf16: bool = True
-    #: Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy): a CUDA GPU and
-    #: ``medvl[liger]`` (:mod:`medvl.models.speed`).
+    #: Liger's Triton kernels (RMSNorm, LayerNorm, RoPE, SwiGLU/GeGLU): a CUDA GPU and ``medvl[liger]``
+    #: (:mod:`medvl.models.liger`).
     liger: bool = False
 
 

@@ -27,6 +27,7 @@ patched MLP calls its ``gate_proj``/``up_proj``/``down_proj`` submodules, which 
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 from collections import Counter
 from typing import Any
@@ -50,15 +51,21 @@ def transformers_module(kernels: LigerKernels):
 
 def check_wiring(family: Any) -> None:
     """One ConfigError, before any weights load, where the installed transformers does not have the rotary
-    function medvl puts Liger's RoPE in (a transformers release that changed the family's attention)."""
+    functions medvl puts Liger's RoPE in, as ``f(q, k, cos, sin, ...)`` (a transformers release that changed the
+    family's attention)."""
     kernels = family_spec(family).liger
     module = transformers_module(kernels)
-    if not callable(getattr(module, TEXT_ROPE, None)):
-        import transformers
+    for name in (TEXT_ROPE, VISION_ROPE):
+        fn = getattr(module, name, None)
+        if fn is None and name == VISION_ROPE:
+            continue  # a vision tower without RoPE (Gemma 3's SigLIP)
+        if not callable(fn) or list(inspect.signature(fn).parameters)[:4] != ["q", "k", "cos", "sin"]:
+            import transformers
 
-        raise ConfigError(f"trainer.liger=true: transformers {transformers.__version__}'s {kernels.module} has no "
-                          f"{TEXT_ROPE}, where medvl puts Liger's RoPE for model.family={family_name(family)}; "
-                          f"set trainer.liger=false")
+            found = "has no" if fn is None else f"has another {name}{inspect.signature(fn)} than"
+            raise ConfigError(f"trainer.liger=true: transformers {transformers.__version__}'s {kernels.module} "
+                              f"{found} {name}(q, k, cos, sin), where medvl puts Liger's RoPE for "
+                              f"model.family={family_name(family)}; set trainer.liger=false")
 
 
 def apply_liger(model: Any, family: Any) -> Counter:
@@ -116,3 +123,5 @@ def _bind(module: Any, liger_class: type) -> None:
     """``module`` runs ``liger_class``'s forward on its own weights, and prints as ``liger_class``."""
     module.forward = liger_class.forward.__get__(module)
     module._get_name = lambda: liger_class.__name__
+    if "extra_repr" in vars(liger_class):
+        module.extra_repr = liger_class.extra_repr.__get__(module)
