@@ -87,6 +87,24 @@ def build_random(spec: Spec, dtype: torch.dtype, device: str, attn: str = "sdpa"
         return model_class._from_config(config, dtype=dtype, attn_implementation=attn)
 
 
+def with_medvl_vision_attention(model, requested: str, attn: str, dtype: torch.dtype):
+    """The vision attention medvl's loader sets (:func:`medvl.models.speed.vision_attention`): PyTorch's varlen
+    kernel for the Qwen-VL vision towers on a GPU without flash_attn. Returns the model."""
+    try:
+        from medvl.models.speed import vision_attention
+    except ImportError:  # a medvl before it: the vision tower stays on the model's attention
+        return model
+    vision_attention(model, model.config.model_type, requested, attn, dtype)
+    return model
+
+
+def attention_label(model) -> str:
+    """The text model's attention, and the vision tower's where it differs (the varlen kernel: "vision varlen")."""
+    text = model.config.get_text_config()._attn_implementation
+    vision = getattr(getattr(model.config, "vision_config", None), "_attn_implementation", text)
+    return text if vision == text else f"{text}, vision {'varlen' if 'varlen' in str(vision) else vision}"
+
+
 @dataclass
 class Counts:
     """Parameter counts and shapes the FLOP formula needs (module docstring)."""

@@ -9,7 +9,16 @@ import json
 import time
 
 import torch
-from bench_models import IGNORE, SMOKE_SPECS, SPECS, Spec, build_random, make_rows
+from bench_models import (
+    IGNORE,
+    SMOKE_SPECS,
+    SPECS,
+    Spec,
+    attention_label,
+    build_random,
+    make_rows,
+    with_medvl_vision_attention,
+)
 
 #: What "identical" means in the output: the same token ids, row by row.
 IDENTICAL = ("identical = the same new token ids, through the first stop token, when the row is decoded in a "
@@ -55,7 +64,8 @@ def bench_model(key: str, spec: Spec, args: argparse.Namespace, device: str, dty
     from medvl.models.speed import resolve_attn_implementation
 
     torch.manual_seed(0)
-    model = build_random(spec, dtype, device, resolve_attn_implementation("auto", dtype)).eval()
+    attn = resolve_attn_implementation("auto", dtype)
+    model = with_medvl_vision_attention(build_random(spec, dtype, device, attn), "auto", attn, dtype).eval()
     # Qwen's tokenizer pads with <|endoftext|> (the bos id here) and stops an answer at <|im_end|> (eos).
     pad, stop = spec.ids["bos_token_id"], spec.ids["eos_token_id"]
     items = prompts(spec, args.rows, (4, 16) if args.smoke else (256, 1280))
@@ -82,7 +92,7 @@ def bench_model(key: str, spec: Spec, args: argparse.Namespace, device: str, dty
         step = prefix[i]
         examples.append({"row": i, "step": step, "top2_logit_gap": top2_gap(model, items[i], single[i][:step])})
     n, m = len(items), len(single)
-    result = {"model": key, "source": spec.source, "attn": model.config._attn_implementation,
+    result = {"model": key, "source": spec.source, "attn": attention_label(model),
               "dtype": str(dtype).removeprefix("torch."), "rows": n, "rows_single": m, "batch_size": args.batch_size,
               "max_new_tokens": args.max_new_tokens,
               "prompt_tokens_mean": sum(len(it["input_ids"]) for it in items) / n,

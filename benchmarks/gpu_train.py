@@ -45,7 +45,17 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]  # medvl from this checkout, and bench_models beside this script
 
-from bench_models import IGNORE, SMOKE_SPECS, SPECS, Counts, Spec, build_random, make_rows  # noqa: E402
+from bench_models import (  # noqa: E402
+    IGNORE,
+    SMOKE_SPECS,
+    SPECS,
+    Counts,
+    Spec,
+    attention_label,
+    build_random,
+    make_rows,
+    with_medvl_vision_attention,
+)
 
 
 @dataclass
@@ -208,9 +218,12 @@ def load_for_run(cfg, spec: Spec, key: str, opts: Options):
         model = load_model(training_model_config(cfg), str(saved_copy(spec, key, opts)),
                            quantization_config=quantization_config(cfg))
     else:
-        # As medvl.train resolves it (trainer.packing's auto may take torch_varlen).
-        attn = resolve_attn_implementation(training_model_config(cfg).attn_implementation, opts.dtype)
-        model = build_random(spec, opts.dtype, opts.device, attn)
+        # As medvl.train resolves it (trainer.packing's auto may take torch_varlen), and as its loader sets the
+        # vision tower's attention.
+        requested = str(training_model_config(cfg).attn_implementation)
+        attn = resolve_attn_implementation(requested, opts.dtype)
+        model = with_medvl_vision_attention(build_random(spec, opts.dtype, opts.device, attn), requested, attn,
+                                            opts.dtype)
     return setup_for_training(model, cfg)
 
 
@@ -253,7 +266,7 @@ def run_one(run: Run, counts: Counts, opts: Options) -> dict:
     if len(timed) != opts.steps or not seconds > 0:
         raise RuntimeError(f"counted {len(timed)} of {opts.steps} timed batches in {seconds:.3f} s (batches collated "
                            f"outside this process?)")
-    result = {"name": run.name, "rows_per_step": batch, "attn": model.config._attn_implementation,
+    result = {"name": run.name, "rows_per_step": batch, "attn": attention_label(model),
               "step_s": seconds / opts.steps, "tokens_per_s": sum(t for t, _ in timed) / seconds,
               "flops_per_s": sum(f for _, f in timed) / seconds,
               "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
@@ -272,7 +285,7 @@ def print_row(r: dict, peak: float) -> None:
         if outcome in r:
             print(f"{r['name']:<32} {outcome}: {r[outcome]}", flush=True)
             return
-    print(f"{r['name']:<32} {r['attn']:<12} {r['rows_per_step']:>4} {r['step_s']:>7.3f} {r['tokens_per_s']:>10,.0f} "
+    print(f"{r['name']:<32} {r['attn']:<26} {r['rows_per_step']:>4} {r['step_s']:>7.3f} {r['tokens_per_s']:>10,.0f} "
           f"{100 * r['flops_per_s'] / peak:>6.1f}% {_gib(r['peak_allocated_gib']):>7} "
           f"{_gib(r['peak_reserved_gib']):>8}", flush=True)
 
@@ -331,7 +344,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
               f"({'float32 256^3' if args.smoke else 'bf16 8192^3'}); {opts.warmup} warm-up + {opts.steps} timed steps")
         print("MFU = needed FLOPs / time / matmul peak; FLOPs per row: 4*N_llm*L + 4*N_head*T + 6*N_lora*L + 6*layers*d_attn*L^2 "
               "+ 2*N_vision*P + 2*N_merger*I + 4*depth*d_vision*P*A (see the script's docstring)")
-        print(f"{'configuration':<32} {'attn':<12} {'rows':>4} {'s/step':>7} {'tokens/s':>10} {'MFU':>7} "
+        print(f"{'configuration':<32} {'attn':<26} {'rows':>4} {'s/step':>7} {'tokens/s':>10} {'MFU':>7} "
               f"{'alloc':>7} {'reserved':>8}  (peak GiB)")
         results, counts, last_took = {}, {}, 0.0
         for run in [r for r in RUNS if args.only in r.name]:

@@ -9,6 +9,7 @@ packed loss and gradients must equal the padded batch's through it. The real ker
 from __future__ import annotations
 
 import logging
+import types
 
 import pytest
 import torch
@@ -24,32 +25,34 @@ from .test_packing import FAMILIES, loss_and_grads
 
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor,
-                        scale: float | None = None) -> torch.Tensor:
-    """Causal attention inside each segment of ``cu``, in varlen's layout (``[total, heads, head_dim]``)."""
+                        scale: float | None = None, causal: bool = True) -> torch.Tensor:
+    """Attention inside each segment of ``cu`` (causal, or not: a vision tower's images), in varlen's layout
+    (``[total, heads, head_dim]``)."""
     bounds = cu.tolist()
     if k.shape[1] != q.shape[1]:
         k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
     pieces = [torch.nn.functional.scaled_dot_product_attention(
-        q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1), is_causal=True, scale=scale)
+        q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1), is_causal=causal, scale=scale)
         for a, b in zip(bounds, bounds[1:])]
     return torch.cat(pieces, dim=1).transpose(0, 1)
 
 
 def varlen_2_10(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):
     """PyTorch 2.10's form: ``is_causal``, no ``scale``, no grouped-query heads."""
-    STAND_IN_CALLS.append({"is_causal": is_causal, "max_q": max_q, "heads": (query.shape[1], key.shape[1])})
-    assert is_causal and max_q == max_k and torch.equal(cu_seq_q, cu_seq_k) and query.shape[1] == key.shape[1]
+    STAND_IN_CALLS.append({"is_causal": is_causal, "max_q": max_q, "heads": (query.shape[1], key.shape[1]),
+                           "segments": len(cu_seq_q) - 1})
+    assert max_q == max_k and torch.equal(cu_seq_q, cu_seq_k) and query.shape[1] == key.shape[1]
     assert cu_seq_q.dtype == torch.int32 and max_q == int((cu_seq_q[1:] - cu_seq_q[:-1]).max())
-    return reference_attention(query, key, value, cu_seq_q)
+    return reference_attention(query, key, value, cu_seq_q, causal=is_causal)
 
 
 def varlen_2_12(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
                 window_size=(-1, -1), enable_gqa=False, seqused_k=None, block_table=None, num_splits=None):
     """The later form: ``window_size=(-1, 0)`` for causal, ``scale``, ``enable_gqa``."""
     STAND_IN_CALLS.append({"window_size": window_size, "enable_gqa": enable_gqa, "scale": scale,
-                           "heads": (query.shape[1], key.shape[1])})
-    assert window_size == (-1, 0) and enable_gqa == (query.shape[1] != key.shape[1])
-    return reference_attention(query, key, value, cu_seq_q, scale)
+                           "heads": (query.shape[1], key.shape[1]), "segments": len(cu_seq_q) - 1})
+    assert window_size in ((-1, 0), (-1, -1)) and enable_gqa == (query.shape[1] != key.shape[1])
+    return reference_attention(query, key, value, cu_seq_q, scale, causal=window_size == (-1, 0))
 
 
 STAND_IN_CALLS: list[dict] = []
@@ -92,6 +95,8 @@ def test_the_kernel_call_gives_the_padded_batchs_loss_and_gradients(compose, sma
     STAND_IN_CALLS.clear()
     cfg = compose([f"model={model_name}", "model.attn_implementation=torch_varlen"])
     model, results = padded_and_packed(cfg, small_synth, rows)
+    STAND_IN_CALLS[:] = [call for call in STAND_IN_CALLS if call.get("is_causal", True) and call.get(
+        "window_size", (-1, 0)) == (-1, 0)]  # the text layers' (the vision tower's are tested below)
     assert_same_training(*results)
     # Every text layer of the packed forward, nothing else (the padded batch has no cu_seq_lens).
     text = model.config.get_text_config()
@@ -120,6 +125,10 @@ def test_the_kernels_test_call_compares_it_with_causal_sdpa_row_by_row(monkeypat
 
     monkeypatch.setattr(varlen, "_varlen_attn", lambda: not_causal)
     assert varlen.probe(cpu).startswith("its test call differs from causal SDPA per row by ")
+    # One that is always causal fails the non-causal call (a vision tower's images).
+    monkeypatch.setattr(varlen, "_varlen_attn", lambda: lambda *args, window_size=(-1, -1), **kwargs: varlen_2_12(
+        *args, window_size=(-1, 0), **kwargs))
+    assert varlen.probe(cpu).startswith("its test call differs from non-causal SDPA per row by ")
 
     def fails(*args, **kwargs):
         raise RuntimeError("no kernel image is available for execution on the device")
@@ -246,6 +255,95 @@ def test_a_padded_batch_and_generation_under_torch_varlen_are_sdpas(compose, sma
     assert torch.equal(outputs["torch_varlen"][1], outputs["sdpa"][1])
 
 
+# --- the vision tower ---------------------------------------------------------------------------------------------
+
+def vision_loss_and_grads(model, batch):
+    """The loss and every gradient, the vision tower's included (all weights train here)."""
+    model.zero_grad()
+    loss = model(**batch).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("kernel", [None, varlen_2_10, varlen_2_12], ids=["cpu-fallback", "torch-2.10-form",
+                                                                           "later-form"])
+@pytest.mark.parametrize("model_name", ["tiny", "tiny25", "tiny3"])
+def test_the_vision_tower_runs_one_call_per_block_over_its_images_bounds(compose, small_synth, rows, monkeypatch,
+                                                                         model_name, kernel):
+    """With the vision attention set as a GPU without flash_attn gets it, the model computes what it computed under
+    SDPA (one call per image or window): the same loss and gradients, the vision tower's included, with one
+    non-causal kernel call per vision block over the images' bounds, or the windows' in Qwen2.5-VL's windowed
+    blocks. On the CPU (no stand-in) the segments run one SDPA call each, as transformers does."""
+    if kernel is not None:
+        monkeypatch.setattr(varlen, "_varlen_attn", lambda: kernel)
+        monkeypatch.setattr(varlen, "_kernel_applies", lambda *args: True)
+    cfg = compose([f"model={model_name}"])
+    processor, model = load_processor(cfg.model), load_model(cfg.model)
+    model.train()
+    batch = Collator(processor.tokenizer.pad_token_id)([encode(row, processor, small_synth) for row in rows])
+    loss, grads = vision_loss_and_grads(model, batch)
+    monkeypatch.setattr(speed, "_cuda", lambda: True)
+    monkeypatch.setattr(speed, "_cuda_index", lambda: 0)
+    monkeypatch.setattr(speed, "kernel_unavailable", lambda index: None)
+    assert speed.vision_attention(model, cfg.model.family, "auto", "sdpa", torch.bfloat16) == varlen.VISION_VARLEN
+    assert model.model.visual.config._attn_implementation == varlen.VISION_VARLEN
+    assert model.config.get_text_config()._attn_implementation == "sdpa"
+    STAND_IN_CALLS.clear()
+    varlen_loss, varlen_grads = vision_loss_and_grads(model, batch)
+
+    torch.testing.assert_close(varlen_loss, loss)
+    assert varlen_grads.keys() == grads.keys() and any(n.startswith("model.visual.blocks") for n in grads)
+    for name, grad in grads.items():
+        torch.testing.assert_close(varlen_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+    if kernel is None:
+        assert not STAND_IN_CALLS
+        return
+    vision = model.config.vision_config
+    images = len(batch["image_grid_thw"])
+    assert len(STAND_IN_CALLS) == vision.depth  # one per block, no text layer (a padded batch)
+    assert all(call.get("is_causal") is False or call.get("window_size") == (-1, -1) for call in STAND_IN_CALLS)
+    windowed = getattr(vision, "fullatt_block_indexes", None)
+    segments = [call["segments"] for call in STAND_IN_CALLS]
+    if windowed is None:
+        assert set(segments) == {images}
+    else:  # Qwen2.5-VL: its full-attention blocks over the images, the others over the windows
+        assert {segments[i] for i in windowed} == {images} and max(segments) > images
+
+
+def test_the_vision_tower_takes_the_kernel_only_where_it_runs_and_was_asked_for(monkeypatch, caplog):
+    def model():
+        return types.SimpleNamespace(config=types.SimpleNamespace(vision_config=types.SimpleNamespace(
+            _attn_implementation="sdpa")))
+
+    monkeypatch.setattr(speed, "_cuda", lambda: True)
+    monkeypatch.setattr(speed, "_cuda_index", lambda: 0)
+    monkeypatch.setattr(speed, "kernel_unavailable", lambda index: None)
+    for requested, resolved in (("auto", "sdpa"), ("torch_varlen", "torch_varlen")):
+        on = model()
+        assert speed.vision_attention(on, "qwen2_5_vl", requested, resolved, torch.bfloat16) == varlen.VISION_VARLEN
+        assert on.config.vision_config._attn_implementation == varlen.VISION_VARLEN
+    # An explicit attention, FlashAttention 2 (already one call per block), float32, Gemma 3's SigLIP: unchanged.
+    for family, requested, resolved, dtype in (("qwen2_vl", "sdpa", "sdpa", torch.bfloat16),
+                                               ("qwen2_vl", "auto", "flash_attention_2", torch.bfloat16),
+                                               ("qwen3_vl", "auto", "sdpa", torch.float32),
+                                               ("gemma3", "auto", "sdpa", torch.bfloat16)):
+        off = model()
+        assert speed.vision_attention(off, family, requested, resolved, dtype) == resolved
+        assert off.config.vision_config._attn_implementation == "sdpa"
+    monkeypatch.setattr(speed, "kernel_unavailable", lambda index: "its test call failed: RuntimeError")
+    with caplog.at_level(logging.INFO, logger="medvl.models.speed"):
+        assert speed.vision_attention(model(), "qwen2_vl", "auto", "sdpa", torch.bfloat16) == "sdpa"
+    assert "Vision attention: sdpa, one call per image or window (PyTorch's varlen kernel: its test call" in caplog.text
+    monkeypatch.setattr(speed, "_cuda", lambda: False)
+    assert speed.vision_attention(model(), "qwen2_vl", "auto", "sdpa", torch.bfloat16) == "sdpa"
+
+
+def test_loading_sets_the_vision_attention_on_such_a_gpu(compose, gpu_without_flash_attn):
+    model = load_model(compose(["model=tiny25", "model.dtype=bfloat16"]).model)
+    assert model.config.vision_config._attn_implementation == varlen.VISION_VARLEN
+    assert model.config.get_text_config()._attn_implementation == "sdpa"
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("model_name", FAMILIES)
 def test_torch_varlen_kernel_packed_equals_padded_on_the_gpu(compose, small_synth, rows, model_name,
@@ -267,6 +365,25 @@ def test_torch_varlen_kernel_packed_equals_padded_on_the_gpu(compose, small_synt
     torch.testing.assert_close(packed_loss, loss, atol=2e-2, rtol=1e-2)
     for name, grad in grads.items():
         assert (packed_grads[name] - grad).float().norm() <= 0.05 * grad.float().norm() + 1e-4, name
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model_name", ["tiny", "tiny25", "tiny3"])
+def test_the_vision_kernel_on_the_gpu_computes_what_sdpa_computes(compose, small_synth, rows, model_name):
+    """The vision tower through PyTorch's varlen kernel (non-causal, one call per block) against its SDPA calls
+    per image or window, in bf16 on the GPU: the same logits to bf16's precision."""
+    varlen.kernel_unavailable.cache_clear()
+    assert varlen.kernel_unavailable(0) is None
+    cfg = compose([f"model={model_name}", "model.dtype=bfloat16"])
+    processor, model = load_processor(cfg.model), load_model(cfg.model, device="cuda")
+    assert model.config.vision_config._attn_implementation == varlen.VISION_VARLEN  # as loading sets it here
+    batch = Collator(processor.tokenizer.pad_token_id)([encode(row, processor, small_synth) for row in rows])
+    batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}
+    with torch.no_grad():
+        kernel = model(**batch).logits.float()
+        model.config.vision_config._attn_implementation = "sdpa"
+        reference = model(**batch).logits.float()
+    assert (kernel - reference).norm() <= 2e-2 * reference.norm()
 
 
 def test_each_rank_tests_the_kernel_on_its_own_gpu(monkeypatch):

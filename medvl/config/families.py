@@ -65,6 +65,9 @@ class FamilySpec:
     #: Packing can build the rows' positions: the model has Qwen's 3D mrope ``get_rope_index``. False:
     #: ``trainer.packing=true`` is refused rather than trained with wrong positions.
     packing: bool = False
+    #: The vision tower hands its images' (or windows') bounds to a FlashAttention-style attention in one call
+    #: (Qwen-VL's ``cu_seqlens``), so PyTorch's varlen kernel can run it (:func:`medvl.models.speed.vision_attention`).
+    vision_varlen: bool = False
 
     def prefixes(self, component: str) -> tuple[str, ...]:
         """Module-path prefixes of ``component`` (vision, merger, llm)."""
@@ -92,10 +95,10 @@ def _liger(model_type: str, **kwargs: str) -> LigerKernels:
 #: Every family medvl loads, by transformers' ``model_type``. Pixels per token: 2x2 merged patches of 14 px
 #: (Qwen2-VL, Qwen2.5-VL) or 16 px (Qwen3-VL); Gemma 3's one square gives 256 tokens for 896 px, 56x56 px each.
 FAMILIES: dict[str, FamilySpec] = {
-    "qwen2_vl": FamilySpec(_QWEN2_VL, 28 * 28, liger=_liger("qwen2_vl"), packing=True),
-    "qwen2_5_vl": FamilySpec(_QWEN2_VL, 28 * 28, liger=_liger("qwen2_5_vl"), packing=True),
-    "qwen3_vl": FamilySpec(_QWEN3_VL, 32 * 32, liger=_liger("qwen3_vl"), packing=True),
-    "qwen3_vl_moe": FamilySpec(_QWEN3_VL, 32 * 32, liger=_liger("qwen3_vl_moe"), packing=True),
+    "qwen2_vl": FamilySpec(_QWEN2_VL, 28 * 28, liger=_liger("qwen2_vl"), packing=True, vision_varlen=True),
+    "qwen2_5_vl": FamilySpec(_QWEN2_VL, 28 * 28, liger=_liger("qwen2_5_vl"), packing=True, vision_varlen=True),
+    "qwen3_vl": FamilySpec(_QWEN3_VL, 32 * 32, liger=_liger("qwen3_vl"), packing=True, vision_varlen=True),
+    "qwen3_vl_moe": FamilySpec(_QWEN3_VL, 32 * 32, liger=_liger("qwen3_vl_moe"), packing=True, vision_varlen=True),
     # MedGemma (Gemma 3): a SigLIP vision tower, a projector that is one weight matrix (no nn.Linear, so no
     # LoRA: stage=align trains it with lora=none), and the Gemma 3 LLM. No mrope: packing is refused.
     "gemma3": FamilySpec(

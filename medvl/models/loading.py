@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from medvl.config.families import DEFAULT_FAMILY, FAMILIES, family_name, model_family
-from medvl.models.speed import resolve_attn_implementation
+from medvl.models.speed import resolve_attn_implementation, vision_attention
 from medvl.runs import RunDir
 
 log = logging.getLogger(__name__)
@@ -178,17 +178,19 @@ def load_model(model_cfg: Any, path: str | None = None, *, device: str | torch.d
     extra = {"device_map": device_map} if device_map is not None else {}
     if quantization_config is not None:
         extra["quantization_config"] = quantization_config
+    attn = resolve_attn_implementation(model_cfg.attn_implementation, dtype)
     try:
         model = AutoModelForImageTextToText.from_pretrained(
             path,
             dtype=dtype,
-            attn_implementation=resolve_attn_implementation(model_cfg.attn_implementation, dtype),
+            attn_implementation=attn,
             use_safetensors=True,
             trust_remote_code=bool(model_cfg.trust_remote_code),
             **extra,
         )
     except (OSError, ValueError) as exc:
         raise _explain(path, exc) from None
+    vision_attention(model, getattr(model_cfg, "family", DEFAULT_FAMILY), model_cfg.attn_implementation, attn, dtype)
     if device is not None and device_map is None:
         model.to(device)
     return model

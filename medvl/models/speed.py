@@ -3,7 +3,8 @@
 - ``model.attn_implementation=auto`` (the presets' default) picks FlashAttention 2 where ``flash_attn`` is installed,
   a GPU is present and the weights are in half precision (FlashAttention runs in bf16/fp16 only), else PyTorch's
   SDPA, and logs which (:func:`resolve_attn_implementation`). For packed training (``trainer.packing``) without
-  flash_attn it takes ``torch_varlen``, PyTorch's own varlen kernel, where that runs (:mod:`medvl.models.varlen`).
+  flash_attn it takes ``torch_varlen``, PyTorch's own varlen kernel, where that runs (:mod:`medvl.models.varlen`);
+  the Qwen-VL vision towers take that kernel on a GPU without flash_attn, packing or not (:func:`vision_attention`).
 - ``trainer.liger=true``: Liger's Triton kernels (RMSNorm, LayerNorm, RoPE, SwiGLU/GeGLU) in the loaded model
   (:mod:`medvl.models.liger`).
 - ``lora.qlora=true``: the base weights load in 4-bit NF4 through bitsandbytes, with double quantization and bf16
@@ -23,7 +24,7 @@ from typing import Any
 from medvl.config import ConfigError, lora_component
 from medvl.config.families import FAMILIES, family_name, family_spec
 from medvl.models.liger import check_wiring
-from medvl.models.varlen import VARLEN, kernel_unavailable
+from medvl.models.varlen import VARLEN, VISION_VARLEN, kernel_unavailable
 from medvl.models.varlen import register as register_varlen
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,29 @@ def resolve_attn_implementation(name: str, dtype: Any = None, *, quiet: bool = F
     if not quiet:
         log.info("model.attn_implementation=auto: sdpa (%s)", why)
     return "sdpa"
+
+
+def vision_attention(model: Any, family: Any, requested: Any, attn: str, dtype: Any) -> str:
+    """The vision tower's attention, set on the loaded ``model``: PyTorch's varlen kernel (one non-causal call per
+    block over the images' or windows' bounds, :data:`medvl.models.varlen.VISION_VARLEN`) where the family's
+    vision tower hands over its bounds, ``model.attn_implementation`` is ``auto`` or ``torch_varlen`` and the
+    model runs on a GPU in bf16/fp16 where the kernel's test call passes, without flash_attn (under
+    ``flash_attention_2`` the vision tower already makes one call per block). Else it stays on ``attn``.
+    Returns the vision tower's attention."""
+    requested = str(getattr(requested, "value", requested))
+    half = str(dtype).removeprefix("torch.") in HALF_DTYPES
+    if (not family_spec(family).vision_varlen or requested not in ("auto", VARLEN) or "flash" in attn
+            or not (_cuda() and half)):
+        return attn
+    unavailable = kernel_unavailable(_cuda_index())
+    if unavailable is not None:
+        log.info("Vision attention: %s, one call per image or window (PyTorch's varlen kernel: %s)", attn, unavailable)
+        return attn
+    register_varlen()
+    model.config.vision_config._attn_implementation = VISION_VARLEN
+    log.info("Vision attention: PyTorch's FlashAttention varlen kernel, one call per block over the images' "
+             "(Qwen2.5-VL: windows') bounds, instead of one %s call per image or window", attn)
+    return VISION_VARLEN
 
 
 def _cuda_index() -> int:

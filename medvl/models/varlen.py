@@ -6,8 +6,14 @@ Under ``trainer.packing`` the collator gives every text layer the packed row's `
 as the attention ``torch_varlen``, runs causal attention inside each segment on them: no attention across rows,
 and no work or memory spent on the blocks between rows that a block-diagonal mask under SDPA still computes.
 
-Everything else goes through transformers' SDPA unchanged: padded batches, generation (left padding, KV cache) and
-the vision tower, whose images transformers already splits (their attention gets no ``cu_seq_lens``).
+Padded batches and generation (left padding, KV cache) go through transformers' SDPA unchanged.
+
+The vision tower (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) attends within each image, and Qwen2.5-VL's windowed blocks within
+each window of 64 patches. Under SDPA transformers splits the patches and makes one SDPA call per image or window:
+for eight 1280-token images, about 640 calls in each of Qwen2.5-VL's 28 windowed blocks. It hands the bounds to
+the attention function in one call only where the attention's name says "flash" (``is_flash_attention_requested``).
+:data:`VISION_VARLEN` is this module's function under such a name, set on the vision config alone after loading
+(:func:`medvl.models.speed.vision_attention`): the vision tower then makes one non-causal kernel call per block.
 
 The kernel runs on a CUDA GPU in bf16/fp16 with a head size of at most 256. Anywhere else (the CPU, float32) the
 packed rows run as one SDPA call per row: the same result, padding-free, slower. :func:`kernel_unavailable` says
@@ -28,6 +34,9 @@ log = logging.getLogger(__name__)
 
 #: The name transformers knows this attention by (``model.attn_implementation=torch_varlen``).
 VARLEN = "torch_varlen"
+#: The same function for a vision tower: "flash" in the name is what makes transformers' Qwen-VL vision attention
+#: pass its images' (or windows') bounds as ``cu_seq_lens`` in one call instead of splitting them.
+VISION_VARLEN = "torch_varlen_flash_style"
 HALF = (torch.bfloat16, torch.float16)
 MAX_HEAD_DIM = 256  # FlashAttention's largest head size
 
@@ -42,6 +51,7 @@ def register() -> None:
     from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(VARLEN, varlen_attention_forward)
+    AttentionInterface.register(VISION_VARLEN, varlen_attention_forward)
     AttentionMaskInterface.register(VARLEN, _mask)
 
 
@@ -74,28 +84,29 @@ def varlen_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
                              cu_seq_lens_k: torch.Tensor | None = None, max_length_q: int | None = None,
                              max_length_k: int | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
     """transformers' attention signature: ``query`` ``[1, heads, total, head_dim]``, ``key``/``value`` with the
-    key-value heads; returns ``[1, total, heads, head_dim]``. Without ``cu_seq_lens_q`` (not a packed row) or for
-    non-causal attention, transformers' SDPA. ``cu_seq_lens_k``/``max_length_k`` are taken as equal to the
-    query's (packed self-attention)."""
+    key-value heads; returns ``[1, total, heads, head_dim]``. Attention inside each ``cu_seq_lens_q`` segment:
+    causal for a packed row of text, non-causal for a vision tower's images or windows (``is_causal=False``).
+    Without ``cu_seq_lens_q`` (a padded batch, generation), transformers' SDPA. ``cu_seq_lens_k``/``max_length_k``
+    are taken as equal to the query's (self-attention)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
-    if cu_seq_lens_q is None or not causal:
+    if cu_seq_lens_q is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     if query.shape[0] != 1:
         raise ValueError(f"torch_varlen: a packed batch is one row of concatenated rows, got {query.shape[0]} rows")
     if kwargs.get("sliding_window"):
         raise ValueError("torch_varlen: sliding-window attention is not supported; use attn_implementation=sdpa")
-    # Self-attention inside each row: the key bounds are the query bounds (cu_seq_lens_k, max_length_k are the
+    # Self-attention inside each segment: the key bounds are the query bounds (cu_seq_lens_k, max_length_k are the
     # same numbers; comparing them on the GPU would stall every layer).
     compute = _compute_dtype(query)
     if _kernel_applies(query, scaling, dropout, compute):
-        out = _kernel(*(t.to(compute) for t in (query, key, value)), cu_seq_lens_q, scaling, max_length_q)
+        out = _kernel(*(t.to(compute) for t in (query, key, value)), cu_seq_lens_q, scaling, max_length_q, causal)
         return out.to(query.dtype), None
     bounds = cu_seq_lens_q.tolist()
     pieces = [sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None,
-                                     dropout=dropout, scaling=scaling, is_causal=True, **kwargs)[0]
+                                     dropout=dropout, scaling=scaling, is_causal=causal, **kwargs)[0]
               for a, b in zip(bounds, bounds[1:])]
     return torch.cat(pieces, dim=1), None
 
@@ -128,12 +139,12 @@ def _params(fn) -> frozenset[str]:
 
 
 def _kernel(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seq_lens: torch.Tensor,
-            scaling: float | None, max_length: int | None) -> torch.Tensor:
-    """One call of ``varlen_attn`` on the packed row, in the layout it takes (``[total, heads, head_dim]``).
+            scaling: float | None, max_length: int | None, causal: bool = True) -> torch.Tensor:
+    """One call of ``varlen_attn`` on the packed segments, in the layout it takes (``[total, heads, head_dim]``).
 
     Its keyword arguments differ between PyTorch releases: 2.10 takes ``is_causal``; later ones take
-    ``window_size=(-1, 0)`` for causal attention, ``scale`` and ``enable_gqa``. Without ``enable_gqa`` the
-    key-value heads are repeated to the query heads, as transformers' ``repeat_kv`` does.
+    ``window_size=(-1, 0)`` for causal attention (``(-1, -1)``: none), ``scale`` and ``enable_gqa``. Without
+    ``enable_gqa`` the key-value heads are repeated to the query heads, as transformers' ``repeat_kv`` does.
     """
     varlen = _varlen_attn()
     params = _params(varlen)
@@ -146,9 +157,9 @@ def _kernel(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seq_
             repeat = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
     if "window_size" in params:
-        extra["window_size"] = (-1, 0)
+        extra["window_size"] = (-1, 0) if causal else (-1, -1)
     else:
-        extra["is_causal"] = True
+        extra["is_causal"] = causal
     if "scale" in params and scaling is not None:
         extra["scale"] = scaling
     cu = cu_seq_lens.to(device=q.device, dtype=torch.int32)
@@ -158,10 +169,10 @@ def _kernel(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seq_
 
 @functools.cache
 def kernel_unavailable(device_index: int = 0) -> str | None:
-    """None when PyTorch's varlen kernel runs forward and backward on this CUDA device and computes causal
-    attention inside each segment (bf16, grouped-query heads, segments longer than 128 tokens, where PyTorch may
-    choose another backend), compared with SDPA row by row; else why not, in a few words. Tried once per process
-    and device."""
+    """None when PyTorch's varlen kernel runs forward and backward on this CUDA device and computes causal and
+    non-causal attention inside each segment (bf16, grouped-query heads, segments longer than 128 tokens, where
+    PyTorch may choose another backend), compared with SDPA segment by segment; else why not, in a few words.
+    Tried once per process and device."""
     if _varlen_attn() is None:
         return f"torch {torch.__version__} has no torch.nn.attention.varlen (PyTorch 2.10 or later)"
     if not torch.cuda.is_available():
@@ -170,34 +181,38 @@ def kernel_unavailable(device_index: int = 0) -> str | None:
 
 
 def probe(device: torch.device) -> str | None:
-    """:func:`kernel_unavailable`'s test call on ``device``."""
+    """:func:`kernel_unavailable`'s test calls on ``device``: causal with grouped-query heads (packed text rows),
+    then non-causal (a vision tower's images)."""
     try:
         lengths = [150, 333, 64]
         generator = torch.Generator(device=device).manual_seed(0)
-        query = torch.randn(1, 8, sum(lengths), 128, device=device, generator=generator)
-        key, value = (torch.randn(1, 2, sum(lengths), 128, device=device, generator=generator) for _ in range(2))
-        query, key, value = (t.bfloat16().requires_grad_() for t in (query, key, value))
         cu = torch.tensor([0, *lengths], device=device).cumsum(0).to(torch.int32)
-        out = _kernel(query, key, value, cu, None, max(lengths))
-        out.float().sum().backward()
-        if not all(torch.isfinite(t).all() for t in (out, query.grad, key.grad, value.grad)):
-            return "its test call gave non-finite values"
-        error = _relative_error(out[0], query.detach(), key.detach(), value.detach(), cu.tolist())
-        if error > 2e-2:
-            return f"its test call differs from causal SDPA per row by {error:.3f} (relative)"
+        for causal, kv_heads in ((True, 2), (False, 8)):
+            query = torch.randn(1, 8, sum(lengths), 128, device=device, generator=generator)
+            key, value = (torch.randn(1, kv_heads, sum(lengths), 128, device=device, generator=generator)
+                          for _ in range(2))
+            query, key, value = (t.bfloat16().requires_grad_() for t in (query, key, value))
+            out = _kernel(query, key, value, cu, None, max(lengths), causal)
+            out.float().sum().backward()
+            if not all(torch.isfinite(t).all() for t in (out, query.grad, key.grad, value.grad)):
+                return "its test call gave non-finite values"
+            error = _relative_error(out[0], query.detach(), key.detach(), value.detach(), cu.tolist(), causal)
+            if error > 2e-2:
+                kind = "causal" if causal else "non-causal"
+                return f"its test call differs from {kind} SDPA per row by {error:.3f} (relative)"
     except Exception as exc:  # noqa: BLE001 - any failure means: not this kernel here
         return f"its test call failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return None
 
 
 def _relative_error(out: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                    bounds: list[int]) -> float:
-    """|out - reference| / |reference| for ``out`` ``[total, heads, dim]`` against causal float32 SDPA per segment."""
+                    bounds: list[int], causal: bool = True) -> float:
+    """|out - reference| / |reference| for ``out`` ``[total, heads, dim]`` against float32 SDPA per segment."""
     repeat = query.shape[1] // key.shape[1]
     pieces = []
     for a, b in zip(bounds, bounds[1:]):
         q, k, v = (t[0, :, a:b].float() for t in (query, key, value))
         k, v = k.repeat_interleave(repeat, dim=0), v.repeat_interleave(repeat, dim=0)
-        pieces.append(torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(0, 1))
+        pieces.append(torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal).transpose(0, 1))
     reference = torch.cat(pieces)
     return float((out.detach().float() - reference).norm() / reference.norm())
