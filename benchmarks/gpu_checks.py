@@ -156,8 +156,8 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str, str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None, help="where logs and results go (default: $OUT, or temp)")
     parser.add_argument("--smoke", action="store_true", help="the steps on the CPU at tiny sizes: checks the script")
-    parser.add_argument("--tests-s", type=float, default=150, help="budget of pytest -m gpu")
-    parser.add_argument("--train-s", type=float, default=200,
+    parser.add_argument("--tests-s", type=float, default=160, help="budget of pytest -m gpu")
+    parser.add_argument("--train-s", type=float, default=190,
                         help="budget of gpu_train.py (no configuration starts in its last 40 s, or when the last "
                              "one took longer than the time left)")
     parser.add_argument("--eval-s", type=float, default=150,
