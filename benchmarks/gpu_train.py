@@ -11,8 +11,10 @@ stage=instruct lora=attn_ffn`` plus its options) and checked by ``validate_train
 (a refusal, e.g. Liger or QLoRA on the CPU, is printed as the reason it was skipped); the model goes through
 ``medvl.training.run.setup_for_training`` (Liger, QLoRA's preparation, LoRA, float32 trainable weights, gradient
 checkpointing), and trains with medvl's training arguments, Trainer and collator (``trainer.packing``'s when
-packed). QLoRA loads through ``medvl.models.loading.load_model`` from a saved copy of the random weights, as a
-hub checkpoint loads. Timed: ``--steps`` optimizer steps after ``--warmup`` (data loading included).
+packed), the collator in medvl.train's dataloader worker processes (``--workers N`` to change). The vision tower's
+attention is set as medvl's loader sets it. QLoRA loads through ``medvl.models.loading.load_model`` from a saved
+copy of the random weights, as a hub checkpoint loads. Timed: ``--steps`` optimizer steps after ``--warmup``
+(data loading included).
 
 Data: Slake-like rows, one image of 256-1280 image tokens (uniform; 4 patches each) with a 8-24 token question and
 a 1-6 token answer (the loss is on the answer), inside the chat template's tokens.
@@ -97,8 +99,10 @@ class Skip(Exception):
     """A configuration this machine or this medvl cannot run; the message says why."""
 
 
-def compose_config(run: Run, spec: Spec, work: Path, steps: int, batch: int):
-    """The run's medvl training config, composed from conf/ and validated as ``medvl.train`` validates it."""
+def compose_config(run: Run, spec: Spec, work: Path, steps: int, batch: int, workers: int | None = None):
+    """The run's medvl training config, composed from conf/ and validated as ``medvl.train`` validates it; its
+    dataloader workers are medvl.train's default (on a GPU machine, worker processes collate the batches) unless
+    ``workers`` is given."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -109,8 +113,7 @@ def compose_config(run: Run, spec: Spec, work: Path, steps: int, batch: int):
                  f"trainer.per_device_train_batch_size={batch}", f"trainer.max_steps={steps}",
                  "trainer.logging_steps=100000", "trainer.save_steps=100000", "trainer.warmup_ratio=0",
                  "trainer.eval_steps=0", f"output_dir={work / 'run'}", f"cache_dir={work}",
-                 # The rows are encoded already, in memory; and Counting must see each batch in this process.
-                 "trainer.dataloader_num_workers=0", *run.overrides]
+                 *([] if workers is None else [f"trainer.dataloader_num_workers={workers}"]), *run.overrides]
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -139,14 +142,38 @@ class Rows(torch.utils.data.Dataset):
 
 
 class Counting:
-    """Wraps the collator: real tokens and needed FLOPs of each batch, in the order the Trainer takes them."""
+    """Real tokens and needed FLOPs of each batch, in the order the Trainer trains on them.
+
+    The collator may run in DataLoader worker processes (as in medvl.train): it puts the batch's two numbers into
+    the batch itself (a float64 pair under :data:`COUNTS`), and the training step, in this process, takes them off
+    before the model sees the batch (:meth:`take`). They are read once training is over, so that no step waits for
+    the GPU to hand them back.
+    """
 
     def __init__(self, collate, flops):
-        self.collate, self.flops, self.batches = collate, flops, []
+        self.collate, self.flops, self.counted = collate, flops, []
 
     def __call__(self, items: list[dict]) -> dict:
-        self.batches.append((sum(len(it["input_ids"]) for it in items), sum(self.flops(it) for it in items)))
-        return self.collate(items)
+        batch = self.collate(items)
+        batch[COUNTS] = torch.tensor([sum(len(it["input_ids"]) for it in items), sum(self.flops(it) for it in items)],
+                                     dtype=torch.float64)
+        return batch
+
+    def take(self, batch: dict) -> dict:
+        self.counted.append(batch.pop(COUNTS))
+        return batch
+
+    def around(self, training_step):
+        """``trainer.training_step``, taking each batch's counts off first."""
+        return lambda model, inputs, *args, **kwargs: training_step(model, self.take(inputs), *args, **kwargs)
+
+    @property
+    def batches(self) -> list[tuple[float, float]]:
+        return [tuple(pair.tolist()) for pair in self.counted]
+
+
+#: The batch key :class:`Counting` carries a batch's tokens and FLOPs under.
+COUNTS = "medvl_benchmark_counts"
 
 
 def step_timer(warmup: int, steps: int, sync):
@@ -190,6 +217,7 @@ class Options:
     work: Path
     specs: dict[str, Spec]
     max_batch: int = 1 << 30  # --smoke: 2 rows a step
+    workers: int | None = None  # dataloader workers; None: medvl.train's default
 
 
 def saved_copy(spec: Spec, key: str, opts: Options) -> Path:
@@ -245,7 +273,7 @@ def run_one(run: Run, counts: Counts, opts: Options) -> dict:
     from medvl.training.run import build_trainer, training_arguments
 
     spec, batch = opts.specs[run.model], min(run.batch, opts.max_batch)
-    cfg = compose_config(run, spec, opts.work, opts.warmup + opts.steps, batch)
+    cfg = compose_config(run, spec, opts.work, opts.warmup + opts.steps, batch, opts.workers)
     cuda = opts.device == "cuda"
     if cfg.lora.qlora:
         saved_copy(spec, run.model, opts)  # before the peak is reset: writing it holds the bf16 model
@@ -258,14 +286,14 @@ def run_one(run: Run, counts: Counts, opts: Options) -> dict:
         len(it["input_ids"]), int(it["mm_token_type_ids"].sum()), n_lora, int((it["labels"] != IGNORE).sum())))
     timer = step_timer(opts.warmup, opts.steps, torch.cuda.synchronize if cuda else (lambda: None))
     trainer = build_trainer(model, training_arguments(cfg, opts.work / "run"), Rows(rows), counting, [timer])
+    trainer.training_step = counting.around(trainer.training_step)
     for quiet in (ProgressCallback, PrinterCallback):  # one table line per configuration, no progress bars
         trainer.remove_callback(quiet)
     trainer.train()
     seconds = timer.end - timer.start
     timed = counting.batches[opts.warmup: opts.warmup + opts.steps]
     if len(timed) != opts.steps or not seconds > 0:
-        raise RuntimeError(f"counted {len(timed)} of {opts.steps} timed batches in {seconds:.3f} s (batches collated "
-                           f"outside this process?)")
+        raise RuntimeError(f"counted {len(timed)} of {opts.steps} timed batches in {seconds:.3f} s")
     result = {"name": run.name, "rows_per_step": batch, "attn": attention_label(model),
               "step_s": seconds / opts.steps, "tokens_per_s": sum(t for t, _ in timed) / seconds,
               "flops_per_s": sum(f for _, f in timed) / seconds,
@@ -319,10 +347,10 @@ def targets(results: dict[str, dict], peak: float) -> list[str]:
 
 def options(args, work: Path) -> Options:
     if args.smoke:
-        return Options("cpu", torch.float32, 1, 1, (4, 16), work, SMOKE_SPECS, max_batch=2)
+        return Options("cpu", torch.float32, 1, 1, (4, 16), work, SMOKE_SPECS, max_batch=2, workers=args.workers)
     if not torch.cuda.is_available():
         sys.exit("gpu_train.py needs a CUDA GPU (or --smoke for the CPU check)")
-    return Options("cuda", torch.bfloat16, args.warmup, args.steps, (256, 1280), work, SPECS)
+    return Options("cuda", torch.bfloat16, args.warmup, args.steps, (256, 1280), work, SPECS, workers=args.workers)
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
@@ -333,6 +361,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--budget-s", type=float, default=400, help="skip the configurations left after this")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="dataloader worker processes (default: medvl.train's, trainer.dataloader_num_workers=null)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="medvl-gpu-train-") as tmp:
