@@ -252,6 +252,19 @@ def test_lora_trains_through_the_patched_mlp(compose, small_synth, rows, liger_o
         torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-3, msg=name)
 
 
+def test_models_load_without_transformers_hub_kernels(compose, liger_on_cpu, small_synth, rows):
+    """transformers 5.25 loads with Hub kernels by default and re-applies them on train(), which would put the
+    models' own forward back in place of Liger's: medvl loads with them off, so train() keeps Liger's kernels."""
+    cfg, model, batch = tiny_batch(compose, small_synth, rows, "tiny")
+    assert not model.use_kernels
+    apply_liger(model, cfg.model.family)
+    model.eval()
+    model.train()
+    with torch.no_grad():
+        model(**batch)
+    assert liger_on_cpu["RMSNorm"] == sum(type(m).__name__.endswith("RMSNorm") for m in model.modules())
+
+
 def test_every_family_has_the_rotary_function_liger_replaces():
     for family, spec in FAMILIES.items():
         assert callable(getattr(importlib.import_module(spec.liger.module), TEXT_ROPE)), family
@@ -271,7 +284,7 @@ def test_a_transformers_without_the_rotary_function_is_refused_at_start_up(compo
         validate_training(compose(["model=tiny", "trainer.liger=true"]))
     # A RoPE taking one tensor at a time (as Gemma 4's does) would not take Liger's (q, k, cos, sin) either.
     monkeypatch.setattr(module, TEXT_ROPE, lambda x, cos, sin, unsqueeze_dim=2: x, raising=False)
-    with pytest.raises(ConfigError, match=r"has another apply_rotary_pos_emb\(x, cos, sin, unsqueeze_dim=2\) than "
+    with pytest.raises(ConfigError, match=r"has another apply_rotary_pos_emb\(x, cos, sin, unsqueeze_dim\) than "
                                           r"apply_rotary_pos_emb\(q, k, cos, sin\)"):
         validate_training(compose(["model=tiny", "trainer.liger=true"]))
 

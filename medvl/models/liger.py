@@ -59,13 +59,27 @@ def check_wiring(family: Any) -> None:
         fn = getattr(module, name, None)
         if fn is None and name == VISION_ROPE:
             continue  # a vision tower without RoPE (Gemma 3's SigLIP)
-        if not callable(fn) or list(inspect.signature(fn).parameters)[:4] != ["q", "k", "cos", "sin"]:
+        params = _parameters(fn) if callable(fn) else None
+        if not callable(fn) or (params is not None and params[:4] != ["q", "k", "cos", "sin"]):
             import transformers
 
-            found = "has no" if fn is None else f"has another {name}{inspect.signature(fn)} than"
+            found = "has no" if fn is None else f"has another {name}({', '.join(params)}) than"
             raise ConfigError(f"trainer.liger=true: transformers {transformers.__version__}'s {kernels.module} "
                               f"{found} {name}(q, k, cos, sin), where medvl puts Liger's RoPE for "
                               f"model.family={family_name(family)}; set trainer.liger=false")
+
+
+def _parameters(fn: Any) -> list[str] | None:
+    """The parameter names of a rotary function. With the ``kernels`` package installed (transformers 5.25 requires
+    it) transformers wraps these functions in a module whose ``forward(*args, **kwargs)`` calls the function it
+    closes over: that function's names. None where they cannot be told."""
+    target = inspect.unwrap(fn)
+    if isinstance(target, nn.Module):
+        cells = getattr(type(target).forward, "__closure__", None) or ()
+        target = next((cell.cell_contents for cell in cells if inspect.isfunction(cell.cell_contents)), None)
+        if target is None:
+            return None
+    return list(inspect.signature(target).parameters)
 
 
 def apply_liger(model: Any, family: Any) -> Counter:

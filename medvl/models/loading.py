@@ -184,6 +184,9 @@ def load_model(model_cfg: Any, path: str | None = None, *, device: str | torch.d
             path,
             dtype=dtype,
             attn_implementation=attn,
+            # transformers 5.25 swaps layers for kernels from the Hub by default (downloaded as the model loads, and
+            # put back on every train()/eval(), which would undo trainer.liger's kernels): medvl chooses its kernels.
+            use_kernels=False,
             use_safetensors=True,
             trust_remote_code=bool(model_cfg.trust_remote_code),
             **extra,
