@@ -146,8 +146,8 @@ class Counting:
 
     The collator may run in DataLoader worker processes (as in medvl.train): it puts the batch's two numbers into
     the batch itself (a float64 pair under :data:`COUNTS`), and the training step, in this process, takes them off
-    before the model sees the batch (:meth:`take`). They are read once training is over, so that no step waits for
-    the GPU to hand them back.
+    before the model sees the batch (:meth:`take`). They are read once training is over (not with a ``.item()``
+    per step). One batch per optimizer step: the benchmark trains without gradient accumulation.
     """
 
     def __init__(self, collate, flops):
@@ -287,6 +287,7 @@ def run_one(run: Run, counts: Counts, opts: Options) -> dict:
     timer = step_timer(opts.warmup, opts.steps, torch.cuda.synchronize if cuda else (lambda: None))
     trainer = build_trainer(model, training_arguments(cfg, opts.work / "run"), Rows(rows), counting, [timer])
     trainer.training_step = counting.around(trainer.training_step)
+    assert trainer.args.gradient_accumulation_steps == 1, "the step timer counts one batch per optimizer step"
     for quiet in (ProgressCallback, PrinterCallback):  # one table line per configuration, no progress bars
         trainer.remove_callback(quiet)
     trainer.train()

@@ -284,7 +284,7 @@ def test_the_vision_tower_runs_one_call_per_block_over_its_images_bounds(compose
     loss, grads = vision_loss_and_grads(model, batch)
     monkeypatch.setattr(speed, "_cuda", lambda: True)
     monkeypatch.setattr(speed, "_cuda_index", lambda: 0)
-    monkeypatch.setattr(speed, "kernel_unavailable", lambda index: None)
+    monkeypatch.setattr(speed, "vision_kernel_unavailable", lambda index, head_dim: None)
     assert speed.vision_attention(model, cfg.model.family, "auto", "sdpa", torch.bfloat16) == varlen.VISION_VARLEN
     assert model.model.visual.config._attn_implementation == varlen.VISION_VARLEN
     assert model.config.get_text_config()._attn_implementation == "sdpa"
@@ -313,24 +313,30 @@ def test_the_vision_tower_runs_one_call_per_block_over_its_images_bounds(compose
 def test_the_vision_tower_takes_the_kernel_only_where_it_runs_and_was_asked_for(monkeypatch, caplog):
     def model():
         return types.SimpleNamespace(config=types.SimpleNamespace(vision_config=types.SimpleNamespace(
-            _attn_implementation="sdpa")))
+            _attn_implementation="sdpa", hidden_size=1280, num_heads=16)))
 
+    tested = []
     monkeypatch.setattr(speed, "_cuda", lambda: True)
     monkeypatch.setattr(speed, "_cuda_index", lambda: 0)
-    monkeypatch.setattr(speed, "kernel_unavailable", lambda index: None)
-    for requested, resolved in (("auto", "sdpa"), ("torch_varlen", "torch_varlen")):
+    monkeypatch.setattr(speed, "vision_kernel_unavailable", lambda index, head_dim: tested.append(head_dim))
+    for requested, resolved, device in (("auto", "sdpa", None), ("torch_varlen", "torch_varlen", "cuda:1"),
+                                        ("auto", "sdpa", "auto")):
         on = model()
-        assert speed.vision_attention(on, "qwen2_5_vl", requested, resolved, torch.bfloat16) == varlen.VISION_VARLEN
+        assert speed.vision_attention(on, "qwen2_5_vl", requested, resolved, torch.bfloat16,
+                                      device) == varlen.VISION_VARLEN
         assert on.config.vision_config._attn_implementation == varlen.VISION_VARLEN
-    # An explicit attention, FlashAttention 2 (already one call per block), float32, Gemma 3's SigLIP: unchanged.
-    for family, requested, resolved, dtype in (("qwen2_vl", "sdpa", "sdpa", torch.bfloat16),
-                                               ("qwen2_vl", "auto", "flash_attention_2", torch.bfloat16),
-                                               ("qwen3_vl", "auto", "sdpa", torch.float32),
-                                               ("gemma3", "auto", "sdpa", torch.bfloat16)):
+    assert set(tested) == {80}  # the kernel was tried at the vision tower's own head size
+    # An explicit attention, FlashAttention 2 (already one call per block), float32, Gemma 3's SigLIP, a model put
+    # on the CPU: unchanged.
+    for family, requested, resolved, dtype, device in (("qwen2_vl", "sdpa", "sdpa", torch.bfloat16, None),
+                                                       ("qwen2_vl", "auto", "flash_attention_2", torch.bfloat16, None),
+                                                       ("qwen3_vl", "auto", "sdpa", torch.float32, None),
+                                                       ("gemma3", "auto", "sdpa", torch.bfloat16, None),
+                                                       ("qwen2_vl", "auto", "sdpa", torch.bfloat16, "cpu")):
         off = model()
-        assert speed.vision_attention(off, family, requested, resolved, dtype) == resolved
+        assert speed.vision_attention(off, family, requested, resolved, dtype, device) == resolved
         assert off.config.vision_config._attn_implementation == "sdpa"
-    monkeypatch.setattr(speed, "kernel_unavailable", lambda index: "its test call failed: RuntimeError")
+    monkeypatch.setattr(speed, "vision_kernel_unavailable", lambda index, head_dim: "its test call failed: X")
     with caplog.at_level(logging.INFO, logger="medvl.models.speed"):
         assert speed.vision_attention(model(), "qwen2_vl", "auto", "sdpa", torch.bfloat16) == "sdpa"
     assert "Vision attention: sdpa, one call per image or window (PyTorch's varlen kernel: its test call" in caplog.text
@@ -338,7 +344,30 @@ def test_the_vision_tower_takes_the_kernel_only_where_it_runs_and_was_asked_for(
     assert speed.vision_attention(model(), "qwen2_vl", "auto", "sdpa", torch.bfloat16) == "sdpa"
 
 
+def test_the_vision_kernels_test_call_runs_at_the_towers_head_size(monkeypatch):
+    """Qwen2/2.5-VL's vision heads are 80 wide, Qwen3-VL's 72: the non-causal test call runs at that size, over
+    segments shorter and longer than 128 patches; a head size the kernel cannot take is said, not tried."""
+    calls = []
+
+    def recording(query, key, value, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1),
+                  enable_gqa=False):
+        calls.append(query.shape[-1])
+        return varlen_2_12(query, key, value, cu_q, cu_k, max_q, max_k, scale=scale, window_size=window_size,
+                           enable_gqa=enable_gqa)
+
+    monkeypatch.setattr(varlen, "_varlen_attn", lambda: recording)
+    cpu = torch.device("cpu")
+    assert varlen._call_fails(cpu, causal=False, head_dim=80) is None
+    assert varlen._call_fails(cpu, causal=False, head_dim=72) is None
+    assert calls == [80, 72]
+    assert STAND_IN_CALLS[-1]["window_size"] == (-1, -1) and STAND_IN_CALLS[-1]["segments"] == 4
+    varlen.vision_kernel_unavailable.cache_clear()
+    assert varlen.vision_kernel_unavailable(0, 20) == "its head size 20 is not a multiple of 8 up to 256"
+    assert not varlen._kernel_applies(torch.zeros(1, 2, 3, 20, dtype=torch.bfloat16), None, 0.0)
+
+
 def test_loading_sets_the_vision_attention_on_such_a_gpu(compose, gpu_without_flash_attn):
+    gpu_without_flash_attn.setattr(speed, "vision_kernel_unavailable", lambda index, head_dim: None)
     model = load_model(compose(["model=tiny25", "model.dtype=bfloat16"]).model)
     assert model.config.vision_config._attn_implementation == varlen.VISION_VARLEN
     assert model.config.get_text_config()._attn_implementation == "sdpa"

@@ -193,7 +193,8 @@ def load_model(model_cfg: Any, path: str | None = None, *, device: str | torch.d
         )
     except (OSError, ValueError) as exc:
         raise _explain(path, exc) from None
-    vision_attention(model, getattr(model_cfg, "family", DEFAULT_FAMILY), model_cfg.attn_implementation, attn, dtype)
+    vision_attention(model, getattr(model_cfg, "family", DEFAULT_FAMILY), model_cfg.attn_implementation, attn, dtype,
+                     device if device_map is None else device_map)
     if device is not None and device_map is None:
         model.to(device)
     return model

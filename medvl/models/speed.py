@@ -24,7 +24,7 @@ from typing import Any
 from medvl.config import ConfigError, lora_component
 from medvl.config.families import FAMILIES, family_name, family_spec
 from medvl.models.liger import check_wiring
-from medvl.models.varlen import VARLEN, VISION_VARLEN, kernel_unavailable
+from medvl.models.varlen import VARLEN, VISION_VARLEN, kernel_unavailable, vision_kernel_unavailable
 from medvl.models.varlen import register as register_varlen
 
 log = logging.getLogger(__name__)
@@ -79,24 +79,31 @@ def resolve_attn_implementation(name: str, dtype: Any = None, *, quiet: bool = F
     return "sdpa"
 
 
-def vision_attention(model: Any, family: Any, requested: Any, attn: str, dtype: Any) -> str:
+def vision_attention(model: Any, family: Any, requested: Any, attn: str, dtype: Any, device: Any = None) -> str:
     """The vision tower's attention, set on the loaded ``model``: PyTorch's varlen kernel (one non-causal call per
     block over the images' or windows' bounds, :data:`medvl.models.varlen.VISION_VARLEN`) where the family's
     vision tower hands over its bounds, ``model.attn_implementation`` is ``auto`` or ``torch_varlen`` and the
-    model runs on a GPU in bf16/fp16 where the kernel's test call passes, without flash_attn (under
-    ``flash_attention_2`` the vision tower already makes one call per block). Else it stays on ``attn``.
-    Returns the vision tower's attention."""
+    model runs on a GPU (``device``: where it is put; None: the GPU where there is one) in bf16/fp16 where the
+    kernel's test call at the vision tower's head size passes, without flash_attn (under ``flash_attention_2`` the
+    vision tower already makes one call per block). Else it stays on ``attn``. Returns the vision tower's attention.
+
+    The name is set on the loaded model's config alone (it is not saved): a model built from that live config with
+    ``_from_config`` would take it for a Hub FlashAttention kernel, so medvl builds none that way.
+    """
     requested = str(getattr(requested, "value", requested))
     half = str(dtype).removeprefix("torch.") in HALF_DTYPES
+    on_gpu = _cuda() and (device is None or str(device).startswith(("cuda", "auto")))
     if (not family_spec(family).vision_varlen or requested not in ("auto", VARLEN) or "flash" in attn
-            or not (_cuda() and half)):
+            or not (on_gpu and half)):
         return attn
-    unavailable = kernel_unavailable(_cuda_index())
+    vision = model.config.vision_config
+    head_dim = vision.hidden_size // vision.num_heads
+    unavailable = vision_kernel_unavailable(_cuda_index(), head_dim)
     if unavailable is not None:
         log.info("Vision attention: %s, one call per image or window (PyTorch's varlen kernel: %s)", attn, unavailable)
         return attn
     register_varlen()
-    model.config.vision_config._attn_implementation = VISION_VARLEN
+    vision._attn_implementation = VISION_VARLEN
     log.info("Vision attention: PyTorch's FlashAttention varlen kernel, one call per block over the images' "
              "(Qwen2.5-VL: windows') bounds, instead of one %s call per image or window", attn)
     return VISION_VARLEN

@@ -125,12 +125,17 @@ def _kernel_applies(query: torch.Tensor, scaling: float | None, dropout: float,
     call per row does."""
     varlen = _varlen_attn()
     dtype = query.dtype if dtype is None else dtype
-    if varlen is None or not query.is_cuda or dtype not in HALF or query.shape[-1] > MAX_HEAD_DIM:
+    if varlen is None or not query.is_cuda or dtype not in HALF or not supported_head_dim(query.shape[-1]):
         return False
     if dropout:  # the kernel's dropout is fixed at 0
         return False
     default_scale = query.shape[-1] ** -0.5
     return "scale" in _params(varlen) or scaling is None or abs(scaling - default_scale) < 1e-12
+
+
+def supported_head_dim(head_dim: int) -> bool:
+    """FlashAttention's head sizes: multiples of 8 up to 256."""
+    return head_dim % 8 == 0 and head_dim <= MAX_HEAD_DIM
 
 
 @functools.cache
@@ -169,37 +174,58 @@ def _kernel(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seq_
 
 @functools.cache
 def kernel_unavailable(device_index: int = 0) -> str | None:
-    """None when PyTorch's varlen kernel runs forward and backward on this CUDA device and computes causal and
-    non-causal attention inside each segment (bf16, grouped-query heads, segments longer than 128 tokens, where
-    PyTorch may choose another backend), compared with SDPA segment by segment; else why not, in a few words.
-    Tried once per process and device."""
+    """None when PyTorch's varlen kernel runs forward and backward on this CUDA device and computes causal
+    attention inside each segment (bf16, grouped-query heads, segments longer than 128 tokens, where PyTorch may
+    choose another backend), compared with SDPA segment by segment; else why not, in a few words. Tried once per
+    process and device."""
+    return _unavailable(device_index) or _call_fails(torch.device("cuda", device_index), causal=True)
+
+
+@functools.cache
+def vision_kernel_unavailable(device_index: int, head_dim: int) -> str | None:
+    """As :func:`kernel_unavailable`, for a vision tower's non-causal attention at its own head size (80 for
+    Qwen2/2.5-VL, 72 for Qwen3-VL): segments both up to 128 patches (Qwen2.5-VL's windows) and longer (whole
+    images), which PyTorch may send to different backends."""
+    if not supported_head_dim(head_dim):
+        return f"its head size {head_dim} is not a multiple of 8 up to {MAX_HEAD_DIM}"
+    return _unavailable(device_index) or _call_fails(torch.device("cuda", device_index), causal=False,
+                                                     head_dim=head_dim)
+
+
+def _unavailable(device_index: int) -> str | None:
     if _varlen_attn() is None:
         return f"torch {torch.__version__} has no torch.nn.attention.varlen (PyTorch 2.10 or later)"
     if not torch.cuda.is_available():
         return "no CUDA GPU"
-    return probe(torch.device("cuda", device_index))
+    return None
 
 
 def probe(device: torch.device) -> str | None:
-    """:func:`kernel_unavailable`'s test calls on ``device``: causal with grouped-query heads (packed text rows),
-    then non-causal (a vision tower's images)."""
+    """The test calls on ``device``: causal with grouped-query heads (packed text rows), then non-causal (a vision
+    tower's images and windows)."""
+    return _call_fails(device, causal=True) or _call_fails(device, causal=False)
+
+
+def _call_fails(device: torch.device, causal: bool, head_dim: int = 128) -> str | None:
+    """One forward and backward of the kernel on ``device`` in bf16, compared with float32 SDPA per segment: None
+    where it matches, else why not. Causal: 8 query and 2 key-value heads, segments of 150/333/64 tokens.
+    Non-causal: 16 heads, segments of 64, 150, 49 and 333 tokens."""
+    kind = "causal" if causal else "non-causal"
     try:
-        lengths = [150, 333, 64]
+        lengths, kv_heads, heads = ([150, 333, 64], 2, 8) if causal else ([64, 150, 49, 333], 16, 16)
         generator = torch.Generator(device=device).manual_seed(0)
         cu = torch.tensor([0, *lengths], device=device).cumsum(0).to(torch.int32)
-        for causal, kv_heads in ((True, 2), (False, 8)):
-            query = torch.randn(1, 8, sum(lengths), 128, device=device, generator=generator)
-            key, value = (torch.randn(1, kv_heads, sum(lengths), 128, device=device, generator=generator)
-                          for _ in range(2))
-            query, key, value = (t.bfloat16().requires_grad_() for t in (query, key, value))
-            out = _kernel(query, key, value, cu, None, max(lengths), causal)
-            out.float().sum().backward()
-            if not all(torch.isfinite(t).all() for t in (out, query.grad, key.grad, value.grad)):
-                return "its test call gave non-finite values"
-            error = _relative_error(out[0], query.detach(), key.detach(), value.detach(), cu.tolist(), causal)
-            if error > 2e-2:
-                kind = "causal" if causal else "non-causal"
-                return f"its test call differs from {kind} SDPA per row by {error:.3f} (relative)"
+        query = torch.randn(1, heads, sum(lengths), head_dim, device=device, generator=generator)
+        key, value = (torch.randn(1, kv_heads, sum(lengths), head_dim, device=device, generator=generator)
+                      for _ in range(2))
+        query, key, value = (t.bfloat16().requires_grad_() for t in (query, key, value))
+        out = _kernel(query, key, value, cu, None, max(lengths), causal)
+        out.float().sum().backward()
+        if not all(torch.isfinite(t).all() for t in (out, query.grad, key.grad, value.grad)):
+            return f"its {kind} test call gave non-finite values"
+        error = _relative_error(out[0], query.detach(), key.detach(), value.detach(), cu.tolist(), causal)
+        if error > 2e-2:
+            return f"its test call differs from {kind} SDPA per row by {error:.3f} (relative)"
     except Exception as exc:  # noqa: BLE001 - any failure means: not this kernel here
         return f"its test call failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return None
