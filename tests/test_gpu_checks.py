@@ -58,3 +58,9 @@ def test_tests_cut_off_by_their_time_limit_keep_the_results_they_had(checks, tmp
         ("pytest -m gpu", "test_liger::test_liger_kernels_on_a_gpu_compute_what_the_model_computed[tiny]", "passed"),
         ("pytest -m gpu", "test_models::test_bf16_training_step_on_gpu", "failed"),
         ("pytest -m gpu", "(the rest)", "no results: timed out after 150 s")]
+
+
+def test_the_kernel_comparisons_run_before_the_whole_runs(checks):
+    files = checks.gpu_test_files()
+    assert files[:4] == [f"tests/{name}" for name in checks.FIRST]
+    assert "tests/test_speed_options.py" in files[4:] and len(set(files)) == len(files)
