@@ -126,6 +126,18 @@ def validation_steps(monkeypatch) -> list[int]:
 
 # --- helpers and fixtures that several test modules share (test modules import from here, never from each other)
 
+#: The tiny models of the packable families: Qwen2-VL, Qwen2.5-VL, Qwen3-VL and its MoE.
+PACKABLE = ["tiny", "tiny25", "tiny3", "tiny3_moe"]
+
+
+def loss_and_grads(model, batch):
+    """(loss, logits, every parameter's gradient) of one forward and backward of ``model`` on ``batch``."""
+    model.zero_grad()
+    out = model(**batch)
+    out.loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return out.loss.detach(), out.logits.detach(), grads
+
 
 def compose_config(cache_dir: Path, config_name: str, overrides: list[str], output_dir: Path | str = "unused"):
     """``config_name`` composed with command-line ``overrides`` outside any Hydra run (module-scoped fixtures

@@ -26,6 +26,8 @@ from medvl.training import run
 from medvl.training.checks import validate_training
 from medvl.training.packing import PackingCollator, rope_index_of
 
+from .conftest import loss_and_grads
+
 liger = pytest.importorskip("liger_kernel.transformers")  # in the dev extra: CI has it
 
 TINY = ["tiny", "tiny25", "tiny3", "tiny3_moe", "tiny_gemma3"]
@@ -169,13 +171,6 @@ def liger_on_cpu(monkeypatch) -> Counter:
     return calls
 
 
-def loss_and_grads(model, batch):
-    model.zero_grad()
-    loss = model(**batch).loss
-    loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
 def tiny_batch(compose, small_synth, rows, model_name: str, packed: bool = False):
     cfg = compose([f"model={model_name}"])
     processor, model = load_processor(cfg.model), load_model(cfg.model)
@@ -189,11 +184,11 @@ def tiny_batch(compose, small_synth, rows, model_name: str, packed: bool = False
 def test_the_model_with_liger_computes_what_it_computed_before(compose, small_synth, rows, liger_on_cpu, caplog,
                                                                model_name, packed):
     cfg, model, batch = tiny_batch(compose, small_synth, rows, model_name, packed)
-    own_loss, own_grads = loss_and_grads(model, batch)
+    own_loss, _, own_grads = loss_and_grads(model, batch)
     assert not liger_on_cpu
     with caplog.at_level(logging.INFO, logger="medvl.models.liger"):
         patched = apply_liger(model, cfg.model.family)
-    loss, grads = loss_and_grads(model, batch)
+    loss, _, grads = loss_and_grads(model, batch)
 
     torch.testing.assert_close(loss, own_loss)
     assert grads.keys() == own_grads.keys() and grads
@@ -243,7 +238,8 @@ def test_lora_trains_through_the_patched_mlp(compose, small_synth, rows, liger_o
         model = run.setup_for_training(load_model(cfg.model), cfg)
         model.train()
         batch = Collator(processor.tokenizer.pad_token_id)([encode(row, processor, small_synth) for row in rows])
-        results[on] = loss_and_grads(model, batch)
+        loss, _, grads = loss_and_grads(model, batch)
+        results[on] = loss, grads
     assert liger_on_cpu["LigerSwiGLUMLP"] > 0
     (own_loss, own_grads), (loss, grads) = results[False], results[True]
     torch.testing.assert_close(loss, own_loss)
@@ -336,10 +332,10 @@ def test_liger_kernels_on_a_gpu_compute_what_the_model_computed(compose, small_s
     cfg, model, batch = tiny_batch(compose, small_synth, rows, model_name)
     model.cuda()
     batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}
-    own_loss, own_grads = loss_and_grads(model, batch)
+    own_loss, _, own_grads = loss_and_grads(model, batch)
     patched = apply_liger(model, family_name(cfg.model.family))
     assert patched["RMSNorm"] > 0
-    loss, grads = loss_and_grads(model, batch)
+    loss, _, grads = loss_and_grads(model, batch)
     torch.testing.assert_close(loss, own_loss, atol=1e-4, rtol=1e-4)
     for name, grad in own_grads.items():
         torch.testing.assert_close(grads[name], grad, atol=1e-4, rtol=1e-2, msg=name)

@@ -20,17 +20,8 @@ from medvl.training.checks import validate_training
 from medvl.training.packing import PackingCollator, rope_index_of
 from medvl.training.run import train
 
-from .conftest import small_data_overrides
-
-FAMILIES = ["tiny", "tiny25", "tiny3", "tiny3_moe"]  # Qwen2-VL, Qwen2.5-VL, Qwen3-VL and its MoE
-
-
-def loss_and_grads(model, batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    model.zero_grad()
-    out = model(**batch)
-    out.loss.backward()
-    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-    return out.loss.detach(), out.logits.detach(), grads
+from .conftest import PACKABLE as FAMILIES
+from .conftest import loss_and_grads, small_data_overrides
 
 
 def mean_over_label_tokens(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,8 @@ from medvl.models.loading import load_model, load_processor
 from medvl.training.packing import PackingCollator, rope_index_of
 from medvl.training.run import training_model_config
 
-from .test_packing import FAMILIES, loss_and_grads
+from .conftest import PACKABLE as FAMILIES
+from .conftest import loss_and_grads
 
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor,
@@ -114,7 +115,7 @@ def test_the_kernels_test_call_compares_it_with_causal_sdpa_row_by_row(monkeypat
     (what a backend that drops the causal window would do on long rows) or raises is named, not used."""
     cpu = torch.device("cpu")
     monkeypatch.setattr(varlen, "_varlen_attn", lambda: varlen_2_12)
-    assert varlen.probe(cpu) is None
+    assert varlen._call_fails(cpu, causal=True) is None and varlen._call_fails(cpu, causal=False) is None
 
     def not_causal(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, window_size=(-1, -1), **kwargs):
         k, v = (t.repeat_interleave(query.shape[1] // key.shape[1], dim=1) for t in (key, value))
@@ -124,17 +125,17 @@ def test_the_kernels_test_call_compares_it_with_causal_sdpa_row_by_row(monkeypat
             for a, b in zip(bounds, bounds[1:])])
 
     monkeypatch.setattr(varlen, "_varlen_attn", lambda: not_causal)
-    assert varlen.probe(cpu).startswith("its test call differs from causal SDPA per row by ")
+    assert varlen._call_fails(cpu, causal=True).startswith("its test call differs from causal SDPA per row by ")
     # One that is always causal fails the non-causal call (a vision tower's images).
     monkeypatch.setattr(varlen, "_varlen_attn", lambda: lambda *args, window_size=(-1, -1), **kwargs: varlen_2_12(
         *args, window_size=(-1, 0), **kwargs))
-    assert varlen.probe(cpu).startswith("its test call differs from non-causal SDPA per row by ")
+    assert varlen._call_fails(cpu, causal=False).startswith("its test call differs from non-causal SDPA per row by ")
 
     def fails(*args, **kwargs):
         raise RuntimeError("no kernel image is available for execution on the device")
 
     monkeypatch.setattr(varlen, "_varlen_attn", lambda: fails)
-    assert varlen.probe(cpu) == ("its test call failed: RuntimeError: no kernel image is available for execution on "
+    assert varlen._call_fails(cpu, causal=True) == ("its test call failed: RuntimeError: no kernel image is available for execution on "
                                  "the device")
 
 
@@ -257,14 +258,6 @@ def test_a_padded_batch_and_generation_under_torch_varlen_are_sdpas(compose, sma
 
 # --- the vision tower ---------------------------------------------------------------------------------------------
 
-def vision_loss_and_grads(model, batch):
-    """The loss and every gradient, the vision tower's included (all weights train here)."""
-    model.zero_grad()
-    loss = model(**batch).loss
-    loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
 @pytest.mark.parametrize("kernel", [None, varlen_2_10, varlen_2_12], ids=["cpu-fallback", "torch-2.10-form",
                                                                            "later-form"])
 @pytest.mark.parametrize("model_name", ["tiny", "tiny25", "tiny3"])
@@ -281,7 +274,7 @@ def test_the_vision_tower_runs_one_call_per_block_over_its_images_bounds(compose
     processor, model = load_processor(cfg.model), load_model(cfg.model)
     model.train()
     batch = Collator(processor.tokenizer.pad_token_id)([encode(row, processor, small_synth) for row in rows])
-    loss, grads = vision_loss_and_grads(model, batch)
+    loss, _, grads = loss_and_grads(model, batch)  # the vision tower's gradients too: all weights train here
     monkeypatch.setattr(speed, "_cuda", lambda: True)
     monkeypatch.setattr(speed, "_cuda_index", lambda: 0)
     monkeypatch.setattr(speed, "vision_kernel_unavailable", lambda index, head_dim: None)
@@ -289,7 +282,7 @@ def test_the_vision_tower_runs_one_call_per_block_over_its_images_bounds(compose
     assert model.model.visual.config._attn_implementation == varlen.VISION_VARLEN
     assert model.config.get_text_config()._attn_implementation == "sdpa"
     STAND_IN_CALLS.clear()
-    varlen_loss, varlen_grads = vision_loss_and_grads(model, batch)
+    varlen_loss, _, varlen_grads = loss_and_grads(model, batch)
 
     torch.testing.assert_close(varlen_loss, loss)
     assert varlen_grads.keys() == grads.keys() and any(n.startswith("model.visual.blocks") for n in grads)

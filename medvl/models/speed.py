@@ -38,6 +38,12 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def _half(dtype: Any) -> bool:
+    """Whether weights of ``dtype`` (a ``torch.dtype`` or its name) are bf16/fp16, the dtypes FlashAttention-style
+    kernels run in."""
+    return str(dtype).removeprefix("torch.") in HALF_DTYPES
+
+
 def _cuda() -> bool:
     import torch
 
@@ -57,7 +63,7 @@ def resolve_attn_implementation(name: str, dtype: Any = None, *, quiet: bool = F
         if name == VARLEN:
             register_varlen()
         return name
-    half = str(dtype).removeprefix("torch.") in HALF_DTYPES
+    half = _half(dtype)
     if _installed(FLASH_ATTN_PACKAGE) and _cuda() and half:
         if not quiet:
             log.info("model.attn_implementation=auto: flash_attention_2")
@@ -91,7 +97,7 @@ def vision_attention(model: Any, family: Any, requested: Any, attn: str, dtype: 
     ``_from_config`` would take it for a Hub FlashAttention kernel, so medvl builds none that way.
     """
     requested = str(getattr(requested, "value", requested))
-    half = str(dtype).removeprefix("torch.") in HALF_DTYPES
+    half = _half(dtype)
     on_gpu = _cuda() and (device is None or str(device).startswith(("cuda", "auto")))
     if (not family_spec(family).vision_varlen or requested not in ("auto", VARLEN) or "flash" in attn
             or not (on_gpu and half)):

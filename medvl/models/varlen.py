@@ -200,12 +200,6 @@ def _unavailable(device_index: int) -> str | None:
     return None
 
 
-def probe(device: torch.device) -> str | None:
-    """The test calls on ``device``: causal with grouped-query heads (packed text rows), then non-causal (a vision
-    tower's images and windows)."""
-    return _call_fails(device, causal=True) or _call_fails(device, causal=False)
-
-
 def _call_fails(device: torch.device, causal: bool, head_dim: int = 128) -> str | None:
     """One forward and backward of the kernel on ``device`` in bf16, compared with float32 SDPA per segment: None
     where it matches, else why not. Causal: 8 query and 2 key-value heads, segments of 150/333/64 tokens.
