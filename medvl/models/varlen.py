@@ -15,7 +15,7 @@ the attention function in one call only where the attention's name says "flash" 
 :data:`VISION_VARLEN` is this module's function under such a name, set on the vision config alone after loading
 (:func:`medvl.models.speed.vision_attention`): the vision tower then makes one non-causal kernel call per block.
 
-The kernel runs on a CUDA GPU in bf16/fp16 with a head size of at most 256. Anywhere else (the CPU, float32) the
+The kernel runs on a CUDA GPU in bf16/fp16 with a head size that is a multiple of 8, up to 256. Anywhere else (the CPU, float32) the
 packed rows run as one SDPA call per row: the same result, padding-free, slower. :func:`kernel_unavailable` says
 whether the kernel runs forward and backward on this GPU; ``model.attn_implementation=auto`` takes ``torch_varlen``
 for packed training only where it does (:func:`medvl.models.speed.resolve_attn_implementation`).
