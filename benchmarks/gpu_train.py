@@ -285,7 +285,7 @@ def run_one(run: Run, counts: Counts, opts: Options) -> dict:
     counting = Counting(collator(cfg, model), lambda it: counts.row_flops(
         len(it["input_ids"]), int(it["mm_token_type_ids"].sum()), n_lora, int((it["labels"] != IGNORE).sum())))
     timer = step_timer(opts.warmup, opts.steps, torch.cuda.synchronize if cuda else (lambda: None))
-    trainer = build_trainer(model, training_arguments(cfg, opts.work / "run"), Rows(rows), counting, [timer])
+    trainer = build_trainer(cfg, model, training_arguments(cfg, opts.work / "run"), Rows(rows), counting, [timer])
     trainer.training_step = counting.around(trainer.training_step)
     assert trainer.args.gradient_accumulation_steps == 1, "the step timer counts one batch per optimizer step"
     for quiet in (ProgressCallback, PrinterCallback):  # one table line per configuration, no progress bars

@@ -19,11 +19,12 @@ import torch.nn.functional as F
 
 from medvl.config import ConfigError
 from medvl.config.families import FAMILIES, family_name
-from medvl.data.dataset import Collator, encode
+from medvl.data.dataset import IGNORE_INDEX, Collator, encode
 from medvl.models.liger import TEXT_ROPE, VISION_ROPE, apply_liger
 from medvl.models.loading import load_model, load_processor
 from medvl.training import run
 from medvl.training.checks import validate_training
+from medvl.training.loss import answer_loss, fused_head
 from medvl.training.packing import PackingCollator, rope_index_of
 
 from .conftest import loss_and_grads
@@ -138,6 +139,22 @@ def rope(op, q, k, cos, sin, position_ids=None, unsqueeze_dim=1):
     return RopeKernel.apply(q, k, cos, sin, unsqueeze_dim)
 
 
+def fused_linear_cross_entropy(calls: Counter):
+    """Liger's fused linear cross-entropy kernel entry point (``LigerFusedLinearCrossEntropyFunction.apply``): the
+    head's product and the cross-entropy in float32, as the kernel computes them a chunk of rows at a time; counts
+    its calls and the rows (tokens) it was given."""
+
+    def kernel(x, weight, target, bias, ce_weight, ignore_index, lse_square_scale, label_smoothing, reduction,
+               softcap, return_z_loss, *rest):
+        assert bias is None and ce_weight is None and softcap is None and not return_z_loss
+        assert lse_square_scale == label_smoothing == 0 and ignore_index == IGNORE_INDEX and x.dim() == 2
+        calls["fused rows"] += x.shape[0]
+        loss = F.cross_entropy(F.linear(x, weight).float(), target, ignore_index=ignore_index, reduction=reduction)
+        return loss, None, None, None
+
+    return Counted(kernel, calls, "FusedLinearCrossEntropy")
+
+
 def keep_rotary_functions(monkeypatch) -> None:
     """The rotary functions apply_liger replaces in transformers' modules come back after the test."""
     for kernels in {spec.liger for spec in FAMILIES.values() if spec.liger}:
@@ -151,6 +168,7 @@ def keep_rotary_functions(monkeypatch) -> None:
 def liger_on_cpu(monkeypatch) -> Counter:
     """Liger's kernel entry points computed in plain torch as the kernels compute them (their in-place writes
     included), and counted; the vision RoPE is counted apart as well."""
+    import liger_kernel.transformers.functional as functional
     import liger_kernel.transformers.geglu as geglu
     import liger_kernel.transformers.layer_norm as layer_norm
     import liger_kernel.transformers.rms_norm as rms
@@ -167,6 +185,7 @@ def liger_on_cpu(monkeypatch) -> Counter:
     monkeypatch.setattr(rope_module, "dispatch", Counted(rope, calls, "rope"))
     monkeypatch.setattr(rope_module, "liger_rotary_pos_emb_vision", Counted(
         rope_module.liger_rotary_pos_emb_vision, calls, "vision rope"))
+    monkeypatch.setattr(functional, "LigerFusedLinearCrossEntropyFunction", fused_linear_cross_entropy(calls))
     keep_rotary_functions(monkeypatch)
     return calls
 
@@ -322,6 +341,103 @@ def test_a_bf16_lora_step_with_checkpointing_and_packing_is_the_same_with_liger(
     assert_same_step(own, patched)
 
 
+def label_tokens(batch) -> int:
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
+@pytest.mark.parametrize("model_name, packed", [*((name, False) for name in TINY), ("tiny", True), ("tiny3", True)])
+def test_the_fused_head_computes_the_models_own_loss(compose, small_synth, rows, liger_on_cpu, caplog, model_name,
+                                                     packed):
+    """Liger's fused linear cross-entropy in place of the head: the model's own loss and gradients, from the hidden
+    states of the label tokens alone (not the union of the rows' answer positions), and the head is itself again
+    after the call."""
+    cfg, model, batch = tiny_batch(compose, small_synth, rows, model_name, packed)
+    model.get_output_embeddings().weight.requires_grad_(False)  # as in every stage: the head is not trained
+    own_loss, own_logits, own_grads = loss_and_grads(model, batch)
+    with caplog.at_level(logging.INFO, logger="medvl.training.loss"):
+        fused = fused_head(model, liger=True)
+    assert fused is not None and "the loss is Liger's fused linear cross-entropy" in caplog.text
+    model.zero_grad()
+    loss = answer_loss(model, batch, fused=fused)
+    loss.backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    torch.testing.assert_close(loss, own_loss)
+    assert grads.keys() == own_grads.keys() and grads
+    for name, grad in own_grads.items():
+        torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-3, msg=name)
+    assert liger_on_cpu["FusedLinearCrossEntropy"] == 1 and liger_on_cpu["fused rows"] == label_tokens(batch)
+    with torch.no_grad():
+        assert model(**batch).logits.shape == own_logits.shape  # the head computes logits again
+    # A sum over the label count of all accumulated micro-batches, as with the unfused head.
+    with torch.no_grad():
+        summed = answer_loss(model, batch, num_items_in_batch=torch.tensor(3 * label_tokens(batch)), fused=fused)
+    torch.testing.assert_close(summed * 3, own_loss)
+
+
+def test_the_fused_head_is_used_only_where_it_can_stand_in_for_the_head(compose, monkeypatch, caplog):
+    from peft import LoraConfig, get_peft_model
+
+    def refusal(model) -> str:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="medvl.training.loss"):
+            assert fused_head(model, liger=True) is None
+        return caplog.text
+
+    model = load_model(compose(["model=tiny"]).model)
+    assert "not Liger's fused linear cross-entropy: the head is trained" in refusal(model)
+    model.lm_head.weight.requires_grad_(False)
+    assert fused_head(model, liger=False) is None
+    assert fused_head(model, liger=True) is not None
+    import transformers.integrations.deepspeed as hf_deepspeed
+    with monkeypatch.context() as patch:
+        patch.setattr(hf_deepspeed, "is_deepspeed_zero3_enabled", lambda: True)
+        assert "ZeRO-3 gathers the head's weight only while the head runs" in refusal(model)
+    adapted = get_peft_model(model, LoraConfig(r=2, target_modules=["lm_head"]))
+    assert "the head is a peft.tuners.lora.layer.Linear, not a plain nn.Linear" in refusal(adapted)
+
+    gemma = load_model(compose(["model=tiny_gemma3"]).model)
+    gemma.lm_head.weight.requires_grad_(False)
+    assert fused_head(gemma, liger=True) is not None
+    gemma.config.get_text_config().final_logit_softcapping = 30.0
+    assert "the model softcaps its logits" in refusal(gemma)
+
+    moe = load_model(compose(["model=tiny3_moe"]).model)
+    moe.lm_head.weight.requires_grad_(False)
+    moe.config.text_config.output_router_logits = True
+    assert "router's load-balancing loss" in refusal(moe)
+
+
+def test_the_head_is_itself_again_after_a_failed_forward(compose, small_synth, rows):
+    cfg, model, batch = tiny_batch(compose, small_synth, rows, "tiny")
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        answer_loss(model, {**batch, "pixel_values": None}, fused=failing)
+    assert "forward" not in vars(model.lm_head)
+    with torch.no_grad():
+        assert model(**batch).logits.shape[-1] == model.config.get_text_config().vocab_size
+
+
+@pytest.mark.parametrize("liger_on", [True, False])
+def test_trainer_liger_trains_with_the_fused_head(compose, small_synth, rows, liger_on_cpu, tmp_path, liger_on):
+    """medvl's Trainer takes the fused head from trainer.liger (as medvl.train builds it), and its loss is the
+    model's own."""
+    cfg = compose(["model=tiny", "stage=instruct", "lora=attn_ffn", "lora.dropout=0",
+                   f"trainer.liger={str(liger_on).lower()}"])
+    processor = load_processor(cfg.model)
+    model = run.setup_for_training(load_model(cfg.model), cfg)
+    batch = Collator(processor.tokenizer.pad_token_id)([encode(row, processor, small_synth) for row in rows])
+    trainer = run.build_trainer(cfg, model, run.training_arguments(cfg, tmp_path), None, None, [])
+    assert (trainer.fused_head is not None) is liger_on
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, dict(batch))
+        own = model(**batch).loss
+    torch.testing.assert_close(loss, own)
+    assert liger_on_cpu["FusedLinearCrossEntropy"] == int(liger_on)
+
+
 # --- on a GPU: Liger's real kernels (skipped here) --------------------------------------------------------------
 
 @pytest.mark.gpu
@@ -347,3 +463,37 @@ def test_a_bf16_lora_step_on_a_gpu_is_the_same_with_liger(compose, small_synth, 
     keep_rotary_functions(monkeypatch)
     own = bf16_lora_step(compose, small_synth, rows, model_name, False, "cuda")
     assert_same_step(own, bf16_lora_step(compose, small_synth, rows, model_name, True, "cuda"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model_name", TINY)
+def test_the_fused_head_on_a_gpu_computes_the_answer_loss(compose, small_synth, rows, model_name):
+    """Liger's real fused linear cross-entropy against the unfused answer-position head: float32, then a bf16 step
+    under autocast (the loss within 1%, the gradients pointing the same way)."""
+    cfg, model, batch = tiny_batch(compose, small_synth, rows, model_name)
+    model.cuda()
+    batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}
+    model.get_output_embeddings().weight.requires_grad_(False)
+    fused = fused_head(model, liger=True)
+    assert fused is not None
+    for dtype in (torch.float32, torch.bfloat16):
+        model.to(dtype)
+        results = []
+        for head in (None, fused):
+            model.zero_grad()
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                loss = answer_loss(model, batch, fused=head)
+            loss.backward()
+            results.append((loss.detach().float(), {n: p.grad.float().flatten() for n, p in model.named_parameters()
+                                                    if p.grad is not None}))
+        (own_loss, own_grads), (loss, grads) = results
+        if dtype == torch.float32:
+            torch.testing.assert_close(loss, own_loss, atol=1e-4, rtol=1e-4)
+            for name, grad in own_grads.items():
+                torch.testing.assert_close(grads[name], grad, atol=1e-4, rtol=1e-2, msg=name)
+        else:
+            torch.testing.assert_close(loss, own_loss, atol=0, rtol=1e-2)
+            assert grads.keys() == own_grads.keys()
+            for name, grad in own_grads.items():
+                if grad.norm() > 0:
+                    assert F.cosine_similarity(grads[name], grad, dim=0) > 0.99, name

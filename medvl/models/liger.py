@@ -17,8 +17,9 @@ silently change nothing. medvl therefore uses Liger's kernels directly, by what 
   RoPE, which takes the same ``cos``/``sin``. These are module functions, so other models of that family built
   later in the same process get them too, as with Liger's own patch functions.
 
-Liger's fused linear cross-entropy is not used: medvl's loss already runs the output head at the answer positions
-only (:mod:`medvl.training.loss`), so the full-vocabulary logits it exists to avoid are never built.
+Liger's fused linear cross-entropy replaces the output head and the loss, not a module: medvl's loss runs the head at
+the answer positions only, and with ``trainer.liger=true`` it gives the hidden states of the label tokens to Liger's
+fused call instead (:func:`medvl.training.loss.fused_head`, which says where it cannot stand in for the head).
 
 Modules are patched in place (their ``forward`` bound to Liger's), before LoRA wraps their linear layers: a
 patched MLP calls its ``gate_proj``/``up_proj``/``down_proj`` submodules, which may then be LoRA layers.

@@ -10,16 +10,32 @@ the batch (transformers' ``logits_to_keep`` with a tensor of positions) and comp
 the mean over all label tokens of the batch (or the sum over ``num_items_in_batch`` for a model that takes it), in
 float32, as transformers' ``ForCausalLMLoss`` does. The model's forward is still what runs (through DDP, DeepSpeed
 and PEFT as before); only the head's input is cut.
+
+With ``trainer.liger=true`` the head and the cross-entropy become one of Liger's fused linear cross-entropy calls
+(:func:`fused_head`): the model returns the hidden states the head would read (its head passes them through), the
+label tokens among them are taken, and Liger computes the head's product and the cross-entropy a chunk of tokens at
+a time, with the gradient, so that neither the logits nor their float32 copy and gradient are ever whole in memory.
+For rows with long answers (LLaVA-Med's multi-turn instructions, captions) that is several GB of a 7B step: 8 rows
+of 500 answer tokens hold 4,000 x 152k logits, 2.4 GB in float32 alone.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from medvl.data.dataset import IGNORE_INDEX
+
+log = logging.getLogger(__name__)
+
+#: ``(hidden [N, H], weight [V, H], targets [N], reduction) -> loss``: the output head and cross-entropy in one call.
+FusedHead = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, str], torch.Tensor]
 
 
 def _unwrapped(model):
@@ -37,17 +53,84 @@ def answer_loss_applies(model) -> bool:
     return not getattr(text, "output_router_logits", False)
 
 
-def answer_loss(model, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
-    """The model's causal-LM loss on ``inputs`` (with ``labels``), the head run at the answer positions only."""
+def answer_loss(model, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None,
+                fused: FusedHead | None = None) -> torch.Tensor:
+    """The model's causal-LM loss on ``inputs`` (with ``labels``), the head run at the answer positions only
+    (``fused``: by that function, on the hidden states of the label tokens)."""
     labels = inputs["labels"]
     targets = labels[:, 1:]  # position p predicts the token at p + 1
     positions = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
-    outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=positions)
-    logits = outputs.logits.float()
-    chosen = targets[:, positions].to(logits.device)
+    model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
     reduction = "sum" if num_items_in_batch is not None else "mean"
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), chosen.reshape(-1), ignore_index=IGNORE_INDEX,
-                           reduction=reduction)
+    if fused is None:
+        logits = model(**model_inputs, logits_to_keep=positions).logits.float()
+        chosen = targets[:, positions].to(logits.device)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), chosen.reshape(-1), ignore_index=IGNORE_INDEX,
+                               reduction=reduction)
+    else:
+        head = _unwrapped(model).get_output_embeddings()
+        with _passing_through(head):
+            hidden = model(**model_inputs, logits_to_keep=positions).logits  # what the head would have read
+        chosen = targets[:, positions].to(hidden.device)
+        label = chosen != IGNORE_INDEX  # the union of the rows' positions: each row's own labels only
+        loss = fused(hidden[label].to(head.weight.dtype), head.weight, chosen[label], reduction)
     if num_items_in_batch is not None:
         loss = loss / torch.as_tensor(num_items_in_batch, device=loss.device)
     return loss
+
+
+@contextmanager
+def _passing_through(head: nn.Module):
+    """Inside, ``head`` returns its input; its own ``forward`` is back on leaving, also after an error."""
+    head.forward = _identity
+    try:
+        yield
+    finally:
+        del head.forward
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def fused_head(model, liger: bool) -> FusedHead | None:
+    """Liger's fused linear cross-entropy for ``model``'s training loss when ``liger`` (``trainer.liger``) and the
+    head is one it can stand in for; None otherwise, with the reason in the run log. It stands in for a frozen plain
+    linear head without bias, in a model that adds nothing to its logits (Gemma 2's softcapping) or its loss (a
+    router's), outside DeepSpeed ZeRO-3 (which holds the head's weight only while the head itself runs)."""
+    if not liger:
+        return None
+    reason = _not_fusable(model)
+    if reason:
+        log.info("trainer.liger=true: the loss keeps the output head at the answer positions, not Liger's fused "
+                 "linear cross-entropy: %s", reason)
+        return None
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+    log.info("trainer.liger=true: the loss is Liger's fused linear cross-entropy over the answer tokens")
+
+    def head_and_loss(hidden, weight, targets, reduction):
+        return liger_fused_linear_cross_entropy(hidden, weight, targets, ignore_index=IGNORE_INDEX,
+                                                reduction=reduction)
+
+    return head_and_loss
+
+
+def _not_fusable(model) -> str | None:
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    base = _unwrapped(model)
+    head = base.get_output_embeddings()
+    text = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    if not answer_loss_applies(model):
+        return "the model adds its router's load-balancing loss"
+    if type(head) is not nn.Linear:
+        kind = f"{type(head).__module__}.{type(head).__qualname__}"
+        return f"the head is a {kind}, not a plain nn.Linear (adapted, fully trained or quantized)"
+    if head.bias is not None or head.weight.requires_grad:
+        return "the head has a bias" if head.bias is not None else "the head is trained"
+    if getattr(text, "final_logit_softcapping", None) is not None:
+        return "the model softcaps its logits"
+    if is_deepspeed_zero3_enabled():
+        return "DeepSpeed ZeRO-3 gathers the head's weight only while the head runs"
+    return None

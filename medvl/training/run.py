@@ -24,6 +24,7 @@ from medvl.models.speed import prepare_quantized, quantization_config, resolve_a
 from medvl.runs import RunDir
 from medvl.training.checks import check_eval_after_train, validate_training
 from medvl.training.distributed import is_main_process, one_gpu_without_launcher
+from medvl.training.loss import fused_head
 from medvl.training.outputs import save_outputs
 from medvl.training.packing import train_collator
 from medvl.training.sweep import wants_eval_after_train
@@ -178,6 +179,8 @@ def trainer_class():
 
         #: The loss from logits at the answer positions only (:mod:`medvl.training.loss`); False: the model's own.
         answer_head = True
+        #: The head and cross-entropy as one fused call (``trainer.liger``'s, set by :func:`build_trainer`), or None.
+        fused_head = None
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if (return_outputs or not self.answer_head or "labels" not in inputs or self.label_smoother is not None
@@ -187,7 +190,7 @@ def trainer_class():
             # As the model's own loss would be: normalized by the accumulated label count where the model takes
             # it (accepts_loss_kwargs), else the mean of this micro-batch.
             items = num_items_in_batch if self.model_accepts_loss_kwargs else None
-            loss = answer_loss(model, inputs, num_items_in_batch=items)
+            loss = answer_loss(model, inputs, num_items_in_batch=items, fused=self.fused_head)
             if self.args.average_tokens_across_devices and items is not None:
                 loss = loss * (self.accelerator.num_processes // self.get_tp_size() if self.args.n_gpu <= 1
                                else self.args.n_gpu)
@@ -327,7 +330,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                          max_length=resolve_max_length(cfg.model, cfg.data), lengths=lengths)
     callbacks = [validation_callback(cfg, processor, out)] if cfg.trainer.eval_steps > 0 else []
     callbacks += log_callbacks
-    trainer = build_trainer(model, args, dataset, train_collator(cfg, processor, model), callbacks)
+    trainer = build_trainer(cfg, model, args, dataset, train_collator(cfg, processor, model), callbacks)
     result = trainer.train(resume_from_checkpoint=resume_from)
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
     save_outputs(trainer.model, processor, trainer, cfg, out)
@@ -357,11 +360,13 @@ def check_before_loading(cfg: DictConfig, out: Path) -> tuple[str | None, list[d
     return resume_from, rows, lengths
 
 
-def build_trainer(model, args, dataset, collator, callbacks: list):
-    """medvl's Trainer (:func:`trainer_class`), known to each callback: validation logs and saves the best
-    checkpoint through it, and the W&B callback finds the validation callback through it."""
+def build_trainer(cfg: DictConfig, model, args, dataset, collator, callbacks: list):
+    """medvl's Trainer (:func:`trainer_class`), with ``trainer.liger``'s fused head where it applies, known to each
+    callback: validation logs and saves the best checkpoint through it, and the W&B callback finds the validation
+    callback through it."""
     trainer = trainer_class()(model=model, args=args, train_dataset=dataset, data_collator=collator,
                               callbacks=callbacks)
+    trainer.fused_head = fused_head(trainer.model, cfg.trainer.liger)
     for cb in callbacks:
         cb.trainer = trainer
     return trainer
