@@ -148,7 +148,9 @@ def fused_linear_cross_entropy(calls: Counter):
                softcap, return_z_loss, *rest):
         assert bias is None and ce_weight is None and softcap is None and not return_z_loss
         assert lse_square_scale == label_smoothing == 0 and ignore_index == IGNORE_INDEX and x.dim() == 2
+        assert x.dtype == weight.dtype, "the kernel multiplies its two inputs as they are: one dtype"
         calls["fused rows"] += x.shape[0]
+        calls[f"fused {str(x.dtype).removeprefix('torch.')}"] += 1
         loss = F.cross_entropy(F.linear(x, weight).float(), target, ignore_index=ignore_index, reduction=reduction)
         return loss, None, None, None
 
@@ -407,17 +409,51 @@ def test_the_fused_head_is_used_only_where_it_can_stand_in_for_the_head(compose,
     assert "router's load-balancing loss" in refusal(moe)
 
 
-def test_the_head_is_itself_again_after_a_failed_forward(compose, small_synth, rows):
+def test_the_head_is_itself_again_after_the_loss_and_after_a_failed_forward(compose, small_synth, rows,
+                                                                             liger_on_cpu):
     cfg, model, batch = tiny_batch(compose, small_synth, rows, "tiny")
+    model.lm_head.weight.requires_grad_(False)
+    fused = fused_head(model, liger=True)
 
-    def failing(*args, **kwargs):
-        raise RuntimeError("out of memory")
+    def out_of_memory(module, args):
+        raise torch.OutOfMemoryError("CUDA out of memory")
 
-    with pytest.raises(RuntimeError, match="out of memory"):
-        answer_loss(model, {**batch, "pixel_values": None}, fused=failing)
+    layer = next(m for m in model.modules() if type(m).__name__.endswith("DecoderLayer"))
+    hook = layer.register_forward_pre_hook(out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        answer_loss(model, batch, fused=fused)  # the model fails inside, with the head passing its input through
+    hook.remove()
     assert "forward" not in vars(model.lm_head)
     with torch.no_grad():
         assert model(**batch).logits.shape[-1] == model.config.get_text_config().vocab_size
+    # A forward set on the instance (accelerate's hooks put their wrapper there) is the head's forward again after.
+    wrapper = model.lm_head.forward
+    model.lm_head.forward = wrapper
+    with torch.no_grad():
+        answer_loss(model, batch, fused=fused)
+    assert vars(model.lm_head)["forward"] is wrapper and liger_on_cpu["FusedLinearCrossEntropy"] == 1
+
+
+def test_a_batch_without_a_label_token_has_no_loss_and_no_kernel_call(compose, small_synth, rows, liger_on_cpu):
+    cfg, model, batch = tiny_batch(compose, small_synth, rows, "tiny")
+    model.lm_head.weight.requires_grad_(False)
+    loss = answer_loss(model, {**batch, "labels": torch.full_like(batch["labels"], IGNORE_INDEX)},
+                       fused=fused_head(model, liger=True))
+    loss.backward()
+    assert loss.item() == 0 and not liger_on_cpu["FusedLinearCrossEntropy"]
+
+
+def test_a_float32_head_in_bf16_training_is_multiplied_in_bf16(compose, small_synth, rows, liger_on_cpu):
+    """QLoRA's preparation keeps the head in float32 while the forward runs under bf16 autocast (as accelerate
+    wraps it); the loss runs outside it, and the fused head multiplies in bf16 as autocast did for the head."""
+    cfg, model, batch = tiny_batch(compose, small_synth, rows, "tiny")
+    model.to(torch.bfloat16).lm_head.to(torch.float32).weight.requires_grad_(False)
+    model.forward = torch.autocast("cpu", dtype=torch.bfloat16)(model.forward)
+    with torch.no_grad():
+        own = answer_loss(model, batch)
+        loss = answer_loss(model, batch, fused=fused_head(model, liger=True, dtype=torch.bfloat16))
+    assert liger_on_cpu["fused bfloat16"] == 1 and model.lm_head.weight.dtype == torch.float32
+    torch.testing.assert_close(loss.float(), own.float(), atol=0, rtol=1e-2)
 
 
 @pytest.mark.parametrize("liger_on", [True, False])
@@ -474,15 +510,17 @@ def test_the_fused_head_on_a_gpu_computes_the_answer_loss(compose, small_synth, 
     model.cuda()
     batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}
     model.get_output_embeddings().weight.requires_grad_(False)
-    fused = fused_head(model, liger=True)
-    assert fused is not None
+    forward = model.forward
     for dtype in (torch.float32, torch.bfloat16):
         model.to(dtype)
+        if dtype == torch.bfloat16:  # as accelerate runs the forward in bf16 training: the loss outside autocast
+            from accelerate.utils import convert_outputs_to_fp32
+            model.forward = convert_outputs_to_fp32(torch.autocast("cuda", dtype=torch.bfloat16)(forward))
+        fused = fused_head(model, liger=True, dtype=torch.bfloat16 if dtype == torch.bfloat16 else None)
         results = []
         for head in (None, fused):
             model.zero_grad()
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-                loss = answer_loss(model, batch, fused=head)
+            loss = answer_loss(model, batch, fused=head)
             loss.backward()
             results.append((loss.detach().float(), {n: p.grad.float().flatten() for n, p in model.named_parameters()
                                                     if p.grad is not None}))

@@ -73,7 +73,9 @@ def answer_loss(model, inputs: dict[str, Any], num_items_in_batch: torch.Tensor 
             hidden = model(**model_inputs, logits_to_keep=positions).logits  # what the head would have read
         chosen = targets[:, positions].to(hidden.device)
         label = chosen != IGNORE_INDEX  # the union of the rows' positions: each row's own labels only
-        loss = fused(hidden[label].to(head.weight.dtype), head.weight, chosen[label], reduction)
+        if not label.any():  # nothing to predict (Liger divides by the token count): no loss, the graph kept
+            return hidden.sum() * 0.0
+        loss = fused(hidden[label], head.weight, chosen[label], reduction)
     if num_items_in_batch is not None:
         loss = loss / torch.as_tensor(num_items_in_batch, device=loss.device)
     return loss
@@ -81,23 +83,32 @@ def answer_loss(model, inputs: dict[str, Any], num_items_in_batch: torch.Tensor 
 
 @contextmanager
 def _passing_through(head: nn.Module):
-    """Inside, ``head`` returns its input; its own ``forward`` is back on leaving, also after an error."""
+    """Inside, ``head`` returns its input; what its ``forward`` was (a hook's wrapper included) is back on leaving,
+    also after an error."""
+    own = vars(head).get("forward")
     head.forward = _identity
     try:
         yield
     finally:
-        del head.forward
+        if own is None:
+            del head.forward
+        else:
+            head.forward = own
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def fused_head(model, liger: bool) -> FusedHead | None:
+def fused_head(model, liger: bool, dtype: torch.dtype | None = None) -> FusedHead | None:
     """Liger's fused linear cross-entropy for ``model``'s training loss when ``liger`` (``trainer.liger``) and the
     head is one it can stand in for; None otherwise, with the reason in the run log. It stands in for a frozen plain
-    linear head without bias, in a model that adds nothing to its logits (Gemma 2's softcapping) or its loss (a
-    router's), outside DeepSpeed ZeRO-3 (which holds the head's weight only while the head itself runs)."""
+    linear head without bias, in a model that adds nothing to its logits (softcapping) or its loss (a router's),
+    outside DeepSpeed ZeRO-3 (which holds the head's weight only while the head itself runs).
+
+    ``dtype``: the mixed-precision compute dtype (bf16 training). The loss runs outside the forward's autocast, so
+    the head's product is done in it explicitly, as autocast did for the head: QLoRA's preparation keeps the head in
+    float32, and the kernel would otherwise multiply in float32. Without it, the head's own dtype."""
     if not liger:
         return None
     reason = _not_fusable(model)
@@ -110,8 +121,9 @@ def fused_head(model, liger: bool) -> FusedHead | None:
     log.info("trainer.liger=true: the loss is Liger's fused linear cross-entropy over the answer tokens")
 
     def head_and_loss(hidden, weight, targets, reduction):
-        return liger_fused_linear_cross_entropy(hidden, weight, targets, ignore_index=IGNORE_INDEX,
-                                                reduction=reduction)
+        compute = dtype or weight.dtype
+        return liger_fused_linear_cross_entropy(hidden.to(compute), weight.to(compute), targets,
+                                                ignore_index=IGNORE_INDEX, reduction=reduction)
 
     return head_and_loss
 
@@ -126,7 +138,7 @@ def _not_fusable(model) -> str | None:
         return "the model adds its router's load-balancing loss"
     if type(head) is not nn.Linear:
         kind = f"{type(head).__module__}.{type(head).__qualname__}"
-        return f"the head is a {kind}, not a plain nn.Linear (adapted, fully trained or quantized)"
+        return f"the head is a {kind}, not a plain nn.Linear (adapted or fully trained)"
     if head.bias is not None or head.weight.requires_grad:
         return "the head has a bias" if head.bias is not None else "the head is trained"
     if getattr(text, "final_logit_softcapping", None) is not None:

@@ -366,7 +366,7 @@ def build_trainer(cfg: DictConfig, model, args, dataset, collator, callbacks: li
     callback through it."""
     trainer = trainer_class()(model=model, args=args, train_dataset=dataset, data_collator=collator,
                               callbacks=callbacks)
-    trainer.fused_head = fused_head(trainer.model, cfg.trainer.liger)
+    trainer.fused_head = fused_head(trainer.model, cfg.trainer.liger, torch.bfloat16 if args.bf16 else None)
     for cb in callbacks:
         cb.trainer = trainer
     return trainer
