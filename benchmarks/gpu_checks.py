@@ -1,9 +1,11 @@
 """Every GPU check of issue 12 in one run, in about 8 minutes on one H200, each step inside its own time budget:
 
   1. ``pytest -m gpu``: the gpu-marked tests (packed = padded under FlashAttention 2 and under PyTorch's own
-     varlen kernel, torch_varlen; Liger's kernels against the plain model, float32 and a bf16 LoRA step; QLoRA and
-     Liger training the tiny models, bf16 training step, GPU memory logging, eval on the GPU);
-  2. ``benchmarks/gpu_train.py``: tokens/s, MFU and peak memory, padded vs packed, Liger, LoRA vs QLoRA;
+     varlen kernel, torch_varlen; Liger's kernels against the plain model, float32 and a bf16 LoRA step; Liger's
+     fused linear cross-entropy against the answer-position head; QLoRA and Liger training the tiny models, bf16
+     training step, GPU memory logging, eval on the GPU);
+  2. ``benchmarks/gpu_train.py``: tokens/s, MFU and peak memory, padded vs packed, Liger (its fused loss
+     included), LoRA vs QLoRA;
   3. ``benchmarks/eval_generation.py --gpu``: rows/s of batched vs one-at-a-time generation, identical outputs.
 
 Everything lands in ``--out`` (the device tool's $OUT): each step's log, gpu_tests.xml, gpu_train.json,
