@@ -211,8 +211,8 @@ class TrainerConfig:
     max_grad_norm: float = 1.0
     #: bf16 is used when a GPU supports it; ``false`` forces float32.
     bf16: bool = True
-    #: Liger's Triton kernels (RMSNorm, LayerNorm, RoPE, SwiGLU/GeGLU): a CUDA GPU and ``medvl[liger]``
-    #: (:mod:`medvl.models.liger`).
+    #: Liger's Triton kernels (RMSNorm, LayerNorm, RoPE, SwiGLU/GeGLU, and the fused linear cross-entropy loss):
+    #: a CUDA GPU and ``medvl[liger]`` (:mod:`medvl.models.liger`, :func:`medvl.training.loss.fused_head`).
     liger: bool = False
 
 
@@ -220,11 +220,13 @@ class TrainerConfig:
 class BertScoreConfig:
     #: A local model directory or hub id; ``null``: the packaged all-MiniLM-L6-v2 (offline).
     model: str | None = None
+    #: ``null``: bert-score's tuned layer for the model, also for a local copy of a model it knows (by the name in
+    #: its config, its Hub cache path or its folder); the last layer, with a warning, for a model it does not know.
     num_layers: int | None = None
     #: ``float32`` (exact: equals bert-score's own output) or ``bfloat16`` (about twice as fast on CPUs
     #: with bf16 units; per-sample F1 within about 1e-2, the mean within about 2e-3).
     dtype: str = "float32"
-    #: A multilingual model (local directory or hub id) for Chinese rows, at its own default layer;
+    #: A multilingual model (local directory or hub id) for Chinese rows, at bert-score's layer for it;
     #: ``null``: zh rows get no BERTScore (the reason is in metrics.json), never an English model's score.
     model_zh: str | None = None
 

@@ -7,10 +7,12 @@ The default model is the offline all-MiniLM-L6-v2 at layer 6; Chinese rows need 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from medvl.evaluation.metrics.registry import mean, register_metric
@@ -38,17 +40,47 @@ def default_bertscore_model() -> str:
 
 
 def _bertscore_layers(model: str, num_layers: int | None) -> int:
+    """The layer whose embeddings BERTScore compares: ``num_layers`` if set; else the one bert-score tuned for the
+    model (roberta-large: 17), found by its hub name also when ``model`` is a local copy of it; else, for a model
+    bert-score has no layer for, its last layer, with a warning (bert-score itself refuses such a model)."""
     if num_layers is not None:
         return num_layers
     if model == default_bertscore_model():
         return DEFAULT_BERTSCORE_LAYERS
     from bert_score.utils import model2layers
 
-    if model in model2layers:  # the layer bert-score tuned for known hub names (roberta-large: 17)
-        return model2layers[model]
+    name = _hub_name(model, model2layers)
+    if name is not None:
+        if name != model:
+            log.info("BERTScore: %s is %s, at bert-score's layer %d for it", model, name, model2layers[name])
+        return model2layers[name]
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(model).num_hidden_layers  # unknown model: its last layer
+    last = AutoConfig.from_pretrained(model).num_hidden_layers
+    log.warning("BERTScore: bert-score has no tuned layer for %s; comparing its last layer (%d). Set "
+                "bertscore.num_layers to choose one", model, last)
+    return last
+
+
+def _hub_name(model: str, known: dict[str, int]) -> str | None:
+    """``model``'s name among bert-score's ``known`` hub names: the name itself, or for a local directory the name
+    its ``config.json`` records (``_name_or_path``), the one in a Hub cache path (``models--org--name``), or its
+    folder's name (``huggingface-cli download roberta-large --local-dir .../roberta-large``). A name the Hub has
+    since moved under an organisation (``FacebookAI/roberta-large``) is found by its last part."""
+    candidates = [model]
+    path = Path(model).expanduser()
+    if path.is_dir():
+        try:
+            candidates.append(json.loads((path / "config.json").read_text()).get("_name_or_path"))
+        except (OSError, ValueError, AttributeError):
+            pass
+        candidates += [part.removeprefix("models--").replace("--", "/") for part in reversed(path.parts)
+                       if part.startswith("models--")][:1]
+        candidates.append(path.resolve().name)
+    candidates = [c.rstrip("/") for c in candidates if isinstance(c, str) and c.strip("/")]
+    by_last_part = {name.rsplit("/", 1)[-1]: name for name in known}
+    return next((c for c in candidates if c in known), None) or next(
+        (by_last_part[c.rsplit("/", 1)[-1]] for c in candidates if c.rsplit("/", 1)[-1] in by_last_part), None)
 
 
 def bertscore_scorer(
@@ -210,7 +242,7 @@ def bertscore_by_language(
                 notes["bertscore_f1"] = no_bertscore_zh_reason(len(rows))
                 log.warning("%s", notes["bertscore_f1"])
                 continue
-            # The English model's layer setting does not carry over: the zh model uses its own default.
+            # The English model's layer setting does not carry over: the zh model uses bert-score's layer for it.
             options = {**options, "model": bertscore["model_zh"], "num_layers": None}
         _, group = bertscore_f1([predictions[i] for i in rows], [references[i] for i in rows], **options)
         for i, value in zip(rows, group):
