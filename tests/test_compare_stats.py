@@ -145,6 +145,25 @@ def test_runs_on_different_data_are_refused_in_one_line(tmp_path: Path) -> None:
     compare([a, b], out_dir=tmp_path / "out", n_boot=10)
 
 
+def _prepared_in(path: Path, directory: str) -> Path:
+    fingerprint = path / "eval_fingerprint.json"
+    recorded = json.loads(fingerprint.read_text()) if fingerprint.is_file() else {}
+    fingerprint.write_text(json.dumps({**recorded, "data": directory}))
+    return path
+
+
+def test_runs_on_different_prepared_data_of_one_dataset_are_refused(tmp_path: Path) -> None:
+    """Slake's English and Chinese test sets are both data=slake, split test: the prepared directory tells them
+    apart. Its place does not matter (runs from two machines), its name does."""
+    rows = _text_rows(ANSWERS, 1.0)
+    a = _prepared_in(_with_data(make_eval_dir(tmp_path / "a", "A", rows), "slake"), "/cluster/outputs/data/slake_en")
+    b = _prepared_in(_with_data(make_eval_dir(tmp_path / "b", "B", rows), "slake"), "outputs/data/slake_zh")
+    with pytest.raises(CompareError, match=r"different data \(.*slake \(slake_en\)/test, .*slake \(slake_zh\)/test\)"):
+        compare([a, b], out_dir=tmp_path / "out", n_boot=10)
+    _prepared_in(b, "/home/me/medvl/outputs/data/slake_en")
+    compare([a, b], out_dir=tmp_path / "out", n_boot=10)
+
+
 def test_sweep_summary_survives_jobs_on_different_data(tmp_path: Path) -> None:
     from medvl.training.sweep import summarize_sweep
 

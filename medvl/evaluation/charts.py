@@ -4,9 +4,10 @@ that category) and its 95% confidence interval.
 
 A category's value gets an interval when it is the mean of the category's per-row scores in
 predictions.jsonl: the Wilson score interval when every row scores 0 or 1 (a proportion: exact_match,
-closed_accuracy, ...), else the percentile bootstrap of the mean. A corpus statistic (BLEU-4, METEOR, a
-category's CIDEr with that category's document frequencies, perplexity) is not the mean of what a row holds,
-and gets none; :data:`INTERVALS_NOTE` says so beside every chart.
+closed_accuracy, ...), else the percentile bootstrap of the mean: CIDEr's too, since a category's CIDEr is the
+mean of its rows' CIDEr (document frequencies from the whole evaluated set). A corpus statistic (BLEU-4, METEOR,
+perplexity) is not the mean of what a row holds, and gets none; :data:`INTERVALS_NOTE` says so beside every
+chart.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ CONFIDENCE = 0.95
 N_BOOT = 2000
 SEED = 0
 INTERVALS_NOTE = (f"Error bars: {CONFIDENCE:.0%} CI; Wilson score interval for 0/1 metrics, percentile bootstrap "
-                  f"of the mean ({N_BOOT} resamples, seed {SEED}) for other per-row means; none for corpus "
-                  "statistics (BLEU-4, CIDEr, METEOR, perplexity). n/a: the metric does not apply to the category.")
+                  f"of the mean ({N_BOOT} resamples, seed {SEED}) for other per-row means (CIDEr included); none "
+                  "for corpus statistics (BLEU-4, METEOR, perplexity). n/a: the metric does not apply to the category.")
 #: Relative tolerance of "the table's value is the mean of the rows' values" (the aggregate sums in row order,
 #: numpy pairwise: the last bits differ).
 _MEAN_TOLERANCE = 1e-9

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from pathlib import PurePath
 from typing import Any
 
 from medvl.evaluation.compare.runs import CompareError, Run
@@ -15,24 +16,28 @@ from medvl.evaluation.report import OVERALL
 
 
 def check_same_data(runs: Sequence[Run]) -> None:
-    """Refuse runs evaluated on different data or splits (as recorded in metrics.json ``run``).
+    """Refuse runs evaluated on different data or splits (as recorded in metrics.json ``run``), or on different
+    prepared data of one dataset (eval_fingerprint.json's ``data`` directory: ``slake_en`` and ``slake_zh``).
 
     Side-by-side bold "best" values and paired tests are meaningless across datasets, and ids may
     coincide by accident (own LLaVA-format data numbered 0, 1, ...). Runs that do not record their
-    data are not checked.
+    data are not checked. The prepared directory is compared by its name, not its path: runs of one
+    dataset on two machines (or in two sweeps) keep it in different places.
 
     Raises:
-        CompareError: two runs name different ``data`` or ``split``.
+        CompareError: two runs name different ``data``, ``split`` or prepared data directory.
     """
-    recorded = []
+    recorded = []  # (run, dataset, prepared directory's name or None, split or None)
     for run in runs:
         meta = run.metrics.get("run")
         if isinstance(meta, Mapping) and meta.get("data"):
-            recorded.append((run.name, str(meta["data"]), str(meta["split"]) if meta.get("split") else None))
-    datasets = {data for _, data, _ in recorded}
-    splits = {split for _, _, split in recorded if split is not None}
-    if len(datasets) > 1 or len(splits) > 1:
-        parts = ", ".join(f"{name}: {data}" + (f"/{split}" if split else "") for name, data, split in recorded)
+            prepared = run.fingerprint.get("data")
+            recorded.append((run.name, str(meta["data"]), PurePath(prepared).name if isinstance(prepared, str) else None,
+                             str(meta["split"]) if meta.get("split") else None))
+    differ = [{entry[i] for entry in recorded if entry[i] is not None} for i in (1, 2, 3)]
+    if any(len(values) > 1 for values in differ):
+        parts = ", ".join(f"{name}: {data}" + (f" ({prepared})" if prepared else "") + (f"/{split}" if split else "")
+                          for name, data, prepared, split in recorded)
         raise CompareError(f"runs were evaluated on different data ({parts}); compare runs of one dataset and split")
 
 
