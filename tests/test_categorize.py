@@ -93,6 +93,57 @@ def test_label_tables(source, label, answer_type, question, answer, expected) ->
     assert (f"{source}.{key}=" in got[2]) and got[2].startswith("answer_type=dataset;")
 
 
+@pytest.mark.parametrize(
+    ("content_type", "question", "answer"),
+    [
+        # Real Slake Chinese test/train rows; their English twins ("Does the picture contain ...?") are yes/no.
+        ("Organ", "这张图像里是否包含膀胱?", "不包含"),
+        ("Organ", "胃是否存在于图像中?", "不存在"),
+        ("Abnormality", "这张图片看起来是否正常?", "不正常"),
+        ("Abnormality", "图片里是否存在异常?", "无异常"),
+        ("KG", "图中有没有器官可以被用于呼吸?", "有"),
+        ("KG", "图片中包含器官可以被用于排泄机体废物质?", "不包含"),  # polar by intonation alone
+        ("Abnormality", "在这张图片中,右下肺可以观察到吗积液?", "可以"),  # 吗 misplaced
+        ("Organ", "图片中包含脾脏吗?", "包含"),
+        # A-not-A forms beyond Slake's.
+        ("Abnormality", "肝脏是不是正常的?", "是"),
+        ("KG", "这种病能不能治愈?", "能"),
+        ("KG", "这个器官可不可以被切除?", "可以"),
+        ("Abnormality", "病灶会不会扩散?", "不会"),
+    ],
+)
+def test_chinese_polar_questions_are_yes_no(content_type: str, question: str, answer: str) -> None:
+    got = categorize(row(question, answer, answer_type="CLOSED", source="slake", content_type=content_type))
+    assert got[:2] == ("CLOSED", "closed_yes_no")
+    assert got[2].endswith(f"slake.content_type={content_type}/yes_no"), got[2]
+
+
+@pytest.mark.parametrize(
+    ("answer_type", "question", "answer", "category"),
+    [
+        # Real Slake Chinese rows: choices (还是, 哪个) and questions with a question word stay out of yes/no, as
+        # their English twins do ("How much damage will be caused ...?" "None").
+        ("CLOSED", "相对于其他组织,脑肿瘤是白色的还是灰色的?", "白色", "closed_general"),
+        ("CLOSED", "肺或者心脏哪个是异常的?", "肺", "closed_general"),
+        ("CLOSED", "拍这样的图像会对身体造成多大的伤害?", "没有", "closed_general"),
+        ("CLOSED", "图片中包含哪些疾病?", "没有", "closed_general"),
+        ("CLOSED", "是否存在肺炎还是肺结核?", "肺炎", "closed_general"),
+        # A dataset's OPEN stays OPEN whatever the question's form.
+        ("OPEN", "图中是否有器官可以被用于呼吸? 是哪个?", "肺", "open_impact"),
+        ("OPEN", "图中有没有异常?", "没有", "open_impact"),
+    ],
+)
+def test_chinese_non_polar_questions(answer_type: str, question: str, answer: str, category: str) -> None:
+    got = categorize(row(question, answer, answer_type=answer_type, source="slake", content_type="KG"))
+    assert got[:2] == (answer_type, category)
+
+
+def test_chinese_yes_no_in_the_closed_question_rules() -> None:
+    """Unlabelled Chinese closed rows go through the same yes/no test as labelled ones."""
+    assert categorize(row("这张图像里是否包含膀胱?", "不包含", answer_type="CLOSED"))[1] == "closed_yes_no"
+    assert categorize(row("脑肿瘤是白色的还是灰色的?", "白色", answer_type="CLOSED"))[1] == "closed_general"
+
+
 def test_label_not_in_table_falls_back_to_rules() -> None:
     _, category, rule = categorize(row("Where is the lesion?", "left", answer_type="OPEN", source="slake",
                                        content_type="Texture"))
@@ -100,33 +151,58 @@ def test_label_not_in_table_falls_back_to_rules() -> None:
 
 
 @pytest.mark.parametrize(
-    ("question", "answer", "expected"),
+    ("source", "question", "answer", "expected"),
     [
         # PathVQA: closed exactly when the answer is yes/no.
-        ("does this image show atherosclerosis?", "yes", ("CLOSED", "closed_yes_no")),
-        ("what is present?", "cardiovascular", ("OPEN", "open_description")),
-        ("where is the pacemaker?", "in the right ventricle", ("OPEN", "open_location")),
-        ("why is the bone expanded?", "due to a gelatinous tumour", ("OPEN", "open_impact")),
-        ("how many nuclei are visible?", "4", ("OPEN", "open_counting")),
-        ("what is the shape of the kidney?", "oval", ("OPEN", "open_appearance")),
-        ("what is the most likely diagnosis?", "sarcoma", ("OPEN", "open_abnormality")),
-        ("which organ is shown here?", "heart", ("OPEN", "open_anatomy")),
-        ("is the mass in the left or right lung?", "left", ("CLOSED", "closed_location")),
-        ("which lesion is bigger than the other one?", "the first", ("OPEN", "open_comparison")),
+        ("pathvqa", "does this image show atherosclerosis?", "yes", ("CLOSED", "closed_yes_no")),
+        ("pathvqa", "what is present?", "cardiovascular", ("OPEN", "open_description")),
+        ("pathvqa", "where is the pacemaker?", "in the right ventricle", ("OPEN", "open_location")),
+        ("pathvqa", "why is the bone expanded?", "due to a gelatinous tumour", ("OPEN", "open_impact")),
+        ("pathvqa", "how many nuclei are visible?", "4", ("OPEN", "open_counting")),
+        ("pathvqa", "what is the shape of the kidney?", "oval", ("OPEN", "open_appearance")),
+        ("pathvqa", "what is the most likely diagnosis?", "sarcoma", ("OPEN", "open_abnormality")),
+        ("pathvqa", "which organ is shown here?", "heart", ("OPEN", "open_anatomy")),
+        ("pathvqa", "which lesion is bigger than the other one?", "the first", ("OPEN", "open_comparison")),
+        # User rows: a choice question is closed whatever the answer.
+        ("", "is the mass in the left or right lung?", "left", ("CLOSED", "closed_location")),
         # LLaVA-Med: long replies, choice questions, descriptions.
-        ("Is this a CT or MRI?", "This is a CT scan of the abdomen.", ("CLOSED", "closed_modality")),
-        ("Do you see an endotracheal tube?", "Yes, it is placed correctly.", ("CLOSED", "closed_yes_no")),
-        ("Is the lesion benign or malignant?", "It appears malignant.", ("CLOSED", "closed_general")),
-        ("Describe the image concisely.", "No evidence of fracture; the bones are intact.",
+        ("llava_med", "Is this a CT or MRI?", "This is a CT scan of the abdomen.", ("CLOSED", "closed_modality")),
+        ("llava_med", "Do you see an endotracheal tube?", "Yes, it is placed correctly.",
+         ("CLOSED", "closed_yes_no")),
+        ("llava_med", "Is the lesion benign or malignant?", "It appears malignant.", ("CLOSED", "closed_general")),
+        ("llava_med", "Describe the image concisely.", "No evidence of fracture; the bones are intact.",
          ("OPEN", "open_description")),
-        ("What imaging modality was used?", "MRI", ("OPEN", "open_description")),
-        ("Summarize the visual content of the image.", "A histology slide.", ("OPEN", "open_description")),
+        ("llava_med", "What imaging modality was used?", "MRI", ("OPEN", "open_description")),
+        ("llava_med", "Summarize the visual content of the image.", "A histology slide.",
+         ("OPEN", "open_description")),
     ],
 )
-def test_question_rules(question, answer, expected) -> None:
-    answer_type, category, rule = categorize(row(question, answer, source="pathvqa"))
+def test_question_rules(source, question, answer, expected) -> None:
+    answer_type, category, rule = categorize(row(question, answer, source=source))
     assert (answer_type, category) == expected
     assert "answer_type=dataset" not in rule and "category=question:" in rule
+
+
+@pytest.mark.parametrize(
+    ("question", "answer", "category"),
+    [
+        # Real PathVQA train rows that the choice rule ("what ..., X or Y?") used to mark CLOSED.
+        ("what are basophilic (blue), eosinophilic (red), or nonstaining?", "peptide hormones",
+         "open_description"),
+        ("what are arranged in sheets, cords or aggregates and at places form pseudorosettes?", "tumour cells",
+         "open_description"),
+        ("what is stillbirth associated with, in which the midface structures are fused or ill-formed?",
+         "a lethal malformation", "open_anatomy"),
+        # Nor does any other question form make a PathVQA row CLOSED.
+        ("Is this a CT or MRI?", "CT", "open_description"),
+        ("Do you see an endotracheal tube?", "Yes, it is placed correctly.", "open_description"),
+    ],
+)
+def test_pathvqa_is_closed_only_for_a_yes_no_answer(question: str, answer: str, category: str) -> None:
+    answer_type, got, rule = categorize(row(question, answer, source="pathvqa"))
+    assert (answer_type, got) == ("OPEN", category)
+    assert rule.startswith("answer_type=not_yes_no_answer;"), rule
+    assert categorize(row(question, "no", source="pathvqa"))[0] == "CLOSED"
 
 
 def test_multiple_choice_rows_are_closed_without_a_label() -> None:

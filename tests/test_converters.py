@@ -257,6 +257,29 @@ def test_gmai_base64_images_become_files(tmp_path: Path) -> None:
     assert_valid(rows, tmp_path)
 
 
+# The Hub's GMAI-MMBench_VAL.tsv spells the task column "clinical VQA task"; VLMEvalKit's result sheets
+# (where the sample rows come from) lower-case every column.
+HUB_GMAI_COLUMNS = [{"clinical vqa task": "clinical VQA task"}.get(c, c) for c in GMAI_COLUMNS]
+
+
+@pytest.mark.parametrize("columns", [GMAI_COLUMNS, HUB_GMAI_COLUMNS,
+                                     [c if len(c) == 1 else f" {c.title()} " for c in GMAI_COLUMNS]],
+                         ids=["lower_case", "hub", "title_case_padded"])
+def test_gmai_column_names_ignore_case_and_spaces(tmp_path: Path, columns: list[str]) -> None:
+    source = sample("gmai_mmbench_val.json")[:6]
+    records = [{new: {**r, "image": png_b64()}[old] for old, new in zip(GMAI_COLUMNS + ["image"],
+                                                                      columns + ["image"], strict=True)}
+               for r in source]
+    write_tsv(tmp_path / "GMAI-MMBench_VAL.tsv", records, columns + ["image"])
+    rows, rejects = run("gmai_mmbench", tmp_path, "validation")
+    assert rejects == [] and len(rows) == 6
+    for row, record in zip(rows, source, strict=True):
+        assert row["meta"]["task"] == record["clinical vqa task"]
+        assert row["meta"]["granularity"] == record["perceptual granularity"]
+        assert row["meta"]["options"] == {k: record[k] for k in "ABCDE" if record[k] is not None}
+        assert row["meta"]["category_rule"].endswith(f"category=gmai_mmbench.task={record['clinical vqa task']}")
+
+
 def test_gmai_image_paths_made_relative(tmp_path: Path) -> None:
     source = sample("gmai_mmbench_val.json")[:5]
     assert source[0]["image_path"].startswith("/root/LMUData/images/")
@@ -282,6 +305,27 @@ def test_gmai_shared_image_reference(tmp_path: Path) -> None:
     assert {r["meta"]["index"]: r["image"] for r in rows} == {
         i: "images/GMAI-MMBench_VAL/2.png" for i in ("1", "2", "3")}
     assert reasons(rejects) == ["bad_image_reference"] and rejects[0].source.endswith("line 5")
+
+
+def test_gmai_shared_image_of_a_rejected_row(tmp_path: Path) -> None:
+    # The row that carries an image may itself be unusable; rows sharing its image are not.
+    base = sample("gmai_mmbench_val.json")[0]
+    assert base["E"] is None
+    records = [
+        {**base, "index": "1", "image": "2"},  # points forward to a rejected row
+        {**base, "index": "2", "image": png_b64(), "answer": "E"},  # E is blank: bad_answer_option
+        {**base, "index": "3", "image": "2"},
+        {**base, "index": "4", "image": png_b64(), "question": " "},
+        {**base, "index": "5", "image": "4"},
+    ]
+    write_tsv(tmp_path / "GMAI-MMBench_VAL.tsv", records, GMAI_COLUMNS + ["image"])
+    rows, rejects = run("gmai_mmbench", tmp_path, "validation")
+    assert {r["meta"]["index"]: r["image"] for r in rows} == {
+        "1": "images/GMAI-MMBench_VAL/2.png", "3": "images/GMAI-MMBench_VAL/2.png",
+        "5": "images/GMAI-MMBench_VAL/4.png"}
+    assert [(r.source, r.reason) for r in rejects] == [("GMAI-MMBench_VAL.tsv:line 3", "bad_answer_option"),
+                                                       ("GMAI-MMBench_VAL.tsv:line 5", "empty_question")]
+    assert_valid(rows, tmp_path)
 
 
 def test_gmai_bad_rows(tmp_path: Path) -> None:

@@ -106,6 +106,19 @@ _AUX = (r"^(is|are|was|were|am|does|do|did|can|could|would|will|should|shall|has
 _YES_NO_EN = {"yes", "no"}
 _YES_NO_ZH = {"是", "否", "是的", "不是"}
 _CHOICE = re.compile(_AUX + r".*\bor\b|^(which|what)\b.*,[^,]+\bor\b[^,]+$", re.I)
+#: Sources whose closed questions are exactly those answered yes/no (PathVQA's own split into its "yes/no" and
+#: "open" halves): the question-form rules do not make their other rows CLOSED.
+CLOSED_ONLY_WHEN_YES_NO = frozenset({"pathvqa"})
+
+# Chinese polar questions: 是否 ("whether") or an A-not-A verb (有没有, 是不是, 能不能, 可不可以, 存不存在).
+_POLAR_ZH = re.compile(r"是否|([\u4e00-\u9fff]{1,2})[不没]\1")
+# 还是 asks "A or B": a choice, not yes/no ("脑肿瘤是白色的还是灰色的?").
+_CHOICE_ZH = "还是"
+# Chinese has no yes/no words: a reply affirms or denies the question's own verb (包含吗? 不包含).
+# 正常/不正常 is left out: it also answers choices and descriptions, and 是否正常 questions are polar anyway.
+_VERB_REPLY_ZH = {"有", "没有", "包含", "不包含", "存在", "不存在", "可以", "不可以", "能", "不能", "会", "不会"}
+# 几乎 ("almost") is not the question word 几.
+_QUESTION_WORD_ZH = re.compile(r"什么|哪|多少|几(?!乎)|谁|怎|如何|为何|为什么|多大|多长|多久|何时|何处")
 
 
 def is_yes_no_answer(answer: str) -> bool:
@@ -116,15 +129,24 @@ def is_yes_no_answer(answer: str) -> bool:
 
 def is_polar_question(question: str) -> bool:
     """A question answered by yes or no: an auxiliary verb first and no ``or`` alternative
-    (English), or the particle 吗 at the end (Chinese)."""
+    (English); the particle 吗 at the end, 是否, or an A-not-A form (有没有, 是不是...) without a
+    还是 alternative (Chinese)."""
     q = question.strip()
-    if q.rstrip(" ?？").endswith("吗"):
+    if _CHOICE_ZH not in q and (q.rstrip(" ?？").endswith("吗") or _POLAR_ZH.search(q)):
         return True
     return bool(re.match(_AUX, q, re.I)) and not re.search(r"\bor\b", q, re.I)
 
 
+def is_verb_reply_zh(question: str, answer: str) -> bool:
+    """A Chinese yes/no reply (有/没有, 包含/不包含, 存在/不存在, 可以/不可以, 能/不能, 会/不会) to a
+    question with no 还是 alternative and no question word (什么, 哪, 多少, 几, 谁, 怎, 如何, 多大...):
+    a question polar by intonation alone ("图片中包含器官可以被用于排泄机体废物质?" 不包含)."""
+    return (answer.strip().rstrip("。!！") in _VERB_REPLY_ZH and _CHOICE_ZH not in question
+            and not _QUESTION_WORD_ZH.search(question))
+
+
 def is_yes_no(question: str, answer: str) -> bool:
-    return is_yes_no_answer(answer) or is_polar_question(question)
+    return is_yes_no_answer(answer) or is_polar_question(question) or is_verb_reply_zh(question, answer)
 
 
 def _starts_yes_no(answer: str) -> bool:
@@ -228,6 +250,8 @@ def answer_type_rule(row: dict[str, Any], question: str, answer: str) -> tuple[s
         return CLOSED, note + "multiple_choice"
     if is_yes_no_answer(answer):
         return CLOSED, note + "yes_no_answer"
+    if row.get("source") in CLOSED_ONLY_WHEN_YES_NO:
+        return OPEN, note + "not_yes_no_answer"
     if is_polar_question(question) and _starts_yes_no(answer):
         return CLOSED, note + "polar_question_yes_no_reply"
     if _CHOICE.search(question.strip()):

@@ -1,17 +1,19 @@
 """GMAI-MMBench as VLMEvalKit ships it: ``GMAI-MMBench_VAL.tsv`` / ``GMAI-MMBench_TEST.tsv``.
 
 The root is VLMEvalKit's ``LMUData`` folder. Columns: index, question, A..E (blank where a
-question has fewer options), answer (a letter), category, clinical vqa task, department,
+question has fewer options), answer (a letter), category, clinical VQA task, department,
 perceptual granularity, modality, original task, and either ``image`` (base64 image bytes) or
-``image_path``.
+``image_path``. Column names are matched ignoring case and surrounding spaces, except the option
+letters A..E: the Hub's TSV spells ``clinical VQA task``, VLMEvalKit's result sheets lower-case it.
 
 Base64 images are written, bytes unchanged, to ``<root>/images/<tsv stem>/<index>.<ext>`` (the
 folder VLMEvalKit itself dumps them to) unless ``image_dir`` says otherwise. As in VLMEvalKit, an
 ``image`` value of at most 64 characters is the index of another row whose image is shared; such
-rows are yielded after the others when they point forward. An absolute ``image_path`` (copies
-carry paths like ``/root/LMUData/images/GMAI-MMBench_VAL/0.jpg`` from the machine that made them)
-is made relative to the root when it lies inside it, else re-rooted at its last ``images/``
-component; anything else is left absolute for validation to reject.
+rows are yielded after the others when they point forward. A row's image is written before the
+row is checked, so rows sharing it keep it when that row itself is rejected. An absolute
+``image_path`` (copies carry paths like ``/root/LMUData/images/GMAI-MMBench_VAL/0.jpg`` from the
+machine that made them) is made relative to the root when it lies inside it, else re-rooted at
+its last ``images/`` component; anything else is left absolute for validation to reject.
 
 Each row becomes a multiple-choice question that lists the options; the reference answer is the
 option letter, and ``meta`` keeps the options, the answer text and the benchmark's labels under
@@ -42,7 +44,7 @@ FILES = {
     "validation": ("GMAI-MMBench_VAL.tsv",),
     "test": ("GMAI-MMBench_TEST.tsv",),
 }
-#: TSV column -> meta key.
+#: TSV column (as :func:`_column_name` spells it) -> meta key.
 META_COLUMNS = {
     "clinical vqa task": "task",
     "department": "department",
@@ -72,9 +74,11 @@ def convert_gmai_mmbench(root: Path, split: str, *, file: str | None = None,
     # Base64 images are far larger than csv's default 128 KiB field limit (a process-wide setting).
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     written: dict[str, str] = {}  # index -> image path, for rows that share another row's image
-    deferred: list[tuple[str, dict[str, Any], str]] = []
+    deferred: list[tuple[str, dict[str, Any], tuple[dict[str, Any], str, str], str]] = []
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f, delimiter="\t")
+        if reader.fieldnames:
+            reader.fieldnames = [_column_name(name) for name in reader.fieldnames]
         letters = [c for c in string.ascii_uppercase if c in (reader.fieldnames or [])]
         start = 2
         for record in reader:
@@ -84,33 +88,37 @@ def convert_gmai_mmbench(root: Path, split: str, *, file: str | None = None,
             if bad is not None:
                 yield bad
                 continue
+            index, image_value = (record.get("index") or "").strip(), (record.get("image") or "").strip()
+            ref = image_value if image_value and len(image_value) <= 64 else None
+            image = None
+            # Before the row is checked: other rows may share this image even when this row is rejected.
+            if ref is None and _SAFE_INDEX.match(index):
+                image = _own_image(record, image_value, root, image_dir, index)
+                if image is not None:
+                    written[index] = image
             parsed = _parse(record, loc, letters, split)
             if isinstance(parsed, Reject):
                 yield parsed
-                continue
-            index, image_value = parsed[0]["index"], (record.get("image") or "").strip()
-            if image_value and len(image_value) <= 64:
-                if image_value not in written:
-                    deferred.append((loc, record, image_value))
-                    continue
-                image = written[image_value]
-            elif image_value:
-                image = _write_image(image_value, root, image_dir, index)
-                if image is None:
-                    yield Reject(loc, "bad_image_data", "image column is not a base64-encoded "
-                                 "image", raw=_short(record))
-                    continue
-                written[index] = image
+            elif ref is not None and ref not in written:
+                deferred.append((loc, record, parsed, ref))
+            elif ref is None and image is None:
+                yield Reject(loc, "bad_image_data", "image column is not a base64-encoded image",
+                             raw=_short(record))
             else:
-                image = _relative_image_path(record["image_path"].strip(), root)
-                written[index] = image
-            yield _row(parsed, image, split)
-    for loc, record, ref in deferred:
+                yield _row(parsed, written[ref] if ref is not None else image, split)
+    for loc, record, parsed, ref in deferred:
         if ref not in written:
             yield Reject(loc, "bad_image_reference", f"image refers to index {ref!r}, which has "
                          "no image", raw=_short(record))
             continue
-        yield _row(_parse(record, loc, letters, split), written[ref], split)
+        yield _row(parsed, written[ref], split)
+
+
+def _column_name(name: str) -> str:
+    """A TSV column name as the converter looks it up: option letters as they are, others lower-case
+    with their spaces trimmed and collapsed."""
+    name = " ".join(name.split())
+    return name if len(name) == 1 and name in string.ascii_uppercase else name.lower()
 
 
 def _malformed(record: dict[str | None, Any], loc: str) -> Reject | None:
@@ -163,6 +171,15 @@ def _row(parsed: tuple[dict[str, Any], str, str], image: str, split: str) -> Row
     meta, question, answer = parsed
     return make_row(f"gmai_mmbench-{split}-{meta['index']}", image, question, answer,
                     source="gmai_mmbench", meta=meta)
+
+
+def _own_image(record: dict[str, Any], image_value: str, root: Path, image_dir: str,
+               index: str) -> str | None:
+    """The row's own image (its base64 image written out, or its image_path); None if it has none."""
+    if image_value:
+        return _write_image(image_value, root, image_dir, index)
+    image_path = (record.get("image_path") or "").strip()
+    return _relative_image_path(image_path, root) if image_path else None
 
 
 def _write_image(b64: str, root: Path, image_dir: str, index: str) -> str | None:
