@@ -114,3 +114,34 @@ def test_extract_choice_on_gmai_mmbench_rows() -> None:
     assert len(rows) == 12
     for row in rows:
         assert extract_choice(row["prediction"], row["options"]) == row["expected_choice"], row["prediction"]
+
+
+AUDIT_OPTIONS = {"A": "mass", "B": "polyp", "C": "ulcer", "D": "normal mucosa"}
+
+
+@pytest.mark.parametrize(
+    ("prediction", "expected"),
+    [
+        # A letter that opens the answer wins over the options its explanation names.
+        ("B. Polyp. Option A is unlikely because the lesion is pedunculated.", "B"),
+        ("B\nOption A (mass) would appear irregular.", "B"),
+        ("(B) polyp; choice C is ruled out.", "B"),
+        ("B. polyp (not A. mass)", "B"),
+        # Otherwise the earliest statement of the answer.
+        ("The lesion is a polyp, so the answer is B.", "B"),
+        ("Option A is unlikely; the answer is C.", "C"),
+        ("The answer is C. Option A is unlikely.", "C"),
+        # "option X" / "choice X" only where it states the answer.
+        ("The answer is option B", "B"),
+        ("Option: B", "B"),
+        ("Answer: (B)", "B"),
+        ("The correct option is D.", "D"),
+        ("Option A is unlikely.", None),
+        ("Polyp. Option A is unlikely.", "B"),  # no letter chosen: option B's text
+        ("It is not a mass; it is a polyp.", None),
+    ],
+)
+def test_extract_choice_reads_the_leading_letter_then_the_earliest_answer_statement(
+    prediction: str, expected: str | None
+) -> None:
+    assert extract_choice(prediction, AUDIT_OPTIONS) == expected

@@ -129,6 +129,23 @@ def test_row_language_reads_q_lang_before_the_text() -> None:
     assert text_language("左肺") == "zh" and text_language("CT") == "en"
 
 
+def test_an_english_row_answered_in_chinese_stays_english() -> None:
+    """A row's language is its data's: a Chinese prediction neither moves an English row into a zh group nor
+    takes it out of BERTScore (the English model scores it, poorly but honestly)."""
+    assert row_language({"question": "Which organ is shown?", "reference": "liver", "prediction": "肝脏"}) == "en"
+    assert row_language({"question": "这是什么器官?", "reference": "MRI", "prediction": "MRI"}) == "zh"
+    assert M.row_languages(["liver", "肝脏"]) == ["en", "zh"]
+    data = [("left lung", "left lung"), ("liver", "the liver"), ("肝脏", "liver"), ("mri", "ct")]
+    records = [{"id": f"r{i}", "question": "Which organ is shown?", "reference": ref, "prediction": pred,
+                "category": "open_anatomy", "answer_type": "OPEN", "meta": {}} for i, (pred, ref) in enumerate(data)]
+    tables = score(records, _cfg(["exact_match", "bertscore_f1"]))
+    assert isinstance(records[2]["metrics"]["bertscore_f1"], float)
+    assert "bertscore_f1" in tables["overall"]
+    assert "by_lang" not in tables and "notes" not in tables
+    per_sample, corpus = M.compute_metrics(["肝脏"], ["liver"], metrics=["bertscore_f1"])
+    assert isinstance(per_sample[0]["bertscore_f1"], float) and "bertscore_f1" in corpus
+
+
 def _slake_records() -> list[dict]:
     """Slake data.lang=all: real zh rows (one answered "MRI", in Latin letters) and English twins."""
     zh_rows = json.loads((SAMPLES / "slake_test_zh.json").read_text(encoding="utf-8"))[:6]

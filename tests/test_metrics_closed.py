@@ -1,5 +1,6 @@
 """Closed questions: an answer that is negated, hedged ("yes and no") or names two options is not a correct
-closed answer, in English and in Slake's Chinese closed rows."""
+closed answer, in English and in Slake's Chinese closed rows; a multiple-choice row's closed answer is the option
+letter extracted from it, in every table and in medvl.compare's McNemar test."""
 
 from __future__ import annotations
 
@@ -7,10 +8,17 @@ import json
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
+from medvl.config import dataset_labels
+from medvl.data.format import make_row
 from medvl.evaluation import metrics as M
+from medvl.evaluation.compare.runs import load_runs
+from medvl.evaluation.compare.stats import pairwise_significance
 from medvl.evaluation.extract import extract_choice, extract_yes_no
 from medvl.evaluation.normalize import normalize_answer
+from medvl.evaluation.report import write_reports
+from medvl.evaluation.scoring import prediction_record, score
 
 SAMPLES = Path(__file__).parent / "fixtures" / "samples"  # verbatim copies of ../shared/samples
 
@@ -89,3 +97,62 @@ def test_slake_zh_closed_rows() -> None:
         negated = {"yes": "否", "no": "是"}.get(normalize_answer(ref), "不" + ref if not ref.startswith("不") else None)
         if negated is not None:
             assert M.closed_accuracy(negated, ref) == 0.0, (negated, ref)
+
+
+CHOICES = {"A": "mass", "B": "polyp", "C": "ulcer", "D": "normal"}
+
+
+@pytest.mark.parametrize(
+    ("prediction", "expected"),
+    [
+        ("The image shows a polyp.", 0.0),  # the article is not option A
+        ("This is a normal mucosa.", 0.0),
+        ("It is an ulcer with a clot.", 0.0),
+        ("B", 0.0),
+        ("A", 1.0),
+        ("(A) mass", 1.0),
+        ("The answer is A.", 1.0),
+        ("It is a mass.", 1.0),  # option A's text
+    ],
+)
+def test_closed_accuracy_and_substring_match_on_a_multiple_choice_row_read_the_extracted_letter(
+    prediction: str, expected: float
+) -> None:
+    for name in ("closed_accuracy", "substring_match"):
+        assert M.METRICS[name].fn(prediction, "A", options=CHOICES) == expected, name
+    per_sample, corpus = M.compute_metrics([prediction, prediction], ["A", "A"], ["CLOSED", "CLOSED"],
+                                           metrics=["closed_accuracy", "substring_match"], options=[CHOICES, None])
+    assert per_sample[0] == {"closed_accuracy": expected, "substring_match": expected}
+    assert corpus["closed_accuracy"] == pytest.approx((expected + per_sample[1]["closed_accuracy"]) / 2)
+
+
+def _choice_records(predictions: list[str]) -> list[dict]:
+    rows = [make_row(f"r{i}", None, "What is shown?\nA. mass\nB. polyp\nC. ulcer\nD. normal", "A",
+                     answer_type="CLOSED", category="closed_other", meta={"options": CHOICES})
+            for i in range(len(predictions))]
+    return [prediction_record(row, prediction) for row, prediction in zip(rows, predictions)]
+
+
+def test_multiple_choice_closed_accuracy_reaches_the_tables_metrics_json_and_mcnemar(tmp_path: Path) -> None:
+    cfg = OmegaConf.create({"metrics": ["exact_match", "substring_match", "closed_accuracy"],
+                            "bertscore": {"model": None, "num_layers": None, "dtype": "float32"}})
+    runs = {"sentences": ["The image shows a polyp.", "This is a normal mucosa.", "It is an ulcer.", "A"],
+            "letters": ["A", "A", "B", "A"]}
+    for name, predictions in runs.items():
+        records = _choice_records(predictions)
+        tables = score(records, cfg, **dataset_labels("gmai_mmbench"))
+        for record in records:
+            scores = record["metrics"]
+            assert scores["closed_accuracy"] == scores["substring_match"] == scores["choice_accuracy"], record
+        expected = sum(r["metrics"]["choice_accuracy"] for r in records) / len(records)
+        assert tables["closed"]["closed_accuracy"] == tables["by_category"]["closed_other"]["closed_accuracy"]
+        assert tables["overall"]["closed_accuracy"] == tables["closed"]["closed_accuracy"] == expected
+        (tmp_path / name).mkdir()
+        write_reports(records, {**tables, "run": {"name": name}}, tmp_path / name)
+        metrics_json = json.loads((tmp_path / name / "metrics.json").read_text(encoding="utf-8"))
+        assert metrics_json["by_category"]["closed_other"]["closed_accuracy"] == expected
+    assert expected == 0.75  # the letters' run; the sentences' run scores 1/4, not 3/4
+    sentences, letters = load_runs([tmp_path / "sentences", tmp_path / "letters"])
+    mcnemar = pairwise_significance(sentences, letters, n_boot=10)["mcnemar"]
+    assert mcnemar["closed_accuracy"] == mcnemar["choice_accuracy"]
+    assert (mcnemar["closed_accuracy"]["b"], mcnemar["closed_accuracy"]["c"]) == (0, 2)

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from medvl.data.taxonomy import BUILTIN, CLOSED, OPEN, normalize_answer_type
-from medvl.evaluation.normalize import LANGUAGES, text_language
+from medvl.evaluation.normalize import LANGUAGES
 
 UNCATEGORIZED = "uncategorized"
 #: metrics.json's record of a dataset's own taxonomy (category -> answer type, in ``data.categories`` order); absent
@@ -91,14 +91,14 @@ def category_answer_types(tables: Mapping[str, Any]) -> dict[str, str]:
 
 
 def row_language(row: Mapping[str, Any]) -> str:
-    """``"en"`` or ``"zh"``: the row's own label (Slake's ``meta.q_lang``), else read from its texts
-    (zh when the question, reference or prediction has Chinese characters)."""
+    """``"en"`` or ``"zh"``, from the row's data: its own label (Slake's ``meta.q_lang``), else its question and
+    reference (:func:`medvl.evaluation.metrics.compute.resolve_language`), never the model's prediction."""
+    from medvl.evaluation.metrics.compute import resolve_language
+
     meta = row.get("meta") or {}
-    for label in (meta.get("q_lang"), meta.get("lang"), row.get("lang")):
-        if label in LANGUAGES:
-            return str(label)
-    texts = (row.get("question"), row.get("reference"), row.get("prediction"))
-    return "zh" if any(text_language(text) == "zh" for text in texts) else "en"
+    label = next((label for label in (meta.get("q_lang"), meta.get("lang"), row.get("lang")) if label in LANGUAGES),
+                 None)
+    return resolve_language(label, row.get("reference"), row.get("question"))
 
 
 def _summarize(

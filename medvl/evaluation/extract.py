@@ -68,13 +68,21 @@ def extract_yes_no(prediction: object) -> str | None:
     return min(found)[2] if found else None
 
 
-# Explicit markers, strongest first. Letters are upper-case only (except a bare letter) so that
-# the article in "the answer is a mass" is never read as option A.
+# Letters are upper-case only (except a bare letter, or one ending the text) so that the article in
+# "the answer is a mass" is never read as option A.
 _BARE_LETTER = re.compile(r"^\s*[(\[]?\s*([A-Za-z])\s*[)\]]?\s*[.:)]?\s*$")
-_ANSWER_IS = re.compile(r"(?i:answer|option|choice)\s*(?i:is)?\s*[:(\[]?\s*([A-Z])\b(?![-'])")
-# ... but a lower-case letter that ends the text ("answer: d") cannot be an article.
-_ANSWER_IS_END = re.compile(r"(?i:answer|option|choice)\s*(?i:is)?\s*[:(\[]?\s*([A-Za-z])\s*[)\]]?\s*\.?\s*$")
-_LEADING_LETTER = re.compile(r"^\s*[(\[]?([A-Z])(?:[.:)\]]|\s*[)\]])")
+# The answer, given first: "B. polyp", "(B) polyp", "C) ...", or a letter alone on the first line.
+_LEADING_LETTER = re.compile(r"^\s*[(\[]?([A-Z])(?:[.:)\]]|\s*[)\]]|[ \t]*\n)")
+# A statement of the answer: "the answer is B", "Answer: (B)", "the answer is option B", "Option: B", "the correct
+# option is B". "Option A" or "choice C" alone names an option without choosing it ("Option A is unlikely",
+# "choice C is ruled out").
+_STATEMENT = (r"(?i:\banswer\s*(?:is\b)?\s*:?\s*(?:(?:option|choice)\s*:?\s*)?"
+              r"|\b(?:option|choice)\s*(?:is\b\s*:?|:)\s*)")
+_ANSWER_IS = re.compile(_STATEMENT + r"[(\[]?\s*([A-Z])\b(?![-'])")
+# ... a lower-case letter that ends the text ("answer: d") cannot be an article; nor can "Option A" as the whole text.
+_ANSWER_IS_END = re.compile(
+    r"(?:" + _STATEMENT + r"|^\s*(?i:option|choice)\s*)[(\[]?\s*([A-Za-z])\s*[)\]]?\s*\.?\s*$"
+)
 _PAREN_LETTER = re.compile(r"[(\[]([A-Z])[)\]]")
 # A second letter right after the first ("B or C", "A and B", "A/B", "A, B"): two answers, not one.
 _ALTERNATIVE = re.compile(r"\s*[)\].]?\s*(?:,|/|&|\bor\b|\band\b)\s*[(\[]?([A-Z])\b(?![-'])")
@@ -86,12 +94,17 @@ def extract_choice(prediction: object, options: dict[str, str | None]) -> str | 
     Understands ``"B"``, ``"(B)"``, ``"Answer: B"``, ``"The answer is B."``, ``"B. polyp"``,
     ``"(B) polyp"`` and, failing a letter, the text of exactly one option (``"polyp"``). Only
     letters that are keys of ``options`` with a non-empty text count; two of them offered as the
-    answer (``"B or C"``, ``"(A) polyp (B) mass"``) are no answer.
+    answer (``"B or C"``, ``"(A) polyp (B) mass"``) are no answer. A letter that opens the generation
+    is its answer, whatever the explanation after it names (``"B. Polyp. Option A is unlikely"``);
+    otherwise the earliest statement of the answer is, and an option named without being chosen
+    (``"Option A is unlikely"``, ``"choice C is ruled out"``) is none.
 
     >>> opts = {"A": "barrett's esophagus", "B": "polyp", "C": "high-grade dysplasia"}
     >>> extract_choice("Answer: B", opts), extract_choice("(C) high-grade dysplasia", opts)
     ('B', 'C')
     >>> extract_choice("It looks like a polyp.", opts), extract_choice("D", opts)
+    ('B', None)
+    >>> extract_choice("B. Polyp; option A is unlikely.", opts), extract_choice("Option A is unlikely.", opts)
     ('B', None)
     """
     if not isinstance(prediction, str):
@@ -108,8 +121,8 @@ def extract_choice(prediction: object, options: dict[str, str | None]) -> str | 
     bracketed = {letter for letter in _PAREN_LETTER.findall(prediction) if letter in valid}
     if len(bracketed) > 1:  # "(B) or (C)", or the options read back: "(A) polyp (B) mass"
         return None
-    for pattern in (_ANSWER_IS, _ANSWER_IS_END, _LEADING_LETTER):
-        match = pattern.search(prediction)
+    statements = [m for pattern in (_ANSWER_IS, _ANSWER_IS_END) for m in pattern.finditer(prediction)]
+    for match in [_LEADING_LETTER.match(prediction), *sorted(statements, key=lambda m: m.start())]:
         if match and match.group(1).upper() in valid:
             other = _ALTERNATIVE.match(prediction, match.end())
             if other and other.group(1) in valid and other.group(1) != match.group(1).upper():

@@ -65,6 +65,8 @@ def score(records: list[dict[str, Any]], cfg: DictConfig, breakdowns: Sequence[s
     refs = [r["reference"] for r in records]
     names = list(cfg.metrics) or None
     languages = [row_language(r) for r in records]
+    # Multiple choice: closed_accuracy and substring_match read the option letter (see compute_metrics's options).
+    options = [(r.get("meta") or {}).get("options") or None for r in records]
     notes: dict[str, str] = {}
     taxonomy = declared_taxonomy(OmegaConf.select(cfg, "data.categories", default=None))
     # The answer type the tables group rows by, so that closed_accuracy is scored on the "closed" rows.
@@ -74,12 +76,11 @@ def score(records: list[dict[str, Any]], cfg: DictConfig, breakdowns: Sequence[s
                                     bertscore_num_layers=cfg.bertscore.num_layers,
                                     bertscore_dtype=cfg.bertscore.dtype,
                                     bertscore_model_zh=OmegaConf.select(cfg, "bertscore.model_zh", default=None),
-                                    languages=languages, notes=notes)
-    for rec, scores in zip(records, per_sample):
-        options = (rec.get("meta") or {}).get("options")
-        if options:
+                                    languages=languages, options=options, notes=notes)
+    for rec, scores, row_options in zip(records, per_sample, options):
+        if row_options:
             # Multiple choice: the letter is extracted first, then compared (strict exact match stays too).
-            rec["extracted_choice"] = extract_choice(rec["prediction"], options)
+            rec["extracted_choice"] = extract_choice(rec["prediction"], row_options)
             scores["choice_accuracy"] = choice_accuracy(rec)
         if rec.get("perplexity") is not None:
             scores["nll_per_token"] = nll_per_token(rec)

@@ -5,7 +5,7 @@ registered metrics, and :func:`make_corpus_fn` re-scores a subset for :func:`med
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,17 +17,21 @@ from medvl.evaluation.metrics.registry import METRICS, Metric, mean, selected
 from medvl.evaluation.normalize import LANGUAGES, NO, YES, normalize_answer, text_language
 
 
-def row_languages(
-    predictions: Sequence[object], references: Sequence[object], languages: Sequence[object] | None = None
-) -> list[str]:
-    """Each row's language: the given one when it is in ``LANGUAGES``, else zh when the reference or the
-    prediction has Chinese characters (a Slake zh row answered "MRI" needs its ``q_lang``)."""
-    return [
-        str(languages[i])
-        if languages is not None and languages[i] in LANGUAGES
-        else "zh" if "zh" in (text_language(pred), text_language(ref)) else "en"
-        for i, (pred, ref) in enumerate(zip(predictions, references))
-    ]
+def row_languages(references: Sequence[object], languages: Sequence[object] | None = None) -> list[str]:
+    """Each row's language from its data: the given one, else its reference's (:func:`resolve_language`)."""
+    return [resolve_language(None if languages is None else languages[i], ref) for i, ref in enumerate(references)]
+
+
+def resolve_language(language: object, reference: object, question: object = None) -> str:
+    """``"en"`` or ``"zh"`` for a row: ``language`` when it is one (Slake's ``q_lang``), else zh when the question or
+    the reference has Chinese characters.
+
+    Never the prediction: an English row answered in Chinese is still an English row, scored by the English
+    BERTScore model and counted in the en group (a poor score, not a row moved out of its language).
+    """
+    if language in LANGUAGES:
+        return str(language)
+    return "zh" if "zh" in (text_language(question), text_language(reference)) else "en"
 
 
 def resolve_answer_type(answer_type: object, reference: object) -> str:
@@ -56,6 +60,7 @@ def compute_metrics(
     bertscore_dtype: str = "float32",
     bertscore_model_zh: str | None = None,
     languages: Sequence[object] | None = None,
+    options: Sequence[Mapping[str, str | None] | None] | None = None,
     timings: dict[str, float] | None = None,
     notes: dict[str, str] | None = None,
 ) -> tuple[list[dict[str, float]], dict[str, float]]:
@@ -76,10 +81,13 @@ def compute_metrics(
         bertscore_dtype: ``"bfloat16"`` runs the BERTScore model under autocast, about twice as
             fast on CPUs with native bf16, with per-sample F1 within a few 1e-3 of float32.
         bertscore_model_zh: a multilingual model (name or local directory) for the zh rows'
-            BERTScore, at its own default layer. ``None``: zh rows are not scored by BERTScore (their
+            BERTScore, at bert-score's layer for it. ``None``: zh rows are not scored by BERTScore (their
             ``bertscore_f1`` is ``None``, the corpus value absent) and ``notes`` says why.
-        languages: ``"en"`` / ``"zh"`` per row; missing ones are read from the texts (zh when the
-            reference or the prediction has Chinese characters).
+        languages: ``"en"`` / ``"zh"`` per row; missing ones are read from the reference (zh when it has
+            Chinese characters), never from the prediction (:func:`resolve_language`).
+        options: each row's multiple-choice options (``meta.options``; ``None`` on other rows). On those rows
+            the metrics that read them (:attr:`Metric.reads_options`: closed_accuracy, substring_match)
+            score the option letter extracted from the prediction.
         timings: if given, filled with each scorer's wall-clock seconds.
         notes: if given, filled with ``{metric: reason}`` for each metric left out on some rows.
 
@@ -91,7 +99,7 @@ def compute_metrics(
         when it was left out on some rows).
     """
     predictions, references = list(predictions), list(references)
-    names = _checked_names(predictions, references, answer_types, metrics, bertscore_dtype)
+    names = _checked_names(predictions, references, answer_types, options, metrics, bertscore_dtype)
     batch = _Batch(
         predictions,
         references,
@@ -99,7 +107,8 @@ def compute_metrics(
                for i, ref in enumerate(references)],
         timings={} if timings is None else timings,
         notes={} if notes is None else notes,
-        languages=row_languages(predictions, references, languages),
+        languages=row_languages(references, languages),
+        options=[None] * len(references) if options is None else list(options),
         bertscore={"model": bertscore_model, "num_layers": bertscore_num_layers, "dtype": bertscore_dtype,
                    "model_zh": bertscore_model_zh},
     )
@@ -112,6 +121,7 @@ def _checked_names(
     predictions: Sequence[object],
     references: Sequence[object],
     answer_types: Sequence[object] | None,
+    options: Sequence[object] | None,
     metrics: Sequence[str] | None,
     bertscore_dtype: str,
 ) -> list[str]:
@@ -120,6 +130,8 @@ def _checked_names(
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     if answer_types is not None and len(answer_types) != len(references):
         raise ValueError(f"{len(answer_types)} answer types for {len(references)} references")
+    if options is not None and len(options) != len(references):
+        raise ValueError(f"{len(options)} option sets for {len(references)} references")
     names = selected(metrics)
     if bertscore_dtype not in BERTSCORE_DTYPES:
         raise ValueError(f"bertscore_dtype must be one of {BERTSCORE_DTYPES}, got {bertscore_dtype!r}")
@@ -133,6 +145,7 @@ class _Batch:
     Attributes:
         types: ``CLOSED`` / ``OPEN`` per row.
         languages: ``en`` / ``zh`` per row.
+        options: each row's multiple-choice options, or None.
         bertscore: bertscore_f1's ``model``, ``num_layers``, ``dtype`` and ``model_zh``.
         per_sample: one dict of scores per row; ``corpus``: the corpus-level values, in scoring order.
     """
@@ -143,6 +156,7 @@ class _Batch:
     timings: dict[str, float]
     notes: dict[str, str]
     languages: list[str]
+    options: list[Mapping[str, str | None] | None]
     bertscore: dict[str, Any]
     per_sample: list[dict[str, float | None]] = field(init=False)
     corpus: dict[str, float] = field(default_factory=dict)
@@ -208,9 +222,11 @@ def _score_sample_metrics(batch: _Batch, names: Sequence[str]) -> None:
 def _score_rows(metric: Metric, batch: _Batch) -> list[float]:
     """Score each row the metric applies to, store it in ``batch.per_sample``, return the values."""
     values = []
-    for row, pred, ref, row_type in zip(batch.per_sample, batch.predictions, batch.references, batch.types):
+    for row, pred, ref, row_type, options in zip(batch.per_sample, batch.predictions, batch.references, batch.types,
+                                                 batch.options):
         if metric.answer_type is None or metric.answer_type == row_type:
-            row[metric.name] = metric.fn(pred, ref)
+            kwargs = {"options": options} if metric.reads_options and options else {}
+            row[metric.name] = metric.fn(pred, ref, **kwargs)
             values.append(row[metric.name])
     return values
 

@@ -26,6 +26,9 @@ class Metric:
             that type (closed_accuracy, open_recall); other rows get no value, not a zero.
         mean_of_samples: for a corpus metric, whether its corpus score is just the mean of its
             per-sample scores (CIDEr, ROUGE-L, BERTScore), so a subset's score needs no re-scoring.
+        reads_options: for a sample metric, whether ``fn`` takes a multiple-choice row's options
+            (``fn(prediction, reference, options=meta["options"])``), whose reference is an option
+            letter rather than words (closed_accuracy, substring_match).
     """
 
     name: str
@@ -34,6 +37,7 @@ class Metric:
     level: Level = "sample"
     answer_type: str | None = None
     mean_of_samples: bool = True
+    reads_options: bool = False
 
 
 #: The text metrics, which :func:`compute_metrics` runs on (prediction, reference) pairs.
@@ -51,6 +55,7 @@ def register_metric(
     *,
     answer_type: str | None = None,
     mean_of_samples: bool = True,
+    reads_options: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``fn`` under ``name`` (in :data:`RECORD_METRICS` for ``level="record"``, else in :data:`METRICS`);
     the function itself is returned unchanged."""
@@ -61,7 +66,7 @@ def register_metric(
         if name in METRICS or name in RECORD_METRICS:
             raise ValueError(f"metric {name!r} is already registered")
         registry = RECORD_METRICS if level == "record" else METRICS
-        registry[name] = Metric(name, fn, higher_is_better, level, answer_type, mean_of_samples)
+        registry[name] = Metric(name, fn, higher_is_better, level, answer_type, mean_of_samples, reads_options)
         return fn
 
     return decorator

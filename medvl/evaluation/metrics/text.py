@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import difflib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from medvl.data.taxonomy import CLOSED, OPEN
-from medvl.evaluation.extract import extract_yes_no
-from medvl.evaluation.metrics.registry import register_metric
+from medvl.evaluation.extract import extract_choice, extract_yes_no
+from medvl.evaluation.metrics.registry import choice_accuracy, register_metric
 from medvl.evaluation.normalize import NO, YES, chars, normalize_answer, words
 
 
@@ -23,12 +23,17 @@ def exact_match(prediction: object, reference: object) -> float:
     return float(bool(pred) and pred == words(reference))
 
 
-@register_metric("substring_match")
-def substring_match(prediction: object, reference: object) -> float:
+@register_metric("substring_match", reads_options=True)
+def substring_match(prediction: object, reference: object, options: Mapping[str, str | None] | None = None) -> float:
     """1.0 when either normalized answer contains the other as whole words (Chinese: characters).
 
-    Whole words so that the reference "no" is not found in "normal".
+    Whole words so that the reference "no" is not found in "normal". On a multiple-choice row
+    (``options``) the reference is an option letter, not a word (option A's "a" is in almost any
+    sentence): the row counts when the letter extracted from the prediction is the reference
+    (:func:`picks_reference`).
     """
+    if options:
+        return picks_reference(prediction, reference, options)
     pred, ref = " ".join(words(prediction)), " ".join(words(reference))
     if not pred or not ref:
         return 0.0
@@ -99,21 +104,31 @@ def char_f1(prediction: object, reference: object) -> float:
     return overlap_prf(chars(prediction), chars(reference))[2]
 
 
-@register_metric("closed_accuracy", answer_type=CLOSED)
-def closed_accuracy(prediction: object, reference: object) -> float:
+@register_metric("closed_accuracy", answer_type=CLOSED, reads_options=True)
+def closed_accuracy(prediction: object, reference: object, options: Mapping[str, str | None] | None = None) -> float:
     """LLaVA-Med's closed-question accuracy, on the extracted answer.
 
     A yes/no reference is compared with :func:`~medvl.evaluation.extract.extract_yes_no` of the
     prediction. Any other closed reference ("Left", "Liver", an option of an "A or B?" question)
     counts when its words appear, in order, in the prediction: LLaVA-Med's ``gt in pred``, except
-    that an occurrence right after a negation ("not normal", 不正常) does not count.
+    that an occurrence right after a negation ("not normal", 不正常) does not count. A multiple-choice
+    row (``options``: its ``meta.options``, the reference an option letter) is its choice_accuracy
+    (:func:`picks_reference`).
     """
+    if options:
+        return picks_reference(prediction, reference, options)
     ref = normalize_answer(reference)
     if not ref:
         return 0.0
     if ref in (YES, NO):
         return float(extract_yes_no(prediction) == ref)
     return float(_contains_unnegated(words(prediction), words(ref)))
+
+
+def picks_reference(prediction: object, reference: object, options: Mapping[str, str | None]) -> float:
+    """A multiple-choice row's choice_accuracy: 1.0 when the option letter
+    :func:`~medvl.evaluation.extract.extract_choice` reads from the prediction is the reference letter."""
+    return choice_accuracy({"extracted_choice": extract_choice(prediction, dict(options)), "reference": reference})
 
 
 # A closed answer preceded by one of these is denied, not given: "not normal" for "Normal",
