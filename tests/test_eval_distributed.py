@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import medvl.evaluation.run as eval_run
 from medvl.config import ConfigError
@@ -148,3 +149,21 @@ def test_eval_launcher_starts_with_its_command():
     assert lines_[1].startswith("# ") and "launchers/eval_multi_gpu.sh" in lines_[1]
     assert "torchrun --standalone --nproc_per_node" in path.read_text() and "-m medvl.eval" in path.read_text()
     subprocess.run(["bash", "-n", str(path)], check=True)
+
+
+def test_eval_ranks_wait_for_rank_zeros_scoring_on_gloo_with_hours_of_room(monkeypatch):
+    """The ranks only wait for one another, for rank 0's scoring and reports above all: on a GPU node too they
+    join a gloo group (NCCL's watchdog would abort a wait past 10 minutes) whose timeout leaves hours."""
+    from datetime import timedelta
+
+    joined = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: joined.setdefault("device", index))
+    monkeypatch.setattr(torch.distributed, "init_process_group",
+                        lambda backend, timeout=None: joined.update(backend=backend, timeout=timeout))
+    ranks.start()
+    assert joined == {"device": 1, "backend": "gloo", "timeout": ranks.BARRIER_TIMEOUT}
+    assert ranks.BARRIER_TIMEOUT >= timedelta(hours=1)

@@ -82,3 +82,76 @@ def test_predictions_of_another_dtype_or_stage_one_are_not_mixed_in(compose, tmp
         eval_run.check_resumable(tmp_path, eval_run.fingerprint(cfg, None, "test"))
     # The kernel the model loads with: the default "auto" is SDPA on a machine without flash-attn and CUDA.
     assert base["init_from"] is None and base["attn_implementation"] == attention_of(cfg.model) == "sdpa"
+
+
+def test_rank_files_of_an_interrupted_data_parallel_run_are_not_mixed_with_another_setup(compose, tmp_path):
+    """A torchrun evaluation killed before its final merge leaves only predictions.rank<R>.jsonl: a rerun with
+    another setup is refused as it would be with predictions.jsonl."""
+    cfg = compose(config_name="eval", output_dir=tmp_path)
+    eval_run.check_resumable(tmp_path, eval_run.fingerprint(cfg, None, "test"))
+    (tmp_path / "predictions.rank1.jsonl").write_text('{"id": "r0", "prediction": "long answer"}\n')
+    eval_run.check_resumable(tmp_path, eval_run.fingerprint(cfg, None, "test"))  # the same setup resumes
+    cfg.max_new_tokens = 4
+    with pytest.raises(CheckpointError, match="generation changed"):
+        eval_run.check_resumable(tmp_path, eval_run.fingerprint(cfg, None, "test"))
+
+
+def _adapter_run(path, init_from=None):
+    (path / "adapter").mkdir(parents=True)
+    (path / "adapter" / "adapter_config.json").write_text("{}")
+    (path / "adapter" / "adapter_model.safetensors").write_bytes(b"stage weights")
+    OmegaConf.save(OmegaConf.create({"init_from": str(init_from) if init_from else None}), path / "config.yaml")
+    return path
+
+
+def test_an_earlier_stage_trained_again_is_not_mixed_in(compose, tmp_path):
+    """The instruct run's predictions depend on the align stage merged beneath it: retraining that stage in place
+    changes the fingerprint, so its stale predictions are refused."""
+    from medvl.runs import RunDir
+
+    align = _adapter_run(tmp_path / "align")
+    instruct = RunDir.from_ckpt(_adapter_run(tmp_path / "instruct", init_from=align))
+    cfg = compose(config_name="eval", output_dir=tmp_path)
+    out = tmp_path / "eval"
+    out.mkdir()
+    first = eval_run.fingerprint(cfg, instruct, "test")
+    assert [entry[0] for entry in first["earlier_weights"]] == [str(align / "adapter")]
+    eval_run.check_resumable(out, first)
+    (out / "predictions.jsonl").write_text("{}\n")
+    eval_run.check_resumable(out, eval_run.fingerprint(cfg, instruct, "test"))
+    (align / "adapter" / "adapter_model.safetensors").write_bytes(b"stage weights, trained again")
+    with pytest.raises(CheckpointError, match="earlier_weights changed"):
+        eval_run.check_resumable(out, eval_run.fingerprint(cfg, instruct, "test"))
+    # A run of one stage records no earlier weights (its fingerprint is what it was before there were any).
+    assert "earlier_weights" not in eval_run.fingerprint(cfg, RunDir.from_ckpt(align), "test")
+
+
+def test_a_merged_model_is_evaluated_with_its_runs_settings(compose, tmp_path):
+    """medvl.export writes the run's model, data and prompt settings beside the merged weights (no init_from: the
+    earlier stages are merged in), so +ckpt=<merged dir> evaluates with the run's pixel budget and prompt, as
+    +ckpt=<run dir> does, rather than the command line's defaults."""
+    from medvl.models.export import merged_config
+    from medvl.runs import CONFIG_FILE, RunDir
+
+    trained = compose(["model.min_pixels=12544", "prompt=custom"], output_dir=tmp_path / "run")
+    run_dir = tmp_path / "run"
+    (run_dir / "adapter").mkdir(parents=True)
+    (run_dir / "adapter" / "adapter_config.json").write_text("{}")
+    OmegaConf.save(OmegaConf.merge(trained, {"init_from": str(tmp_path / "align")}), run_dir / CONFIG_FILE)
+    run = RunDir.from_ckpt(run_dir)
+    export_cfg = compose(config_name="export", output_dir=tmp_path / "export")
+    run.apply_config(export_cfg, [])
+
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    (merged / "config.json").write_text("{}")
+    OmegaConf.save(merged_config(run, export_cfg), merged / CONFIG_FILE)
+    found = RunDir.from_ckpt(merged)
+    assert found.kind == "model" and found.init_from is None and found.stage_chain() == []
+
+    cfg = compose(config_name="eval", output_dir=tmp_path / "eval")
+    assert cfg.model.min_pixels != 12544 and cfg.prompt.name != "custom"
+    found.apply_config(cfg, [])
+    assert cfg.model.min_pixels == 12544 and cfg.prompt.name == "custom"
+    assert cfg.prompt.system_prompt == trained.prompt.system_prompt and cfg.data.name == trained.data.name
+    assert merged_config(RunDir(run.path, "adapter"), export_cfg) is None  # a bare adapter dir has no config

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from medvl.training.sweep import run_sweep_job, summarize_sweep
@@ -109,6 +110,8 @@ def test_export_merges_and_reloads(tmp_path, cache_dir, tiny_dir):
     assert (out / "model.safetensors").exists() and not (out / "adapter_config.json").exists()
     provenance = json.loads((out / "medvl_export.json").read_text())
     assert provenance["ckpt"] == str(run / "adapter") and provenance["init_from"] == []
+    settings = OmegaConf.load(out / "config.yaml")  # what +ckpt=<merged dir> evaluates with: the run's settings
+    assert set(settings) == {"model", "data", "prompt"} and settings.data.num_test == 32
     # Model cards: the adapter's (written by medvl.train, replacing peft's placeholder) and the merged model's.
     from huggingface_hub import ModelCard
 

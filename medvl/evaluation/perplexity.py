@@ -45,12 +45,14 @@ def answer_nll(model, processor, rows: list[dict[str, Any]], image_root: str | P
     # Position t predicts token t+1.
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
-    # The head runs in float32 too: bf16 logits would round the log-probabilities of a 152k vocabulary.
+    # The head runs in float32 too: bf16 logits would round the log-probabilities of a 152k vocabulary. With
+    # device=auto_shard the last layer's output, the head and the inputs may each be on another GPU.
     head = core.lm_head
-    with torch.autocast(device_type=device.type, enabled=False):  # float32 even inside a caller's autocast
-        logits = F.linear(hidden[:, :-1][mask].float(), head.weight.float(),
-                          None if head.bias is None else head.bias.float())
-        token_nll = F.cross_entropy(logits, targets[mask], reduction="none")
+    on = head.weight.device
+    with torch.autocast(device_type=on.type, enabled=False):  # float32 even inside a caller's autocast
+        answer = hidden[:, :-1][mask.to(hidden.device)].to(on)
+        logits = F.linear(answer.float(), head.weight.float(), None if head.bias is None else head.bias.float())
+        token_nll = F.cross_entropy(logits, targets[mask].to(on), reduction="none")
     out, start = [], 0
     for n in mask.sum(dim=1).tolist():
         out.append((float(token_nll[start : start + n].sum()), int(n)))

@@ -14,17 +14,24 @@ one, so the evaluation after training (rank 0 alone, its group already closed) r
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 
+#: How long a rank waits at a barrier. The ranks exchange no tensors, they only wait for one another, above all
+#: for rank 0 scoring and writing the reports alone (METEOR, BERTScore, the HTML report, W&B; with compare_base,
+#: before the next model's predictions), which on a large split can outlast NCCL's 10-minute watchdog.
+BARRIER_TIMEOUT = timedelta(hours=3)
+
 
 def start() -> None:
-    """Join the launch's process group when started by torchrun (WORLD_SIZE > 1)."""
+    """Join the launch's process group when started by torchrun (WORLD_SIZE > 1): gloo, on the CPU, also on GPU
+    nodes (barriers only: no GPU memory for NCCL's communicators), with :data:`BARRIER_TIMEOUT`."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
         return
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    torch.distributed.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
 
 
 def finish() -> None:

@@ -64,10 +64,14 @@ def fingerprint(cfg: DictConfig, ckpt: RunDir | None, split: str) -> dict[str, A
     from medvl.evaluation.generate import DECODING
 
     weights = init_from = None
+    earlier: list[list[Any]] = []
     if ckpt is not None:
         init_from = ckpt.init_from  # the earlier stage's weights are part of this run's
         files = sorted(ckpt.path.glob("*.safetensors"))
         weights = [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files]
+        # The earlier stages' files too: one trained again in place changes this run's weights.
+        earlier = [[str(stage.path), f.name, f.stat().st_size, int(f.stat().st_mtime)]
+                   for stage in ckpt.weight_stages()[1:] for f in sorted(stage.path.glob("*.safetensors"))]
     return {"ckpt": str(ckpt.path) if ckpt else None, "weights": weights, "model": str(cfg.model.name_or_path),
             "data": str(cfg.data.dir), "split": split,
             "prompt": {"name": str(cfg.prompt.name), "system_prompt": cfg.prompt.system_prompt},
@@ -75,6 +79,7 @@ def fingerprint(cfg: DictConfig, ckpt: RunDir | None, split: str) -> dict[str, A
             "min_pixels": int(cfg.model.min_pixels), "max_pixels": int(cfg.model.max_pixels),
             "dtype": str(cfg.model.dtype), "attn_implementation": attention_of(cfg.model),  # the kernel used, not "auto"
             "init_from": str(init_from) if init_from else None,
+            **({"earlier_weights": earlier} if earlier else {}),
             "scoring": {"bertscore": OmegaConf.to_container(cfg.bertscore, resolve=True)}}
 
 
@@ -82,7 +87,8 @@ def check_resumable(out: Path, fp: dict[str, Any]) -> None:
     """Refuse to mix predictions of a different setup into an existing eval directory."""
     path = out / "eval_fingerprint.json"
     stored = json.loads(json.dumps(fp))  # tuples -> lists, as they come back from disk
-    if path.exists() and (out / "predictions.jsonl").exists():
+    # Predictions: the merged file, or the rank files a data-parallel run left when it stopped before merging.
+    if path.exists() and ((out / "predictions.jsonl").exists() or any(out.glob("predictions.rank*.jsonl"))):
         old = json.loads(path.read_text())
         diff = ", ".join(k for k in stored if k not in RESCORED and old.get(k) != stored[k])
         if diff:

@@ -7,11 +7,11 @@ import logging
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from medvl.models.card import read_eval_metrics, write_model_card
 from medvl.models.loading import load_run
-from medvl.runs import CheckpointError, RunDir
+from medvl.runs import CONFIG_FILE, RUN_GROUPS, CheckpointError, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -35,5 +35,20 @@ def export(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> Path
     provenance = {"ckpt": str(run.path), "base": cfg.model.name_or_path,
                   "init_from": [str(stage.root) for stage in run.stage_chain()]}
     (out / "medvl_export.json").write_text(json.dumps(provenance, indent=2))
+    settings = merged_config(run, cfg)
+    if settings is not None:
+        OmegaConf.save(settings, out / CONFIG_FILE)
     log.info("Merged %s into %s -> %s", run.path, cfg.model.name_or_path, out)
     return out
+
+
+def merged_config(run: RunDir, cfg: DictConfig) -> DictConfig | None:
+    """The config ``+ckpt=<merged dir>`` reads beside the merged weights (:meth:`RunDir.at`), so that the merged
+    model is evaluated as its run is: the run's model settings (pixel budget, family, dtype; as exported), data
+    and prompt. No ``init_from``: every earlier stage is merged in. None for a run without a config (a bare
+    adapter directory)."""
+    if run.config is None:
+        return None
+    groups = {group: run.config[group] for group in RUN_GROUPS if group in run.config}
+    groups["model"] = cfg.model
+    return OmegaConf.create({group: OmegaConf.to_container(node, resolve=True) for group, node in groups.items()})
