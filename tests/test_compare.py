@@ -154,6 +154,15 @@ def test_discovery_of_globs_sweep_dirs_and_eval_subdirs(tmp_path: Path) -> None:
         select_reference(runs, "nope")
 
 
+def test_a_sweep_jobs_folder_named_with_brackets_is_a_path_not_a_glob(tmp_path: Path) -> None:
+    """Hydra names a job's folder by its overrides: README's sweep without METEOR gives
+    ``eval.metrics=[exact_match,...],lora.r=8``, which as a glob would match nothing."""
+    job = tmp_path / "sweep" / "0_eval.metrics=[exact_match,bleu4],lora.r=8"
+    make_eval_dir(job / "eval", "r8", [prediction_row(0, True, 1.0)])
+    assert discover_eval_dirs([job / "eval"]) == discover_eval_dirs([job]) == [job / "eval"]
+    assert discover_eval_dirs([tmp_path / "sweep"]) == [job / "eval"]
+
+
 def test_default_out_dir_is_common_parent_or_timestamped(tmp_path: Path) -> None:
     a = make_eval_dir(tmp_path / "evals" / "a", "A", [prediction_row(0, True, 1.0)])
     b = make_eval_dir(tmp_path / "evals" / "b", "B", [prediction_row(0, True, 1.0)])

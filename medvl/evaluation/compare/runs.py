@@ -78,7 +78,7 @@ def discover_eval_dirs(specs: Sequence[str | os.PathLike[str]]) -> list[Path]:
 
     Each spec is an eval directory (holding metrics.json), a directory whose ``eval/`` holds it,
     a multirun/sweep directory whose (numbered) subdirectories are either of those, a
-    ``metrics.json`` file, or a glob matching any of these.
+    ``metrics.json`` file, or a glob matching any of these (a spec that exists as a path is taken as one).
 
     Raises:
         CompareError: a spec that does not exist, matches nothing, or holds no metrics.json.
@@ -86,7 +86,9 @@ def discover_eval_dirs(specs: Sequence[str | os.PathLike[str]]) -> list[Path]:
     found: list[Path] = []
     for spec in specs:
         text = str(spec)
-        if _GLOB_CHARS.search(text):
+        # A path that exists is itself, whatever its name holds: a sweep job's folder is named by its overrides
+        # (".../eval.metrics=[exact_match,bleu4],lora.r=8/eval").
+        if _GLOB_CHARS.search(text) and not Path(text).expanduser().exists():
             matches = sorted(glob.glob(os.path.expanduser(text)), key=lambda m: _natural_key(Path(m)))
             if not matches:
                 raise CompareError(f"no path matches {text!r}")
