@@ -294,3 +294,69 @@ def test_sweeps_started_in_the_same_second_get_their_own_directory(compose):
     first = resolve()
     time.sleep(0.002)
     assert resolve() != first
+
+
+class _Loaded(Exception):
+    """Raised where the model would load: what the run decided before it is what the test reads."""
+
+
+@pytest.fixture
+def stops_at_loading(monkeypatch):
+    from medvl.training import run
+
+    seen = {}
+
+    def load_for_training(cfg, out):
+        seen.update(init_from=cfg.init_from, config=OmegaConf.load(out / "config.yaml"))
+        raise _Loaded
+
+    monkeypatch.setattr(run, "load_for_training", load_for_training)
+    return seen
+
+
+def _stage_run(path: Path, **config) -> Path:
+    (path / "adapter").mkdir(parents=True)
+    (path / "adapter" / "adapter_config.json").write_text("{}")
+    OmegaConf.save(OmegaConf.create(config), path / "config.yaml")
+    return path
+
+
+def test_a_runs_config_is_written_before_the_model_loads(compose, small_synth, stops_at_loading, tmp_path):
+    """A stage-2 run killed before it finished: its checkpoints are evaluated, exported and chained on top of
+    stage 1, which its config.yaml (written at the start) records."""
+    from medvl.runs import RunDir
+    from medvl.training.run import train
+
+    align = _stage_run(tmp_path / "align", init_from=None)
+    with pytest.raises(_Loaded):
+        train(train_cfg(compose, small_synth, f"init_from={align}"))
+    assert stops_at_loading["config"].init_from == str(align)
+    checkpoint = tmp_path / "run" / "checkpoint-2"  # the Trainer's checkpoint: the adapter, no config of medvl's
+    checkpoint.mkdir()
+    (checkpoint / "adapter_config.json").write_text("{}")
+    assert [stage.path for stage in RunDir.from_ckpt(checkpoint).weight_stages()] == [checkpoint, align / "adapter"]
+
+
+def test_a_resumed_run_continues_on_top_of_its_earlier_stage(compose, small_synth, stops_at_loading, tmp_path):
+    """resume=auto without init_from (README's resume command names none) keeps the run's stage chain; a command
+    that contradicts the run's init_from, model or stage is refused in one line."""
+    from medvl.training.run import train
+
+    align, other = _stage_run(tmp_path / "align", init_from=None), _stage_run(tmp_path / "other", init_from=None)
+    started = train_cfg(compose, small_synth, f"init_from={align}")
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoint-2").mkdir(parents=True)
+    (run_dir / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    OmegaConf.save(started, run_dir / "config.yaml")
+
+    with pytest.raises(_Loaded):
+        train(train_cfg(compose, small_synth, "resume=auto"))
+    assert stops_at_loading["init_from"] == str(align)
+    for extra, says in ((f"init_from={other}", f"trained on top of init_from={align}, this command has "
+                                                f"init_from={other}"),
+                        ("init_from=base", f"trained on top of init_from={align}, this command has init_from=base"),
+                        ("model=tiny25", "trained with model.name=tiny, this command has model.name=tiny25")):
+        OmegaConf.save(started, run_dir / "config.yaml")
+        with pytest.raises(ConfigError, match="^resume: ") as err:
+            train(train_cfg(compose, small_synth, "resume=auto", extra))
+        assert says in str(err.value) and "\n" not in str(err.value)

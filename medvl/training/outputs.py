@@ -29,10 +29,16 @@ def save_outputs(model, processor, trainer, cfg: DictConfig, out: Path) -> None:
     if not is_main_process():
         return
     processor.save_pretrained(target)
-    (out / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_run_config(cfg, out)
     write_run_card(out)  # replaces peft's placeholder README.md; rewritten with the numbers after evaluation
     trainer.state.save_to_json(str(out / "trainer_state.json"))
     plot_loss(trainer.state.log_history, out / "loss.png")
+
+
+def write_run_config(cfg: DictConfig, out: Path) -> None:
+    """The run's resolved config, ``config.yaml``: written when the run starts (a killed run's checkpoints are
+    then evaluated, exported and chained on top of its stage chain) and again with its outputs."""
+    (out / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def plot_loss(history: list[dict[str, Any]], path: Path) -> None:

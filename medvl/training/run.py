@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from medvl.config import starts_from_base
+from medvl.config import ConfigError, starts_from_base
 from medvl.config.families import family_name
 from medvl.data.dataset import VQADataset
 from medvl.data.splits import check_train_lengths, ensure_data, load_split
@@ -21,11 +21,11 @@ from medvl.models.liger import apply_liger
 from medvl.models.loading import load_dtype, load_processor, load_run_weights, resolve_model_path
 from medvl.models.lora import apply_training_setup, trainable_parameter_names, upcast_trainable
 from medvl.models.speed import prepare_quantized, quantization_config, resolve_attn_implementation
-from medvl.runs import RunDir
+from medvl.runs import CONFIG_FILE, RunDir
 from medvl.training.checks import check_eval_after_train, validate_training
 from medvl.training.distributed import is_main_process, one_gpu_without_launcher
 from medvl.training.loss import fused_head
-from medvl.training.outputs import save_outputs
+from medvl.training.outputs import save_outputs, write_run_config
 from medvl.training.packing import train_collator
 from medvl.training.sweep import wants_eval_after_train
 from medvl.training.workers import dataloader_workers
@@ -312,12 +312,15 @@ def check_evaluation_needs(cfg: DictConfig) -> None:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train one stage as configured; return the final training metrics (and eval metrics if asked)."""
     validate_training(cfg)
+    from_base = starts_from_base(cfg.init_from)
     resolve_init_from(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.trainer.seed)
     log.info("Run %s -> %s", cfg.run_name, out)
-    resume_from, rows, lengths = check_before_loading(cfg, out)
+    resume_from, rows, lengths = check_before_loading(cfg, out, from_base=from_base)
+    if is_main_process():  # from the start: checkpoint-N/ and best/ of this run are read with its stage chain
+        write_run_config(cfg, out)
     from medvl.training.loggers import logger_callbacks
 
     log_callbacks = logger_callbacks(cfg, out)  # W&B decides online or offline here, not after loading
@@ -346,18 +349,45 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def check_before_loading(cfg: DictConfig, out: Path) -> tuple[str | None, list[dict[str, Any]], list[int]]:
+def check_before_loading(cfg: DictConfig, out: Path, from_base: bool = False
+                         ) -> tuple[str | None, list[dict[str, Any]], list[int]]:
     """Everything a path or the data can get wrong, checked before minutes of loading weights (every earlier
     stage's weights too): returns the checkpoint to resume from, the training rows and their token lengths."""
+    resume_from = resume_checkpoint(cfg, out)
+    if resume_from is not None:
+        keep_stage_chain(cfg, out, from_base)
     if cfg.init_from:
         RunDir.from_init_from(cfg.init_from).weight_stages()
-    resume_from = resume_checkpoint(cfg, out)
     ensure_data_once(cfg)
     rows = load_split(cfg.data, cfg.data.train_split, cfg.data.max_train_samples)
     # A row too long for this model would stop training when the sampler reaches it: refused here instead.
     lengths = check_train_lengths(rows, cfg.data, cfg.model, cfg.prompt.system_prompt, cfg.data.train_split)
     check_evaluation_needs(cfg)
     return resume_from, rows, lengths
+
+
+def keep_stage_chain(cfg: DictConfig, out: Path, from_base: bool) -> None:
+    """A resumed run continues as it started: on top of the earlier stage its ``config.yaml`` records (taken when
+    the command line names none, as ``resume=auto`` commands often do), with the same model and stage. Without
+    this, the adapter's remaining steps would train on the bare base model. One line when they disagree."""
+    saved_path = out / CONFIG_FILE
+    if not saved_path.is_file():
+        return
+    saved = OmegaConf.load(saved_path)
+    for key in ("model.name", "stage.name"):
+        before, now = OmegaConf.select(saved, key), OmegaConf.select(cfg, key)
+        if before is not None and str(before) != str(now):
+            raise ConfigError(f"resume: {out} was trained with {key}={before}, this command has {key}={now}; "
+                              f"resume with the run's settings, or pass hydra.run.dir=<new dir> to start a new run")
+    earlier = OmegaConf.select(saved, "init_from")
+    if earlier and not cfg.init_from and not from_base:
+        log.info("resume: %s was trained on top of init_from=%s (its %s); continuing on top of it", out, earlier,
+                 CONFIG_FILE)
+        cfg.init_from = str(earlier)
+    elif str(earlier or "") != str(cfg.init_from or ""):
+        raise ConfigError(f"resume: {out} was trained on top of init_from={earlier or 'base'}, this command has "
+                          f"init_from={cfg.init_from or 'base'}; resume with the run's init_from (or none: it is read "
+                          f"from {CONFIG_FILE}), or pass hydra.run.dir=<new dir> to start a new run")
 
 
 def build_trainer(cfg: DictConfig, model, args, dataset, collator, callbacks: list):
