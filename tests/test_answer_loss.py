@@ -97,3 +97,23 @@ def test_a_training_run_with_the_answer_head_follows_the_models_own_loss(compose
         for (loss, norm), (a_loss, a_norm) in zip(logged[packing, False], logged[packing, True]):
             assert a_loss == pytest.approx(loss, abs=1e-5) and a_norm == pytest.approx(norm, rel=1e-4)
     assert len(calls) == 6  # the answer head ran in the answer-head runs' steps (3 each), not in the others
+
+
+@pytest.mark.parametrize("model_name", ["tiny25", "tiny3"])
+def test_gradient_accumulation_weighs_tokens_as_one_batch_in_every_family(compose, small_synth, tmp_path,
+                                                                          model_name):
+    """Two micro-batches of 2 rows step as one batch of the same 4 rows: the loss over all their label tokens.
+    transformers marks Qwen2.5-VL and Qwen3-VL as not taking the label count, and would average the two
+    micro-batches' means (rows with long answers would then weigh less)."""
+    steps = ["trainer.max_steps=2", "trainer.logging_steps=1", "trainer.save_steps=1000", "trainer.warmup_ratio=0",
+             "trainer.max_grad_norm=1000", "lora.dropout=0", f"model={model_name}", *small_data_overrides(small_synth)]
+    logged = {}
+    for batch, accumulate in ((4, 1), (2, 2)):
+        out = tmp_path / f"{batch}x{accumulate}"
+        train(compose([*steps, f"trainer.per_device_train_batch_size={batch}",
+                       f"trainer.gradient_accumulation_steps={accumulate}"], output_dir=out))
+        history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+        logged[accumulate] = [(h["loss"], h["grad_norm"]) for h in history if "loss" in h]
+    assert len(logged[1]) == len(logged[2]) == 2
+    for (loss, norm), (a_loss, a_norm) in zip(logged[1], logged[2]):
+        assert a_loss == pytest.approx(loss, rel=1e-4) and a_norm == pytest.approx(norm, rel=1e-4)

@@ -397,6 +397,13 @@ def build_trainer(cfg: DictConfig, model, args, dataset, collator, callbacks: li
     trainer = trainer_class()(model=model, args=args, train_dataset=dataset, data_collator=collator,
                               callbacks=callbacks)
     trainer.fused_head = fused_head(trainer.model, cfg.trainer.liger, torch.bfloat16 if args.bf16 else None)
+    from medvl.training.loss import answer_loss_applies
+
+    if trainer.answer_head and answer_loss_applies(trainer.model):
+        # medvl's loss divides by the label tokens of the whole accumulated batch (num_items_in_batch) for every
+        # family: transformers marks Qwen2.5-VL and Qwen3-VL as not taking it, and would average the
+        # micro-batches' means instead, so that gradient accumulation would weigh tokens otherwise than one batch.
+        trainer.model_accepts_loss_kwargs = True
     for cb in callbacks:
         cb.trainer = trainer
     return trainer
