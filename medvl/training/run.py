@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -445,6 +446,27 @@ def release_training(trainer, callbacks: list) -> None:
     trainer.callback_handler.lr_scheduler = None
 
 
+def set_aside_stale_eval(eval_cfg: DictConfig, out: Path) -> Path | None:
+    """The run's ``eval/`` made from weights this run has since replaced (trained again into its directory, or
+    resumed and saved again) is moved to ``eval.before-<time>``, said in the log: resuming it would mix
+    predictions of two models, and refusing it would fail the run after its training. Returns where it went."""
+    from medvl.evaluation.run import fingerprint
+
+    stale = Path(eval_cfg.output_dir)
+    recorded = stale / "eval_fingerprint.json"
+    if not recorded.is_file():
+        return None
+    old = json.loads(recorded.read_text())
+    new = json.loads(json.dumps(fingerprint(eval_cfg, RunDir.from_ckpt(out), eval_cfg.split)))
+    if all(old.get(key) == new.get(key) for key in ("weights", "earlier_weights")):
+        return None
+    moved = stale.with_name(f"{stale.name}.before-{time.strftime('%Y%m%d-%H%M%S', time.localtime(recorded.stat().st_mtime))}")
+    stale.rename(moved)
+    log.warning("%s held the evaluation of weights this run has since replaced; moved to %s, evaluating again",
+                stale, moved)
+    return moved
+
+
 def validation_callback(cfg: DictConfig, processor, out: Path):
     from medvl.training.callbacks import GenerationEvalCallback
 
@@ -469,6 +491,7 @@ def evaluate_run(cfg: DictConfig, out: Path) -> dict[str, Any]:
     eval_cfg.merge_with(OmegaConf.to_container(cfg.eval, resolve=True))  # eval.metrics, eval.max_new_tokens, ...
     with open_dict(eval_cfg):
         eval_cfg.ckpt = str(out)
+    set_aside_stale_eval(eval_cfg, out)
     tables = evaluate(eval_cfg)
     if (out / EVAL_METRICS).exists():  # the card gets the evaluation's numbers (model-index)
         write_run_card(out)
