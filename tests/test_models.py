@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from medvl.config import validate
-from medvl.models.loading import ModelLoadError, load_model, load_processor
+from medvl.models.loading import ModelLoadError, load_model, load_processor, resolve_model_path
 from medvl.models.lora import apply_training_setup, trainable_parameter_names
 from medvl.models.tiny import build_tiny
 
@@ -63,6 +63,38 @@ def test_hub_id_path_is_the_real_loading_path(tiny_dir, compose):
     processor = load_processor(cfg.model)
     assert processor.image_processor.size["longest_edge"] == cfg.model.max_pixels
     assert processor.image_processor.size["shortest_edge"] == cfg.model.min_pixels
+
+
+@pytest.mark.parametrize("layout", ["preprocessor_config.json", "processor_config.json"])
+@pytest.mark.parametrize("model_name", ["7b", "qwen2_5_vl_7b", "lingshu_7b", "qwen3_vl_8b"])
+def test_the_presets_pixel_budget_wins_over_a_published_preprocessor_configs(compose, tmp_path, model_name, layout):
+    """The published preprocessor configs of Qwen2-VL, Qwen2.5-VL and Lingshu carry min_pixels 3136 and max_pixels
+    12845056 beside `size`, which transformers lets override `size`: the preset's budget must still be what
+    images are resized to, or images of up to 16,384 tokens meet a max_length derived from 1280."""
+    import json
+    import shutil
+
+    from PIL import Image
+
+    from medvl.data.token_length import max_image_tokens
+
+    family = {"7b": "tiny", "qwen2_5_vl_7b": "tiny25", "lingshu_7b": "tiny25", "qwen3_vl_8b": "tiny3"}[model_name]
+    local = tmp_path / model_name
+    shutil.copytree(resolve_model_path(compose([f"model={family}"]).model), local)
+    processor_config = json.loads((local / "processor_config.json").read_text())
+    published = {**processor_config.pop("image_processor"), "min_pixels": 3136, "max_pixels": 12845056}
+    if layout == "preprocessor_config.json":  # as the Hub's checkpoints ship it
+        (local / "preprocessor_config.json").write_text(json.dumps(published))
+    else:
+        processor_config["image_processor"] = published
+    (local / "processor_config.json").write_text(json.dumps(processor_config))
+    cfg = compose([f"model={model_name}", f"model.name_or_path={local}"])
+    processor = load_processor(cfg.model)
+    assert processor.image_processor.size["longest_edge"] == cfg.model.max_pixels
+    assert processor.image_processor.size["shortest_edge"] == cfg.model.min_pixels
+    grid = processor.image_processor(images=Image.new("RGB", (2000, 2000)), return_tensors="pt")["image_grid_thw"]
+    merge = processor.image_processor.merge_size ** 2
+    assert int(grid.prod()) // merge <= max_image_tokens(cfg.model)
 
 
 def test_unreachable_hub_id_is_one_clear_line(compose, monkeypatch):

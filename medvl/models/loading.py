@@ -140,9 +140,11 @@ def processor_budget(model_cfg: Any) -> dict[str, Any]:
     one square (``FamilySpec.fixed_image_size``, Gemma 3)."""
     if model_family(model_cfg).fixed_image_size:
         return {}
-    # Qwen-VL image processors in transformers 5 take the pixel budget as `size`; `min_pixels=`/`max_pixels=`
-    # keyword arguments are silently ignored there.
-    return {"size": {"shortest_edge": int(model_cfg.min_pixels), "longest_edge": int(model_cfg.max_pixels)}}
+    # Qwen-VL image processors in transformers 5 take the pixel budget as `size`, but `min_pixels`/`max_pixels`
+    # override it where present, and the published preprocessor configs of Qwen2-VL, Qwen2.5-VL and Lingshu carry
+    # them (3136 and 12845056: up to 16,384 image tokens): the preset's budget goes in all three keys.
+    low, high = int(model_cfg.min_pixels), int(model_cfg.max_pixels)
+    return {"size": {"shortest_edge": low, "longest_edge": high}, "min_pixels": low, "max_pixels": high}
 
 
 def load_processor(model_cfg: Any, path: str | None = None):
