@@ -124,6 +124,10 @@ def test_an_earlier_stage_trained_again_is_not_mixed_in(compose, tmp_path):
         eval_run.check_resumable(out, eval_run.fingerprint(cfg, instruct, "test"))
     # A run of one stage records no earlier weights (its fingerprint is what it was before there were any).
     assert "earlier_weights" not in eval_run.fingerprint(cfg, RunDir.from_ckpt(align), "test")
+    # An eval directory written before the fingerprint had them resumes (and is rescored).
+    older = {k: v for k, v in first.items() if k != "earlier_weights"}
+    (out / "eval_fingerprint.json").write_text(json.dumps(older))
+    eval_run.check_resumable(out, eval_run.fingerprint(cfg, instruct, "test"))
 
 
 def test_a_merged_model_is_evaluated_with_its_runs_settings(compose, tmp_path):

@@ -127,10 +127,19 @@ AUDIT_OPTIONS = {"A": "mass", "B": "polyp", "C": "ulcer", "D": "normal mucosa"}
         ("B\nOption A (mass) would appear irregular.", "B"),
         ("(B) polyp; choice C is ruled out.", "B"),
         ("B. polyp (not A. mass)", "B"),
-        # Otherwise the earliest statement of the answer.
+        # A statement of the answer, the last one, wins over a leading letter.
         ("The lesion is a polyp, so the answer is B.", "B"),
         ("Option A is unlikely; the answer is C.", "C"),
         ("The answer is C. Option A is unlikely.", "C"),
+        ("A. Mass is not seen here. The answer is B.", "B"),
+        ("A: no. B: yes. So the answer is B.", "B"),
+        ("So the answer should be option B", "B"),
+        # An option chosen in words.
+        ("Option B is correct.", "B"),
+        ("I choose option B.", "B"),
+        ("Therefore, choice B.", "B"),
+        ("I'd go with option C.", "C"),
+        ("I would pick D.", "D"),
         # "option X" / "choice X" only where it states the answer.
         ("The answer is option B", "B"),
         ("Option: B", "B"),
@@ -141,7 +150,7 @@ AUDIT_OPTIONS = {"A": "mass", "B": "polyp", "C": "ulcer", "D": "normal mucosa"}
         ("It is not a mass; it is a polyp.", None),
     ],
 )
-def test_extract_choice_reads_the_leading_letter_then_the_earliest_answer_statement(
+def test_extract_choice_reads_the_answer_statement_then_the_leading_letter_then_a_chosen_option(
     prediction: str, expected: str | None
 ) -> None:
     assert extract_choice(prediction, AUDIT_OPTIONS) == expected

@@ -352,6 +352,14 @@ def test_a_resumed_run_continues_on_top_of_its_earlier_stage(compose, small_synt
     with pytest.raises(_Loaded):
         train(train_cfg(compose, small_synth, "resume=auto"))
     assert stops_at_loading["init_from"] == str(align)
+    # A stage that requires init_from (experiment=slake_instruct_7b) resumes on the recorded one too...
+    with pytest.raises(_Loaded):
+        train(train_cfg(compose, small_synth, "resume=auto", "init_from_required=true"))
+    assert stops_at_loading["init_from"] == str(align)
+    # ... but with nothing to resume it still needs one.
+    with pytest.raises(ConfigError, match="init_from_required=true\\) but init_from is not set"):
+        train(train_cfg(compose, small_synth, "resume=auto", "init_from_required=true",
+                        f"output_dir={tmp_path / 'fresh'}"))
     for extra, says in ((f"init_from={other}", f"trained on top of init_from={align}, this command has "
                                                 f"init_from={other}"),
                         ("init_from=base", f"trained on top of init_from={align}, this command has init_from=base"),

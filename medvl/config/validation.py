@@ -25,10 +25,12 @@ def starts_from_base(init_from: Any) -> bool:
     return init_from is not None and str(init_from).strip().lower() in BASE_INIT
 
 
-def check_init_from(cfg: DictConfig) -> None:
+def check_init_from(cfg: DictConfig, *, resume_may_supply: bool = True) -> None:
     # An experiment's ``init_from: ???`` merges onto the schema's null as null, so a later stage says
-    # ``init_from_required: true`` instead and forgetting init_from stops here.
-    if cfg.init_from is None and cfg.init_from_required:
+    # ``init_from_required: true`` instead and forgetting init_from stops here. A resumed run takes it from its
+    # own config.yaml (medvl.training.run.keep_stage_chain), checked again once that is read.
+    resuming = resume_may_supply and bool(OmegaConf.select(cfg, "resume", default=None))
+    if cfg.init_from is None and cfg.init_from_required and not resuming:
         raise ConfigError(
             f"run_name={cfg.run_name} trains {cfg.stage.name} on top of an earlier stage (init_from_required=true) "
             f"but init_from is not set; add init_from=<the earlier stage's run dir> (e.g. outputs/train/align_7b), "

@@ -73,15 +73,22 @@ def extract_yes_no(prediction: object) -> str | None:
 _BARE_LETTER = re.compile(r"^\s*[(\[]?\s*([A-Za-z])\s*[)\]]?\s*[.:)]?\s*$")
 # The answer, given first: "B. polyp", "(B) polyp", "C) ...", or a letter alone on the first line.
 _LEADING_LETTER = re.compile(r"^\s*[(\[]?([A-Z])(?:[.:)\]]|\s*[)\]]|[ \t]*\n)")
-# A statement of the answer: "the answer is B", "Answer: (B)", "the answer is option B", "Option: B", "the correct
-# option is B". "Option A" or "choice C" alone names an option without choosing it ("Option A is unlikely",
+# A statement of the answer: "the answer is B", "Answer: (B)", "the answer should be option B", "Option: B", "the
+# correct option is B". "Option A" or "choice C" alone names an option without choosing it ("Option A is unlikely",
 # "choice C is ruled out").
-_STATEMENT = (r"(?i:\banswer\s*(?:is\b)?\s*:?\s*(?:(?:option|choice)\s*:?\s*)?"
+_STATEMENT = (r"(?i:\banswer\s*(?:(?:is|should\s+be|would\s+be|must\s+be)\b)?\s*:?\s*(?:(?:option|choice)\s*:?\s*)?"
               r"|\b(?:option|choice)\s*(?:is\b\s*:?|:)\s*)")
 _ANSWER_IS = re.compile(_STATEMENT + r"[(\[]?\s*([A-Z])\b(?![-'])")
 # ... a lower-case letter that ends the text ("answer: d") cannot be an article; nor can "Option A" as the whole text.
 _ANSWER_IS_END = re.compile(
     r"(?:" + _STATEMENT + r"|^\s*(?i:option|choice)\s*)[(\[]?\s*([A-Za-z])\s*[)\]]?\s*\.?\s*$"
+)
+# An option chosen in words: "I choose option B", "I'd go with C", "Therefore, choice B", "Option B is correct".
+_CHOSEN = re.compile(
+    r"(?i:\b(?:choose|chose|pick|picked|select|selected|go\s+with|going\s+with|opt\s+for)\s+(?:(?:the\s+)?"
+    r"(?:option|choice)\s*:?\s*)?|\b(?:so|therefore|thus|hence)\b,?\s*(?:the\s+)?(?:option|choice)\s*:?\s*)"
+    r"[(\[]?\s*([A-Z])\b(?![-'])"
+    r"|(?i:\b(?:option|choice)\s*)[(\[]?([A-Z])[)\]]?\s*(?i:is\s+(?:the\s+)?(?:correct|right|best|most\s+likely)\b)"
 )
 _PAREN_LETTER = re.compile(r"[(\[]([A-Z])[)\]]")
 # A second letter right after the first ("B or C", "A and B", "A/B", "A, B"): two answers, not one.
@@ -94,9 +101,10 @@ def extract_choice(prediction: object, options: dict[str, str | None]) -> str | 
     Understands ``"B"``, ``"(B)"``, ``"Answer: B"``, ``"The answer is B."``, ``"B. polyp"``,
     ``"(B) polyp"`` and, failing a letter, the text of exactly one option (``"polyp"``). Only
     letters that are keys of ``options`` with a non-empty text count; two of them offered as the
-    answer (``"B or C"``, ``"(A) polyp (B) mass"``) are no answer. A letter that opens the generation
-    is its answer, whatever the explanation after it names (``"B. Polyp. Option A is unlikely"``);
-    otherwise the earliest statement of the answer is, and an option named without being chosen
+    answer (``"B or C"``, ``"(A) polyp (B) mass"``) are no answer. The last statement of the answer
+    (``"A. Not seen. The answer is B."``) wins; then a letter that opens the generation, whatever the
+    explanation after it names (``"B. Polyp. Option A is unlikely"``); then the last option chosen in
+    words (``"I'd go with option C"``, ``"Option B is correct"``). An option named without being chosen
     (``"Option A is unlikely"``, ``"choice C is ruled out"``) is none.
 
     >>> opts = {"A": "barrett's esophagus", "B": "polyp", "C": "high-grade dysplasia"}
@@ -121,13 +129,18 @@ def extract_choice(prediction: object, options: dict[str, str | None]) -> str | 
     bracketed = {letter for letter in _PAREN_LETTER.findall(prediction) if letter in valid}
     if len(bracketed) > 1:  # "(B) or (C)", or the options read back: "(A) polyp (B) mass"
         return None
-    statements = [m for pattern in (_ANSWER_IS, _ANSWER_IS_END) for m in pattern.finditer(prediction)]
-    for match in [_LEADING_LETTER.match(prediction), *sorted(statements, key=lambda m: m.start())]:
-        if match and match.group(1).upper() in valid:
+    # The last statement of the answer (a reasoning ends with it), then a letter that opens the generation, then
+    # the last option chosen in words.
+    statements = sorted((m for pattern in (_ANSWER_IS, _ANSWER_IS_END) for m in pattern.finditer(prediction)),
+                        key=lambda m: m.start(), reverse=True)
+    chosen = sorted(_CHOSEN.finditer(prediction), key=lambda m: m.start(), reverse=True)
+    for match in [*statements, _LEADING_LETTER.match(prediction), *chosen]:
+        letter = match and next(group for group in match.groups() if group)
+        if letter and letter.upper() in valid:
             other = _ALTERNATIVE.match(prediction, match.end())
-            if other and other.group(1) in valid and other.group(1) != match.group(1).upper():
+            if other and other.group(1) in valid and other.group(1) != letter.upper():
                 return None  # "The answer is B or C", "Answer: A and B"
-            return match.group(1).upper()
+            return letter.upper()
     if bracketed:
         return bracketed.pop()
     return _choice_by_text(prediction, {k.upper(): v for k, v in options.items() if k.upper() in valid})

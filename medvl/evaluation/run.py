@@ -53,6 +53,9 @@ def load_for_eval(cfg: DictConfig, ckpt: RunDir | None, device: str | None = Non
 #: Fingerprint keys that only the scores depend on: every run re-scores all its rows, so a resumed run may
 #: change them (the fingerprint is rewritten), and medvl.compare reads them to refuse unlike runs.
 RESCORED = ("scoring",)
+#: Keys later medvl versions added to the fingerprint: an eval directory written before them lacks them, and
+#: resumes (its other keys still have to match).
+ADDED_LATER = ("earlier_weights",)
 
 
 def fingerprint(cfg: DictConfig, ckpt: RunDir | None, split: str) -> dict[str, Any]:
@@ -90,7 +93,8 @@ def check_resumable(out: Path, fp: dict[str, Any]) -> None:
     # Predictions: the merged file, or the rank files a data-parallel run left when it stopped before merging.
     if path.exists() and ((out / "predictions.jsonl").exists() or any(out.glob("predictions.rank*.jsonl"))):
         old = json.loads(path.read_text())
-        diff = ", ".join(k for k in stored if k not in RESCORED and old.get(k) != stored[k])
+        diff = ", ".join(k for k in stored if k not in RESCORED and old.get(k) != stored[k]
+                         and not (k in ADDED_LATER and k not in old))
         if diff:
             raise CheckpointError(f"{out} holds predictions of a different setup ({diff} changed); "
                                   f"delete it or pass hydra.run.dir=<new dir>")

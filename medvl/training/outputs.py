@@ -3,6 +3,7 @@ trainer state and loss curve."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,10 @@ def save_outputs(model, processor, trainer, cfg: DictConfig, out: Path) -> None:
 def write_run_config(cfg: DictConfig, out: Path) -> None:
     """The run's resolved config, ``config.yaml``: written when the run starts (a killed run's checkpoints are
     then evaluated, exported and chained on top of its stage chain) and again with its outputs."""
-    (out / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    # Replaced in one step: the other ranks of a resumed run read it at start-up (keep_stage_chain).
+    partial = out / f".{CONFIG_FILE}.partial"
+    partial.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    os.replace(partial, out / CONFIG_FILE)
 
 
 def plot_loss(history: list[dict[str, Any]], path: Path) -> None:

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from medvl.config import ConfigError, starts_from_base
 from medvl.config.families import family_name
+from medvl.config.validation import check_init_from
 from medvl.data.dataset import VQADataset
 from medvl.data.splits import check_train_lengths, ensure_data, load_split
 from medvl.data.token_length import resolve_max_length
@@ -320,6 +321,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     torch.manual_seed(cfg.trainer.seed)
     log.info("Run %s -> %s", cfg.run_name, out)
     resume_from, rows, lengths = check_before_loading(cfg, out, from_base=from_base)
+    if not from_base:  # a resumed later stage's init_from, now read from its config.yaml
+        check_init_from(cfg, resume_may_supply=False)
     if is_main_process():  # from the start: checkpoint-N/ and best/ of this run are read with its stage chain
         write_run_config(cfg, out)
     from medvl.training.loggers import logger_callbacks
