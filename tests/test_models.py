@@ -97,6 +97,24 @@ def test_the_presets_pixel_budget_wins_over_a_published_preprocessor_configs(com
     assert int(grid.prod()) // merge <= max_image_tokens(cfg.model)
 
 
+def test_a_checkpoint_error_of_a_cached_hub_model_is_not_called_a_missing_download(compose, monkeypatch):
+    """A hub id found in the local cache that transformers refuses (here: an attention its class does not run
+    under) gets transformers' reason, not "the hub cannot be reached (offline?)"."""
+    from transformers import AutoModelForImageTextToText
+
+    import medvl.models.loading as loading
+
+    def refuses(*args, **kwargs):
+        raise ValueError("Gemma3ForConditionalGeneration does not support Flash Attention 2 yet.\nMore text")
+
+    monkeypatch.setattr(loading, "check_available", lambda path: None)
+    monkeypatch.setattr(AutoModelForImageTextToText, "from_pretrained", refuses)
+    with pytest.raises(ModelLoadError) as err:
+        load_model(compose(["model=medgemma_4b"]).model)
+    assert str(err.value) == ("cannot load model from google/medgemma-4b-it: Gemma3ForConditionalGeneration does not "
+                              "support Flash Attention 2 yet.")
+
+
 def test_unreachable_hub_id_is_one_clear_line(compose, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = compose(["model=7b"])

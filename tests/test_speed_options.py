@@ -68,6 +68,24 @@ def test_auto_attention_takes_flash_attention_2_on_a_gpu_with_flash_attn_in_half
     assert speed.resolve_attn_implementation("eager", torch.bfloat16) == "eager"
 
 
+def test_auto_attention_keeps_medgemma_off_flash_attention_2(monkeypatch, gpu_machine, compose, caplog):
+    """transformers' Gemma 3 does not run under FlashAttention 2 (it would drop the bidirectional mask over the
+    image tokens, and from_pretrained refuses it): auto takes SDPA for it, on a GPU with flash_attn too, and an
+    explicit flash_attention_2 is refused at start-up."""
+    from medvl.models.loading import attention_of
+
+    installed(monkeypatch, {"flash_attn"})
+    with caplog.at_level(logging.INFO, logger="medvl.models.speed"):
+        assert speed.resolve_attn_implementation("auto", torch.bfloat16, family="gemma3") == "sdpa"
+    assert "transformers' gemma3 model does not run under FlashAttention 2" in caplog.text
+    assert speed.resolve_attn_implementation("auto", torch.bfloat16, family="qwen2_vl") == "flash_attention_2"
+    assert attention_of(compose(["model=medgemma_4b", "model.dtype=bfloat16"]).model) == "sdpa"
+    assert attention_of(compose(["model=7b", "model.dtype=bfloat16"]).model) == "flash_attention_2"
+    assert refusal(["model=medgemma_4b", "model.attn_implementation=flash_attention_2"]) == (
+        "medvl: model.attn_implementation=flash_attention_2 is invalid: transformers' gemma3 model does not run "
+        "under FlashAttention 2; use auto (SDPA for it) or sdpa")
+
+
 def test_the_loader_passes_the_resolved_attention_to_transformers(compose, tiny_dir):
     from medvl.models.loading import load_model
 

@@ -68,6 +68,9 @@ class FamilySpec:
     #: The vision tower hands its images' (or windows') bounds to a FlashAttention-style attention in one call
     #: (Qwen-VL's ``cu_seqlens``), so PyTorch's varlen kernel can run it (:func:`medvl.models.speed.vision_attention`).
     vision_varlen: bool = False
+    #: transformers' model class runs under FlashAttention 2. False (Gemma 3: it would drop the bidirectional mask
+    #: over the image tokens): ``model.attn_implementation=auto`` takes SDPA, and ``flash_attention_2`` is refused.
+    flash_attention: bool = True
 
     def prefixes(self, component: str) -> tuple[str, ...]:
         """Module-path prefixes of ``component`` (vision, merger, llm)."""
@@ -104,7 +107,7 @@ FAMILIES: dict[str, FamilySpec] = {
     "gemma3": FamilySpec(
         Components(vision=("model.vision_tower",), merger=("model.multi_modal_projector",),
                    llm=("model.language_model",)),
-        56 * 56, fixed_image_size=True, liger=_liger("gemma3", rms_norm="gemma")),
+        56 * 56, fixed_image_size=True, liger=_liger("gemma3", rms_norm="gemma"), flash_attention=False),
 }
 #: ``model.family``'s default: the schema's, also for a bare namespace without the key.
 DEFAULT_FAMILY = "qwen2_vl"

@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from medvl.config.errors import ConfigError
+from medvl.config.families import family_name, family_spec
 from medvl.config.lora import resolve_lora
 from medvl.config.schemas import ATTN_IMPLEMENTATIONS
 from medvl.config.secrets import refuse_secrets, secret_keys
@@ -100,7 +101,11 @@ def _pixels_check(cfg: DictConfig) -> tuple[str, bool, str]:
 
 
 def _attn_check(cfg: DictConfig) -> tuple[str, bool, str]:
-    return ("model.attn_implementation", str(cfg.model.attn_implementation) in ATTN_IMPLEMENTATIONS,
+    attn = str(getattr(cfg.model.attn_implementation, "value", cfg.model.attn_implementation))
+    if attn == "flash_attention_2" and not family_spec(cfg.model.family).flash_attention:
+        return ("model.attn_implementation", False, f"transformers' {family_name(cfg.model.family)} model does not "
+                f"run under FlashAttention 2; use auto (SDPA for it) or sdpa")
+    return ("model.attn_implementation", attn in ATTN_IMPLEMENTATIONS,
             f"must be one of: {', '.join(ATTN_IMPLEMENTATIONS)}")
 
 

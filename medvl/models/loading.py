@@ -53,7 +53,8 @@ def load_dtype(name: str) -> torch.dtype | str:
 
 def attention_of(model_cfg: Any) -> str:
     """The attention kernel :func:`load_model` will load ``model_cfg`` with (``auto`` resolved on this machine)."""
-    return resolve_attn_implementation(model_cfg.attn_implementation, load_dtype(str(model_cfg.dtype)), quiet=True)
+    return resolve_attn_implementation(model_cfg.attn_implementation, load_dtype(str(model_cfg.dtype)), quiet=True,
+                                       family=getattr(model_cfg, "family", DEFAULT_FAMILY))
 
 
 def _is_local_path(path: str) -> bool:
@@ -62,7 +63,10 @@ def _is_local_path(path: str) -> bool:
 
 
 def _explain(path: str, exc: Exception) -> ModelLoadError:
-    if Path(path).exists():
+    """One line for a loading error: what transformers said, or for a path that is not there, what to do. Only an
+    OSError (transformers' "cannot connect", "no such file") can mean a missing download: a ValueError is about
+    the checkpoint itself (an attention it does not run under, a config transformers cannot read)."""
+    if Path(path).exists() or not isinstance(exc, OSError):
         return ModelLoadError(f"cannot load model from {path}: {str(exc).splitlines()[0]}")
     if _is_local_path(path):
         return ModelLoadError(f"cannot load '{path}': no such directory; set model.name_or_path to a local "
@@ -180,7 +184,8 @@ def load_model(model_cfg: Any, path: str | None = None, *, device: str | torch.d
     extra = {"device_map": device_map} if device_map is not None else {}
     if quantization_config is not None:
         extra["quantization_config"] = quantization_config
-    attn = resolve_attn_implementation(model_cfg.attn_implementation, dtype)
+    attn = resolve_attn_implementation(model_cfg.attn_implementation, dtype,
+                                       family=getattr(model_cfg, "family", DEFAULT_FAMILY))
     try:
         model = AutoModelForImageTextToText.from_pretrained(
             path,

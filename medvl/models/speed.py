@@ -50,13 +50,15 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def resolve_attn_implementation(name: str, dtype: Any = None, *, quiet: bool = False, packing: bool = False) -> str:
+def resolve_attn_implementation(name: str, dtype: Any = None, *, quiet: bool = False, packing: bool = False,
+                                family: Any = None) -> str:
     """``model.attn_implementation`` as transformers takes it: ``auto`` becomes the fastest one installed.
 
     ``dtype`` is the dtype the weights load in (a ``torch.dtype`` or its name); FlashAttention is taken only for
     bf16/fp16 weights, as it runs in nothing else. ``packing`` (``trainer.packing``): without flash_attn, ``auto``
     takes PyTorch's own varlen kernel (:mod:`medvl.models.varlen`) where it runs on this GPU, so that packed rows
     need no block-diagonal mask. ``torch_varlen`` is registered with transformers whenever it is the answer.
+    ``family``: a model family whose transformers class does not run under FlashAttention 2 (Gemma 3) gets SDPA.
     """
     name = str(getattr(name, "value", name))
     if name != "auto":
@@ -64,11 +66,13 @@ def resolve_attn_implementation(name: str, dtype: Any = None, *, quiet: bool = F
             register_varlen()
         return name
     half = _half(dtype)
-    if _installed(FLASH_ATTN_PACKAGE) and _cuda() and half:
+    flash = family is None or family_spec(family).flash_attention
+    if flash and _installed(FLASH_ATTN_PACKAGE) and _cuda() and half:
         if not quiet:
             log.info("model.attn_implementation=auto: flash_attention_2")
         return "flash_attention_2"
-    why = ("flash_attn is not installed" if not _installed(FLASH_ATTN_PACKAGE) else
+    why = (f"transformers' {family_name(family)} model does not run under FlashAttention 2" if not flash else
+           "flash_attn is not installed" if not _installed(FLASH_ATTN_PACKAGE) else
            "no CUDA GPU" if not _cuda() else f"the weights load in {str(dtype).removeprefix('torch.')}, "
            f"not bf16/fp16")
     if packing and _cuda() and half:

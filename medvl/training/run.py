@@ -68,7 +68,8 @@ def training_model_config(cfg: DictConfig) -> DictConfig:
         changes["dtype"] = "float32"
     if cfg.trainer.packing and str(cfg.model.attn_implementation) == "auto":
         dtype = load_dtype(changes.get("dtype", str(cfg.model.dtype)))
-        changes["attn_implementation"] = resolve_attn_implementation("auto", dtype, packing=True)
+        changes["attn_implementation"] = resolve_attn_implementation("auto", dtype, packing=True,
+                                                                     family=cfg.model.family)
     if not changes:
         return cfg.model
     return OmegaConf.create({**OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True), **changes})
