@@ -158,3 +158,51 @@ def test_min_max_pixels_reach_the_processor(compose, tiny_dir):
     assert image_token_count(500, 500, default.image_processor) == 16
     assert encode(make_row("r", "x.png", "q", "a"), small, ".", images=[Image.new("RGB", (500, 500))])[
         "image_grid_thw"].tolist() == [[1, 4, 4]]
+
+
+#: A base checkpoint's chat template: the turns concatenated, images as their placeholders, no end-of-turn markup.
+PLAIN_TEMPLATE = ("{% for message in messages %}{% for c in message['content'] %}{% if c['type'] == 'image' %}"
+                  "<|vision_start|><|image_pad|><|vision_end|>{% elif c['type'] == 'text' %}{{ c['text'] }} "
+                  "{% endif %}{% endfor %}{% endfor %}")
+
+
+def test_a_template_without_end_of_turn_ends_answers_with_end_of_sequence(tiny_dir, small_synth, caplog):
+    """Concatenated turns leave the model nothing to stop on: each answer is labelled with the tokenizer's
+    end-of-sequence token (generation stops on it), and the prompt pieces are still the template's own."""
+    import copy
+    import logging
+
+    from transformers import AutoProcessor
+
+    from medvl.data.chat import end_of_turn, segments, to_messages
+
+    processor = copy.deepcopy(AutoProcessor.from_pretrained(tiny_dir))
+    processor.chat_template = PLAIN_TEMPLATE
+    eos = processor.tokenizer.eos_token
+    with caplog.at_level(logging.WARNING, logger="medvl.data.chat"):
+        assert end_of_turn(processor) == (eos, " ")
+    assert "answers end with the tokenizer's end-of-sequence token" in caplog.text
+    row = read_jsonl(small_synth / "train.jsonl")[0]
+    multi = {**row, "conversations": row["conversations"] + [
+        {"from": "human", "value": "And the modality?"}, {"from": "gpt", "value": "CT"}]}
+    pieces = list(segments(to_messages(multi, None), processor))
+    first = row["conversations"][1]["value"]
+    assert [text for is_answer, text, _ in pieces if is_answer] == [first + eos, "CT" + eos]
+    template = processor.apply_chat_template(to_messages(multi, None), tokenize=False)
+    assert "".join(text for _, text, _ in pieces) == template.replace(f"{first} ", f"{first}{eos} ").replace(
+        "CT ", f"CT{eos} ")
+    assert labelled(encode(multi, processor, small_synth), processor) == f"{first}{eos}CT{eos}"
+
+
+def test_a_template_that_renders_no_answer_is_one_line(tiny_dir):
+    import copy
+
+    from transformers import AutoProcessor
+
+    from medvl.config import ConfigError
+    from medvl.data.chat import end_of_turn
+
+    processor = copy.deepcopy(AutoProcessor.from_pretrained(tiny_dir))
+    processor.chat_template = "{% for message in messages %}{% if message['role'] == 'user' %}q{% endif %}{% endfor %}"
+    with pytest.raises(ConfigError, match="^the model's chat template renders no assistant turn"):
+        end_of_turn(processor)
