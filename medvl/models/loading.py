@@ -144,11 +144,8 @@ def processor_budget(model_cfg: Any) -> dict[str, Any]:
     one square (``FamilySpec.fixed_image_size``, Gemma 3)."""
     if model_family(model_cfg).fixed_image_size:
         return {}
-    # Qwen-VL image processors in transformers 5 take the pixel budget as `size`, but `min_pixels`/`max_pixels`
-    # override it where present, and the published preprocessor configs of Qwen2-VL, Qwen2.5-VL and Lingshu carry
-    # them (3136 and 12845056: up to 16,384 image tokens): the preset's budget goes in all three keys.
-    low, high = int(model_cfg.min_pixels), int(model_cfg.max_pixels)
-    return {"size": {"shortest_edge": low, "longest_edge": high}, "min_pixels": low, "max_pixels": high}
+    # Qwen-VL image processors in transformers 5 take the pixel budget as `size`.
+    return {"size": {"shortest_edge": int(model_cfg.min_pixels), "longest_edge": int(model_cfg.max_pixels)}}
 
 
 def load_processor(model_cfg: Any, path: str | None = None):
@@ -158,11 +155,21 @@ def load_processor(model_cfg: Any, path: str | None = None):
     path = path or resolve_model_path(model_cfg)
     check_available(path)
     check_family(model_cfg, path)
+    budget = processor_budget(model_cfg)
     try:
-        return AutoProcessor.from_pretrained(path, trust_remote_code=bool(model_cfg.trust_remote_code),
-                                             **processor_budget(model_cfg))
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=bool(model_cfg.trust_remote_code), **budget)
     except (OSError, ValueError) as exc:
         raise _explain(path, exc) from None
+    if budget:
+        # The published preprocessor configs of Qwen2-VL, Qwen2.5-VL and Lingshu carry min_pixels/max_pixels (3136
+        # and 12845056: up to 16,384 image tokens), which transformers lets override `size` as it loads: the
+        # preset's budget is set once the processor is built. (As keyword arguments they would also be passed to
+        # every processor call, which transformers 5.25 warns is deprecated.)
+        from transformers.image_utils import SizeDict
+
+        # (Built anew: transformers rewrites the `size` dict it was given in place.)
+        processor.image_processor.size = SizeDict(**processor_budget(model_cfg)["size"])
+    return processor
 
 
 def load_model(model_cfg: Any, path: str | None = None, *, device: str | torch.device | None = None,
