@@ -93,6 +93,18 @@ def rows(small_synth) -> list[dict]:
             make_row("two", ["pack_300x170.png", "pack_56x112.png"], "Compare the two images.", "the same")]
 
 
+def adapter_run(path: Path, init_from: Path | None = None, weights: bytes = b"stage weights") -> Path:
+    """A run directory as medvl.train leaves it, without training: ``adapter/`` (a stand-in adapter's files) and a
+    ``config.yaml`` recording the earlier stage it was trained on top of."""
+    from omegaconf import OmegaConf
+
+    (path / "adapter").mkdir(parents=True)
+    (path / "adapter" / "adapter_config.json").write_text("{}")
+    (path / "adapter" / "adapter_model.safetensors").write_bytes(weights)
+    OmegaConf.save(OmegaConf.create({"init_from": str(init_from) if init_from else None}), path / "config.yaml")
+    return path
+
+
 def small_data_overrides(root: Path) -> list[str]:
     return [f"data.root={root}", "data.num_train=96", "data.num_validation=24", "data.num_test=48"]
 

@@ -13,6 +13,8 @@ import medvl.evaluation.run as eval_run
 from medvl.models.loading import attention_of
 from medvl.runs import CheckpointError
 
+from .conftest import adapter_run
+
 
 class _Model:
     def eval(self):
@@ -96,21 +98,13 @@ def test_rank_files_of_an_interrupted_data_parallel_run_are_not_mixed_with_anoth
         eval_run.check_resumable(tmp_path, eval_run.fingerprint(cfg, None, "test"))
 
 
-def _adapter_run(path, init_from=None):
-    (path / "adapter").mkdir(parents=True)
-    (path / "adapter" / "adapter_config.json").write_text("{}")
-    (path / "adapter" / "adapter_model.safetensors").write_bytes(b"stage weights")
-    OmegaConf.save(OmegaConf.create({"init_from": str(init_from) if init_from else None}), path / "config.yaml")
-    return path
-
-
 def test_an_earlier_stage_trained_again_is_not_mixed_in(compose, tmp_path):
     """The instruct run's predictions depend on the align stage merged beneath it: retraining that stage in place
     changes the fingerprint, so its stale predictions are refused."""
     from medvl.runs import RunDir
 
-    align = _adapter_run(tmp_path / "align")
-    instruct = RunDir.from_ckpt(_adapter_run(tmp_path / "instruct", init_from=align))
+    align = adapter_run(tmp_path / "align")
+    instruct = RunDir.from_ckpt(adapter_run(tmp_path / "instruct", init_from=align))
     cfg = compose(config_name="eval", output_dir=tmp_path)
     out = tmp_path / "eval"
     out.mkdir()

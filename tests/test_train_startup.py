@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from medvl.config import ConfigError, validate
 from medvl.models.loading import ModelLoadError, load_model
 
-from .conftest import REPO, small_data_overrides
+from .conftest import REPO, adapter_run, small_data_overrides
 
 NO_METEOR = "eval.metrics=[exact_match,closed_accuracy,bleu4]"
 
@@ -314,20 +314,13 @@ def stops_at_loading(monkeypatch):
     return seen
 
 
-def _stage_run(path: Path, **config) -> Path:
-    (path / "adapter").mkdir(parents=True)
-    (path / "adapter" / "adapter_config.json").write_text("{}")
-    OmegaConf.save(OmegaConf.create(config), path / "config.yaml")
-    return path
-
-
 def test_a_runs_config_is_written_before_the_model_loads(compose, small_synth, stops_at_loading, tmp_path):
     """A stage-2 run killed before it finished: its checkpoints are evaluated, exported and chained on top of
     stage 1, which its config.yaml (written at the start) records."""
     from medvl.runs import RunDir
     from medvl.training.run import train
 
-    align = _stage_run(tmp_path / "align", init_from=None)
+    align = adapter_run(tmp_path / "align")
     with pytest.raises(_Loaded):
         train(train_cfg(compose, small_synth, f"init_from={align}"))
     assert stops_at_loading["config"].init_from == str(align)
@@ -342,7 +335,7 @@ def test_a_resumed_run_continues_on_top_of_its_earlier_stage(compose, small_synt
     that contradicts the run's init_from, model or stage is refused in one line."""
     from medvl.training.run import train
 
-    align, other = _stage_run(tmp_path / "align", init_from=None), _stage_run(tmp_path / "other", init_from=None)
+    align, other = adapter_run(tmp_path / "align"), adapter_run(tmp_path / "other")
     started = train_cfg(compose, small_synth, f"init_from={align}")
     run_dir = tmp_path / "run"
     (run_dir / "checkpoint-2").mkdir(parents=True)

@@ -22,7 +22,13 @@ _end_of_turn: dict[str, tuple[str, str, str]] = {}
 
 
 def end_of_turn(processor) -> tuple[str, str]:
-    """(end-of-turn token, what follows it before the next turn) in the processor's chat template:
+    """(end-of-turn token, what follows it before the next turn) in the processor's chat template (:func:`_turn_end`)."""
+    return _turn_end(processor)[:2]
+
+
+def _turn_end(processor) -> tuple[str, str, str]:
+    """(end-of-turn token, what follows it before the next turn, what the template itself renders as the token) in
+    the processor's chat template:
     ``("<|im_end|>", "\\n")`` for Qwen-VL, ``("<end_of_turn>", "\\n")`` for Gemma 3. Read from the template's own
     rendering of an answer, so that a new family's markup needs no code here.
 
@@ -52,7 +58,7 @@ def end_of_turn(processor) -> tuple[str, str]:
             _end_of_turn[template] = (eos, after, "")
         else:
             _end_of_turn[template] = (token, after[len(token):], token)
-    return _end_of_turn[template][:2]
+    return _end_of_turn[template]
 
 
 def to_messages(row: dict[str, Any], system_prompt: str | None) -> list[dict[str, Any]]:
@@ -80,8 +86,7 @@ def segments(messages: list[dict[str, Any]], processor, with_answer: bool = True
     text plus end-of-turn, so labels can cover exactly those tokens.
     """
     rendered = ""  # what the template renders of the turns so far (the next prompt piece is its delta)
-    end, gap = end_of_turn(processor) if with_answer else ("", "")
-    own_end = _end_of_turn[str(getattr(processor, "chat_template", None) or "")][2] if with_answer else ""
+    end, gap, own_end = _turn_end(processor) if with_answer else ("", "", "")
     for k, message in enumerate(messages):
         if message["role"] == "assistant":
             if not with_answer:

@@ -140,8 +140,8 @@ def check_family(model_cfg: Any, path: str) -> None:
 
 
 def processor_budget(model_cfg: Any) -> dict[str, Any]:
-    """The processor's pixel-budget keyword arguments: none for a family whose processor resizes every image to
-    one square (``FamilySpec.fixed_image_size``, Gemma 3)."""
+    """The processor's pixel budget (its ``size``): none for a family whose processor resizes every image to one
+    square (``FamilySpec.fixed_image_size``, Gemma 3)."""
     if model_family(model_cfg).fixed_image_size:
         return {}
     # Qwen-VL image processors in transformers 5 take the pixel budget as `size`.
@@ -155,20 +155,19 @@ def load_processor(model_cfg: Any, path: str | None = None):
     path = path or resolve_model_path(model_cfg)
     check_available(path)
     check_family(model_cfg, path)
-    budget = processor_budget(model_cfg)
     try:
-        processor = AutoProcessor.from_pretrained(path, trust_remote_code=bool(model_cfg.trust_remote_code), **budget)
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=bool(model_cfg.trust_remote_code))
     except (OSError, ValueError) as exc:
         raise _explain(path, exc) from None
+    budget = processor_budget(model_cfg)
     if budget:
-        # The published preprocessor configs of Qwen2-VL, Qwen2.5-VL and Lingshu carry min_pixels/max_pixels (3136
-        # and 12845056: up to 16,384 image tokens), which transformers lets override `size` as it loads: the
-        # preset's budget is set once the processor is built. (As keyword arguments they would also be passed to
-        # every processor call, which transformers 5.25 warns is deprecated.)
+        # Set on the built processor, not passed to from_pretrained: the published preprocessor configs of
+        # Qwen2-VL, Qwen2.5-VL and Lingshu carry min_pixels/max_pixels (3136 and 12845056: up to 16,384 image
+        # tokens), which transformers lets override a `size` given as it loads, and min_pixels/max_pixels keywords
+        # would be passed to every processor call (deprecated in transformers 5.25).
         from transformers.image_utils import SizeDict
 
-        # (Built anew: transformers rewrites the `size` dict it was given in place.)
-        processor.image_processor.size = SizeDict(**processor_budget(model_cfg)["size"])
+        processor.image_processor.size = SizeDict(**budget["size"])
     return processor
 
 
