@@ -97,6 +97,14 @@ def test_killed_run_resumes_to_the_same_adapter(tmp_path, cache_dir, tiny_dir):
     # summation order may differ, so the tolerance is a few float32 ulps of the weights' scale.
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst < 1e-5, worst
+    figures = json.loads((run / "train_metrics.json").read_text())
+    assert figures["resumed_from_step"] == 4 and figures["train_loss"] > 0  # the loss of steps 5-12
+
+    # resume=auto on the finished run: nothing to train, and the figures its training wrote stay.
+    again = medvl("train", *args, f"hydra.run.dir={run}", "resume=auto", cache=cache_dir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "the checkpoint is already at the last step (12); nothing was trained, train_metrics.json kept" in again.stdout + again.stderr
+    assert json.loads((run / "train_metrics.json").read_text()) == figures
 
 
 @pytest.mark.slow

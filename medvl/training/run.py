@@ -339,18 +339,37 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = [validation_callback(cfg, processor, out)] if cfg.trainer.eval_steps > 0 else []
     callbacks += log_callbacks
     trainer = build_trainer(cfg, model, args, dataset, train_collator(cfg, processor, model), callbacks)
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    start = json.loads((Path(resume_from) / "trainer_state.json").read_text())["global_step"] if resume_from else None
+    result = trainer.train(resume_from_checkpoint=resume_from)  # may delete that checkpoint (save_total_limit)
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
     save_outputs(trainer.model, processor, trainer, cfg, out)
     metrics.update(best_metrics(callbacks))
     if is_main_process():
-        (out / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
+        metrics = write_train_metrics(out, metrics, start, trainer.state.global_step)
     if wants_eval_after_train(cfg):  # in every rank, while the group is up (DeepSpeed's engine asks for its rank)
         release_training(trainer, callbacks)
     end_distributed()
     if wants_eval_after_train(cfg) and is_main_process():
         del trainer, model, args  # the caller's half of release_training
         metrics["eval"] = evaluate_after_training(cfg, out, callbacks)
+    return metrics
+
+
+def write_train_metrics(out: Path, metrics: dict[str, float], start: int | None, global_step: int
+                        ) -> dict[str, float]:
+    """``train_metrics.json``; returns what it holds. A resumed run's figures cover only the steps after its
+    checkpoint (step ``start``), and say so (``resumed_from_step``). A resume with no step left (``resume=auto`` on a
+    finished run) keeps the file its training wrote: the Trainer would report ``train_loss`` 0.0 for no steps."""
+    path = out / "train_metrics.json"
+    if start is not None and global_step <= start:
+        log.warning("resume: the checkpoint is already at the last step (%d); nothing was trained, %s", start,
+                    "train_metrics.json kept" if path.is_file() else "no training figures to record")
+        if path.is_file():
+            return {**json.loads(path.read_text()), **{k: v for k, v in metrics.items() if k.startswith("best_")}}
+        metrics = {k: v for k, v in metrics.items() if not k.startswith("train_")}
+    if start is not None:
+        metrics["resumed_from_step"] = float(start)
+    path.write_text(json.dumps(metrics, indent=2))
     return metrics
 
 
