@@ -31,8 +31,8 @@ def test_fingerprint_records_generation_prompt_and_bertscore(compose, tmp_path: 
     fp = eval_run.fingerprint(cfg, None, "test")
     assert fp["generation"] == {"max_new_tokens": 16, "do_sample": False, "num_beams": 1}
     assert fp["prompt"] == {"name": "custom", "system_prompt": "Answer with a single word or phrase."}
-    # The whole bertscore node: options added to it later are recorded too.
-    assert fp["scoring"]["bertscore"] == OmegaConf.to_container(cfg.bertscore)
+    # The whole bertscore node (options added to it later are recorded too) and the layer it resolves to.
+    assert fp["scoring"]["bertscore"] == {**OmegaConf.to_container(cfg.bertscore), "layer": 17}
     assert fp["scoring"]["bertscore"]["model"] == "roberta-large" and fp["scoring"]["bertscore"]["num_layers"] == 17
 
 
@@ -96,6 +96,28 @@ def test_runs_scored_with_another_bertscore_model_are_refused(compose, tmp_path:
     result = compare([a, c], out_dir=tmp_path / "out", n_boot=10)
     assert result["settings_differ"]["bertscore"]["C"] == "not scored"
     assert "Warning" not in (tmp_path / "out" / "model_comparison_tables.md").read_text()
+
+
+def test_the_bertscore_layer_a_local_copy_resolves_to_is_compared(compose, tmp_path: Path) -> None:
+    copy = tmp_path / "models" / "roberta-large"  # huggingface-cli download roberta-large --local-dir ...
+    copy.mkdir(parents=True)
+    hub = _evaluated(compose, tmp_path / "a", "A", ["bertscore.model=roberta-large"], bertscore=0.8)
+    local = _evaluated(compose, tmp_path / "b", "B", [f"bertscore.model={copy}"], bertscore=0.8)
+    assert json.loads((local / "eval_fingerprint.json").read_text())["scoring"]["bertscore"]["layer"] == 17
+    # Scored by the copy at its last layer (24), as medvl did before it found a copy's hub name: refused.
+    fp = json.loads((local / "eval_fingerprint.json").read_text())
+    fp["scoring"]["bertscore"]["layer"] = 24
+    (local / "eval_fingerprint.json").write_text(json.dumps(fp))
+    with pytest.raises(CompareError, match=r"different settings \(bertscore: .*\"layer\": 17.*\"layer\": 24"):
+        compare([hub, local], out_dir=tmp_path / "out", n_boot=10)
+    # An eval dir from before the layer was recorded: compared on the rest, which is alike.
+    del fp["scoring"]["bertscore"]["layer"]
+    fp["scoring"]["bertscore"]["model"] = "roberta-large"
+    (local / "eval_fingerprint.json").write_text(json.dumps(fp))
+    assert compare([hub, local], out_dir=tmp_path / "out", n_boot=10)["settings_differ"] == {}
+    # Not scoring BERTScore resolves no layer (nothing loads for it).
+    assert "layer" not in eval_run.fingerprint(compose(["metrics=[exact_match]"], config_name="eval"), None,
+                                               "test")["scoring"]["bertscore"]
 
 
 def test_a_different_prompt_is_marked_not_refused(compose, tmp_path: Path) -> None:

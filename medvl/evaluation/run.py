@@ -83,7 +83,22 @@ def fingerprint(cfg: DictConfig, ckpt: RunDir | None, split: str) -> dict[str, A
             "dtype": str(cfg.model.dtype), "attn_implementation": attention_of(cfg.model),  # the kernel used, not "auto"
             "init_from": str(init_from) if init_from else None,
             **({"earlier_weights": earlier} if earlier else {}),
-            "scoring": {"bertscore": OmegaConf.to_container(cfg.bertscore, resolve=True)}}
+            "scoring": {"bertscore": bertscore_setting(cfg)}}
+
+
+def bertscore_setting(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg.bertscore`` and, when BERTScore is scored, the layers it compares (``layer``; ``layer_zh`` with
+    ``model_zh``) as resolved for these models: the same ``num_layers: null`` gives layer 17 for roberta-large
+    and gave 24 for a local copy of it before medvl found its hub name, so medvl.compare reads the layer."""
+    setting = OmegaConf.to_container(cfg.bertscore, resolve=True)
+    if list(cfg.metrics) and "bertscore_f1" not in cfg.metrics:
+        return setting
+    from medvl.evaluation.metrics.bertscore import _bertscore_layers, default_bertscore_model
+
+    setting["layer"] = _bertscore_layers(setting["model"] or default_bertscore_model(), setting["num_layers"])
+    if setting.get("model_zh"):
+        setting["layer_zh"] = _bertscore_layers(setting["model_zh"], None)
+    return setting
 
 
 def check_resumable(out: Path, fp: dict[str, Any]) -> None:

@@ -61,6 +61,9 @@ SETTING_SOURCES: dict[str, tuple[tuple[str, ...], ...]] = {
 #: over ``prompt=...``).
 STRICT_SETTINGS = ("max_new_tokens", "do_sample", "num_beams", "bertscore")
 NOT_RECORDED = "not recorded"
+#: BERTScore keys later medvl versions add to the fingerprint (the layers the model was compared at): runs
+#: evaluated before them do not record them, and are compared on the other keys.
+RESOLVED_LATER = ("layer", "layer_zh")
 #: The BERTScore settings of a run without BERTScore scores do not matter.
 NOT_SCORED = "not scored"
 _UNKNOWN = (NOT_RECORDED, NOT_SCORED)
@@ -100,6 +103,13 @@ def differing_settings(runs: Sequence[Run]) -> dict[str, dict[str, str]]:
     A run that does not record a setting (an eval dir from an older medvl) shows ``not recorded``.
     """
     settings = [eval_settings(run) for run in runs]
+    # BERTScore's resolved layers (RESOLVED_LATER) are compared only where every run records them.
+    scored = [recorded["bertscore"] for recorded in settings if isinstance(recorded.get("bertscore"), Mapping)]
+    for key in RESOLVED_LATER:
+        if not all(key in setting for setting in scored):
+            for recorded in settings:
+                if isinstance(recorded.get("bertscore"), Mapping):
+                    recorded["bertscore"] = {k: v for k, v in recorded["bertscore"].items() if k != key}
     out = {}
     for setting in SETTING_SOURCES:
         texts = {run.name: _setting_text(recorded.get(setting, _ABSENT)) for run, recorded in zip(runs, settings)}
