@@ -97,6 +97,45 @@ def test_the_presets_pixel_budget_wins_over_a_published_preprocessor_configs(com
     assert int(grid.prod()) // merge <= max_image_tokens(cfg.model)
 
 
+@pytest.mark.parametrize("name, loads", [("Qwen2_5_VLImageProcessor", True), ("NoSuchImageProcessor", False)])
+def test_a_checkpoint_naming_a_forks_image_processor_loads_with_the_stock_class(compose, tmp_path, caplog, name,
+                                                                                loads):
+    """Checkpoints fine-tuned with forks of transformers name their Qwen2.5-VL image processor
+    Qwen2_5_VLImageProcessor, which transformers 5 refuses; it is Qwen2VLImageProcessor, and loads as such from a
+    copy of the processor files (the checkpoint is not written). A name transformers has no class for stays one
+    line."""
+    import json
+    import shutil
+
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    local = tmp_path / "finetuned"
+    shutil.copytree(resolve_model_path(compose(["model=tiny25"]).model), local)
+    processor_config = json.loads((local / "processor_config.json").read_text())
+    legacy = {**processor_config.pop("image_processor"), "image_processor_type": name,
+              "processor_class": "Qwen2_5_VLProcessor"}
+    (local / "preprocessor_config.json").write_text(json.dumps(legacy))
+    (local / "processor_config.json").write_text(json.dumps(processor_config))
+    before = {p.name: p.read_bytes() for p in local.iterdir()}
+    cfg = compose(["model=qwen2_5_vl_7b", f"model.name_or_path={local}"])
+    if not loads:
+        with pytest.raises(ModelLoadError, match="^cannot load model from .*Unrecognized image processor[^\n]*$"):
+            load_processor(cfg.model)
+        return
+    processor = load_processor(cfg.model)
+    assert type(processor.image_processor).__name__ == "Qwen2VLImageProcessor"
+    assert f"names the image processor {name}" in caplog.text
+    assert processor.image_processor.size["longest_edge"] == cfg.model.max_pixels  # the preset's budget still wins
+    assert {p.name: p.read_bytes() for p in local.iterdir()} == before
+    stock = load_processor(cfg.model, str(resolve_model_path(compose(["model=tiny25"]).model)))
+    image = Image.new("RGB", (300, 200), "gray")
+    assert torch.equal(processor.image_processor(images=image, return_tensors="pt")["pixel_values"],
+                       stock.image_processor(images=image, return_tensors="pt")["pixel_values"])
+    processor.save_pretrained(tmp_path / "saved")  # what a run or an export writes loads with plain transformers
+    assert type(AutoProcessor.from_pretrained(tmp_path / "saved").image_processor).__name__ == "Qwen2VLImageProcessor"
+
+
 def test_a_checkpoint_error_of_a_cached_hub_model_is_not_called_a_missing_download(compose, monkeypatch):
     """A hub id found in the local cache that transformers refuses (here: an attention its class does not run
     under) gets transformers' reason, not "the hub cannot be reached (offline?)"."""

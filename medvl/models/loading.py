@@ -11,8 +11,8 @@ top of its stage chain, merged exactly as training built it (:func:`load_run_wei
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +148,54 @@ def processor_budget(model_cfg: Any) -> dict[str, Any]:
     return {"size": {"shortest_edge": int(model_cfg.min_pixels), "longest_edge": int(model_cfg.max_pixels)}}
 
 
+#: Image processor names that checkpoints fine-tuned with forks of transformers carry, and the class stock
+#: transformers has for them: Qwen2.5-VL has always used Qwen2-VL's image processor (Qwen2.5-VL-7B-Instruct's
+#: own preprocessor_config.json names Qwen2VLImageProcessor), and transformers 5 refuses the fork's name
+#: ("Unrecognized image processor").
+RENAMED_IMAGE_PROCESSORS = {"Qwen2_5_VLImageProcessor": "Qwen2VLImageProcessor"}
+#: Weight files, left out of the copy of a checkpoint's processor files.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5")
+
+
+@contextmanager
+def renamed_image_processor(path: str) -> Iterator[str | None]:
+    """A temporary copy of the checkpoint's processor files (no weights) whose ``preprocessor_config.json`` names
+    the stock class for one of :data:`RENAMED_IMAGE_PROCESSORS`, said in the log; None when it names none.
+    The checkpoint itself (a download in the Hub cache, perhaps read-only) is never written."""
+    import json
+    import shutil
+    import tempfile
+
+    source = Path(path)
+    if not source.is_dir():
+        from huggingface_hub import snapshot_download
+
+        try:  # the processor files only, from the cache (or the Hub where it is reachable)
+            source = Path(snapshot_download(path, ignore_patterns=[f"*{s}" for s in _WEIGHT_SUFFIXES]))
+        except Exception:  # noqa: BLE001 - the caller explains the first error
+            yield None
+            return
+    config_path = source / "preprocessor_config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError):
+        yield None
+        return
+    stock = RENAMED_IMAGE_PROCESSORS.get(config.get("image_processor_type"))
+    if stock is None:
+        yield None
+        return
+    log.warning("%s names the image processor %s, which transformers does not have; loading it as %s, the class "
+                "of that name in transformers", path, config["image_processor_type"], stock)
+    with tempfile.TemporaryDirectory(prefix="medvl-processor-") as copy:
+        for item in source.iterdir():
+            if item.is_file() and not item.name.endswith(_WEIGHT_SUFFIXES):
+                shutil.copyfile(item, Path(copy) / item.name)  # a Hub cache holds links: their targets are copied
+        config["image_processor_type"] = stock
+        (Path(copy) / config_path.name).write_text(json.dumps(config, indent=2))
+        yield copy
+
+
 def load_processor(model_cfg: Any, path: str | None = None):
     """Load the processor with the configured min/max image pixels."""
     from transformers import AutoProcessor
@@ -155,10 +203,14 @@ def load_processor(model_cfg: Any, path: str | None = None):
     path = path or resolve_model_path(model_cfg)
     check_available(path)
     check_family(model_cfg, path)
+    remote_code = bool(model_cfg.trust_remote_code)
     try:
-        processor = AutoProcessor.from_pretrained(path, trust_remote_code=bool(model_cfg.trust_remote_code))
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=remote_code)
     except (OSError, ValueError) as exc:
-        raise _explain(path, exc) from None
+        with renamed_image_processor(path) as renamed:
+            if renamed is None:
+                raise _explain(path, exc) from None
+            processor = AutoProcessor.from_pretrained(renamed, trust_remote_code=remote_code)
     budget = processor_budget(model_cfg)
     if budget:
         # Set on the built processor, not passed to from_pretrained: the published preprocessor configs of
