@@ -7,7 +7,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from medvl.config import CONF_DIR
+from medvl.config import CONF_DIR, exit_with
 from medvl.preflight import preflight
 from medvl.training.distributed import rank_argv
 
@@ -27,7 +27,7 @@ def main(cfg: DictConfig) -> None:
     try:
         evaluate(cfg, list(HydraConfig.get().overrides.task))
     except (CheckpointError, ConfigError, MetricError, ModelLoadError, FileNotFoundError) as exc:
-        sys.exit(f"medvl: {exc}")
+        exit_with(exc)
     ranks.finish()
 
 

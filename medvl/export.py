@@ -7,7 +7,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from medvl.config import CONF_DIR
+from medvl.config import CONF_DIR, exit_with
 from medvl.preflight import preflight
 
 
@@ -22,7 +22,7 @@ def main(cfg: DictConfig) -> None:
     try:
         print(export(cfg, list(HydraConfig.get().overrides.task)))
     except (CheckpointError, ModelLoadError, FileNotFoundError) as exc:
-        sys.exit(f"medvl: {exc}")
+        exit_with(exc)
 
 
 def cli() -> None:

@@ -105,14 +105,14 @@ def preflight(config_name: str, argv: list[str]) -> None:
         elif not arg.startswith("-") and (not arg.startswith("hydra") or arg.startswith("hydra.searchpath")):
             overrides.append(arg)  # a config folder of one's own (hydra.searchpath) adds choices to compose
     if any(a in ("-m", "--multirun") for a in argv):
-        if config_name == "train":
-            _preflight_sweep(overrides)
+        _preflight_sweep(config_name, overrides)
         return
     printing = any(a in ("--cfg", "-c") for a in argv)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name=config_name, overrides=overrides)
+            refuse_secrets(secret_keys(cfg))  # from a config file of one's own (hydra.searchpath), for every command
             if config_name == "train":
                 validate_training(cfg)
                 if cfg.eval_after_train and not printing:
@@ -127,10 +127,12 @@ def preflight(config_name: str, argv: list[str]) -> None:
         GlobalHydra.instance().clear()
 
 
-def _preflight_sweep(overrides: list[str]) -> None:
-    """Before a multirun starts: a later stage's ``init_from`` and what every job's evaluation after training
-    needs (Java for METEOR, ...), checked on the first job's config, or exit with one line. Otherwise each job
-    would fail alike.
+def _preflight_sweep(config_name: str, overrides: list[str]) -> None:
+    """Before a multirun starts, or exit with one line:
+    - secret-named keys from config files (a ``hydra.searchpath`` folder of one's own), in the config of every
+      value of every swept override: Hydra writes multirun.yaml and each job's .hydra/ before any job runs;
+    - for ``medvl.train``, on the first job's config, a later stage's ``init_from`` and what every job's
+      evaluation after training needs (Java for METEOR, ...). Otherwise each job would fail alike.
 
     Other errors are left to the jobs, each of which validates its own config when it starts.
     """
@@ -138,18 +140,26 @@ def _preflight_sweep(overrides: list[str]) -> None:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parser, first = OverridesParser.create(), []
-    for arg in overrides:
+    parser, first, swept = OverridesParser.create(), [], []
+    for i, arg in enumerate(overrides):
         try:
             override = parser.parse_override(arg)
-            value = next(override.sweep_string_iterator()) if override.is_sweep_override() else None
+            values = list(override.sweep_string_iterator()) if override.is_sweep_override() else []
         except Exception:  # noqa: BLE001 - a malformed override gets Hydra's own error
             return
-        first.append(arg if value is None else f"{arg.partition('=')[0]}={value}")
+        key = arg.partition("=")[0]
+        first.append(f"{key}={values[0]}" if values else arg)
+        swept += [(i, f"{key}={value}") for value in values[1:]]
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="train", overrides=first)
+            cfg = compose(config_name=config_name, overrides=first)
+            refuse_secrets(secret_keys(cfg))
+            for i, value in swept:  # each other value once, with the first job's others: a few compositions
+                refuse_secrets(secret_keys(compose(config_name=config_name, overrides=[*first[:i], value,
+                                                                                          *first[i + 1:]])))
+        if config_name != "train":
+            return
         check_init_from(cfg)  # a later stage's sweep without init_from: every job would stop alike
         if cfg.eval_after_train is not False:  # null: on in a sweep
             check_eval_after_train(cfg)

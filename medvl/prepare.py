@@ -10,7 +10,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from medvl.config import CONF_DIR
+from medvl.config import CONF_DIR, exit_with
 from medvl.preflight import preflight
 
 
@@ -22,7 +22,7 @@ def main(cfg: DictConfig) -> None:
     try:
         prepare(cfg)
     except (ConverterError, FileNotFoundError) as exc:  # a wrong data.format/options/root: one line
-        sys.exit(f"medvl: {exc}")
+        exit_with(exc)
 
 
 def cli() -> None:

@@ -190,11 +190,12 @@ def rich_table(
     column whose change of value starts a new section. A cell that already is a rich ``Text`` (a note
     in colour) is shown as it is.
     """
+    from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
 
     right = set(right)
-    table = Table(title=title)
+    table = Table(title=escape(title) if title else title)  # a sweep job's name holds [...]: text, not markup
     for column in frame.columns:
         table.add_column(Text(str(column)), justify="right" if column in right else "left")
     sections = list(frame[section_by]) if section_by is not None else [None] * len(frame)

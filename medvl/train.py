@@ -7,7 +7,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from medvl.config import CONF_DIR
+from medvl.config import CONF_DIR, exit_with
 from medvl.preflight import preflight
 from medvl.training.distributed import rank_argv
 
@@ -28,7 +28,7 @@ def main(cfg: DictConfig) -> dict:
         return train(cfg)
     except (CheckpointError, ConfigError, ModelLoadError, FileNotFoundError) as exc:
         # What the user can fix (a model that cannot load, a path that does not exist) is one line.
-        sys.exit(f"medvl: {exc}")
+        exit_with(exc)
 
 
 def cli() -> None:

@@ -136,3 +136,27 @@ def test_missing_resume_checkpoint_names_what_works(compose, tmp_path):
         resume_checkpoint(compose([f"resume={tmp_path}"]), tmp_path)
 
 
+
+
+def test_a_line_for_the_log_file_only_reaches_the_file_handlers(tmp_path):
+    """What the console already showed its own way (prepare's warnings in colour, the one-line error on stderr)
+    goes to the run's log file once, not to the console a second time."""
+    import io
+    import logging
+
+    from medvl.config.errors import to_log_file
+
+    root = logging.getLogger()
+    console, file = logging.StreamHandler(io.StringIO()), logging.FileHandler(tmp_path / "run.log")
+    quiet = logging.FileHandler(tmp_path / "errors-only.log")
+    quiet.setLevel(logging.ERROR)
+    for handler in (console, file, quiet):
+        root.addHandler(handler)
+    try:
+        to_log_file(logging.WARNING, "train: 2 of 4 rows dropped as too_long")
+    finally:
+        for handler in (console, file, quiet):
+            root.removeHandler(handler)
+            handler.close()
+    assert (tmp_path / "run.log").read_text() == "train: 2 of 4 rows dropped as too_long\n"
+    assert console.stream.getvalue() == "" and (tmp_path / "errors-only.log").read_text() == ""

@@ -210,13 +210,16 @@ def test_nonzero_rank_writes_no_hydra_output(cache_dir, tmp_path):
         env = {**os.environ, "MEDVL_CACHE": str(cache_dir), "WORLD_SIZE": "2", "RANK": str(rank),
                "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
         procs[rank] = subprocess.Popen(
-            [sys.executable, "-m", "medvl.train", f"--local_rank={rank}", "model.build_tiny=false",
+            [sys.executable, "-m", "medvl.train", f"--local_rank={rank}", "model.build_tiny=false", "init_from=base",
              f"model.name_or_path={tmp_path / 'no-model'}", f"hydra.run.dir={tmp_path / f'run{rank}'}"],
             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for proc in procs.values():
-        output = proc.communicate(timeout=180)[0]
-        assert proc.returncode != 0 and "no-model" in output, output  # got as far as loading the model
-        assert "unrecognized arguments" not in output
+    outputs = {}
+    for rank, proc in procs.items():
+        outputs[rank] = proc.communicate(timeout=180)[0]
+        assert proc.returncode != 0 and "no-model" in outputs[rank], outputs[rank]  # got as far as loading
+        assert "unrecognized arguments" not in outputs[rank]
+    # The config's warnings once, from rank 0, not once per rank.
+    assert [("starts from the base model" in outputs[rank]) for rank in (0, 1)] == [True, False]
     assert (tmp_path / "run0" / ".hydra" / "config.yaml").is_file() and (tmp_path / "run0" / "train.log").is_file()
     assert (tmp_path / "run1").is_dir()
     assert not (tmp_path / "run1" / ".hydra").exists() and not (tmp_path / "run1" / "train.log").exists()

@@ -440,11 +440,15 @@ def test_default_eval_dir_is_named_after_the_model_and_data_it_evaluates(cache_d
     cfg.data.name, cfg.data.dir, cfg.data.eval_split = "slake", str(tmp_path / "no-data"), "validation"
     OmegaConf.save(cfg, run / "config.yaml")
     env = {"MEDVL_CACHE": str(cache_dir)}
-    for args in ([], ["data=vqa_rad", "prompt=custom"], ["split=train"]):
-        assert "split" in _one_line(_eval_proc(f"+ckpt={run}", *args, cwd=tmp_path, env_extra=env))
+    errors = [_one_line(_eval_proc(f"+ckpt={run}", *args, cwd=tmp_path, env_extra=env))
+              for args in ([], ["data=vqa_rad", "prompt=custom"], ["split=train"])]
+    assert all("split" in line for line in errors)
     made = {p.name for p in (tmp_path / "outputs" / "eval").iterdir()}
     assert made == {"tiny_slake_validation_default_runs_slake-run", "tiny_vqa_rad_test_custom_runs_slake-run",
                     "tiny_slake_train_default_runs_slake-run"}
+    # Each directory's log ends with why its evaluation stopped: the line stderr showed.
+    logs = [(tmp_path / "outputs" / "eval" / name / "eval.log").read_text().splitlines()[-1] for name in made]
+    assert sorted(line.partition("[ERROR] - ")[2] for line in logs) == sorted(errors)
 
 
 def _one_line(proc: subprocess.CompletedProcess) -> str:

@@ -171,9 +171,30 @@ def test_preflight_refuses_secret_overrides_before_hydra_writes_them(argv):
     assert "secrets must not be in the config" in str(err.value) and SECRET not in str(err.value)
 
 
+@pytest.mark.parametrize("config_name, argv", [
+    ("train", ["-m", "lora.r=4,8", "data=synth_secret"]),
+    ("train", ["-m", "data=synth,synth_secret"]),  # only a later value of the sweep holds it
+    ("eval", ["-m", "prompt=default,custom", "data=synth_secret"]),
+    ("prepare", ["data=synth_secret"]),
+    ("eval", ["data=synth_secret"]),
+])
+def test_preflight_refuses_a_secret_from_a_config_file_of_ones_own(tmp_path, config_name, argv):
+    """A secret-named key in a config folder of one's own (hydra.searchpath) is refused by every command, and
+    under -m before Hydra writes multirun.yaml and the jobs' .hydra/ (a job would refuse it only after)."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "synth_secret.yaml").write_text(
+        f"defaults:\n  - synth\n  - _self_\nname: synth_secret\noptions:\n  HFToken: {SECRET}\n")
+    with pytest.raises(SystemExit) as err:
+        preflight(config_name, [*argv, f"hydra.searchpath=[file://{tmp_path}]"])
+    assert "data.options.HFToken: secrets must not be in the config" in str(err.value)
+    assert SECRET not in str(err.value)
+
+
 def test_secret_names_and_redaction():
-    assert [is_secret_key(k) for k in ("api_key", "hf_token", "wandbApiKey", "db_password", "client_secret")] == [True] * 5
-    assert not any(is_secret_key(k) for k in ("max_new_tokens", "pad_token_id", "monkey", "eval_metrics"))
+    assert [is_secret_key(k) for k in ("api_key", "hf_token", "wandbApiKey", "db_password", "client_secret",
+                                       "HFToken", "HFAPIKey", "TOKEN")] == [True] * 8
+    assert not any(is_secret_key(k) for k in ("max_new_tokens", "pad_token_id", "monkey", "eval_metrics",
+                                              "HFTokenizer"))
     config = {"logger": {"project": "p", "api_key": SECRET}, "tokens": [{"access_token": SECRET}], "max_new_tokens": 4}
     assert wandb_session.redact(config) == {"logger": {"project": "p", "api_key": wandb_session.MASK},
                                             "tokens": [{"access_token": wandb_session.MASK}], "max_new_tokens": 4}

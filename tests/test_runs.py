@@ -53,6 +53,9 @@ def test_two_job_sweep_ends_in_a_comparison_table(tmp_path, cache_dir, tiny_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "job_status.json").exists())
     assert len(jobs) == 2
+    assert jobs[0].name.startswith("0_data.num_test-32_") and jobs[0].name.endswith("_lora.r-4_max_new_tokens-6_"
+                                                                                    "trainer.max_steps-4_trainer."
+                                                                                    "per_device_train_batch_size-8")
     for job in jobs:
         assert (job / "adapter" / "adapter_model.safetensors").exists()
         metrics = json.loads((job / "eval" / "metrics.json").read_text())  # eval_after_train is on in sweeps

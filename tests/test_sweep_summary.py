@@ -40,3 +40,22 @@ def test_registered_metrics_give_the_comparison_tables(tmp_path: Path) -> None:
     sweep = _sweep(tmp_path, {"exact_match": 0.5})
     summarize_sweep(sweep)
     assert "job0" in (sweep / "model_comparison_tables.md").read_text()
+
+
+def test_a_sweep_jobs_folder_is_taken_back_unquoted_by_the_command_line() -> None:
+    """``+ckpt=<job>`` (evaluate a job on other data) and ``init_from=<job>`` (stage 2 on a stage-1 sweep's job):
+    Hydra's parser refuses ``=`` and ``,`` in an unquoted value, which its own ``<num>_<override_dirname>`` has."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from medvl.config import CONF_DIR, sweep_job_dir
+
+    parser = OverridesParser.create()
+    for num, overrides in [(3, "lora.r=8,lora=attn"), (1, "eval.metrics=[bleu4,cider],trainer.seed=7"),
+                           (2, "+extra={a:1},prompt.system_prompt='Be brief.'"), (0, "")]:
+        job = f"outputs/sweeps/2026-12-03_21-00-00-000000/{sweep_job_dir(num, overrides)}"
+        for key in ("+ckpt", "init_from", "hydra.run.dir"):
+            assert parser.parse_override(f"{key}={job}").value() == job
+    assert sweep_job_dir(3, "lora.r=8,lora=attn") == "3_lora.r-8_lora-attn"
+    # What conf/train.yaml names a job's folder with (tests/test_runs.py runs a sweep through it).
+    assert "subdir: ${medvl_job_dir:${hydra.job.num},${hydra.job.override_dirname}}" in (
+        CONF_DIR / "train.yaml").read_text()

@@ -97,9 +97,11 @@ def test_rich_table_reads_no_markup_and_bolds_marked_cells() -> None:
 
     frame = pd.DataFrame([["[red]x[/red]", "0.5"], ["y", "0.7"]], columns=["run", "exact_match"])
     bold = pd.DataFrame([[False, False], [False, True]], columns=frame.columns)
-    table = tables.rich_table(frame, title="t", right=["exact_match"], bold_cells=bold)
+    title = "3_lora.targets=[q_proj,v_proj]"  # a sweep job's folder, as the tables of its evaluation say
+    table = tables.rich_table(frame, title=title, right=["exact_match"], bold_cells=bold)
     console = Console(width=80, record=True, force_terminal=False)
     console.print(table)
-    assert "[red]x[/red]" in console.export_text()
+    text = console.export_text()
+    assert "[red]x[/red]" in text and title in text
     assert table.columns[1].justify == "right"
     assert [str(cell.style) for cell in table.columns[1].cells] == ["", "bold"]

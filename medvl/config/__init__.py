@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from medvl.config.errors import ConfigError
+from medvl.config.errors import ConfigError, exit_with
 from medvl.config.lora import (
     ALPHA_PER_RANK,
     AUTO_PRESET,
@@ -22,7 +22,7 @@ from medvl.config.lora import (
     lora_components,
     resolve_lora,
 )
-from medvl.config.naming import eval_dir_name
+from medvl.config.naming import eval_dir_name, sweep_job_dir
 from medvl.config.schemas import (
     DEFAULT_MAX_NEW_TOKENS,
     SCHEMAS,
@@ -51,13 +51,15 @@ from medvl.config.validation import BASE_INIT, check_init_from, starts_from_base
 register_configs()
 if not OmegaConf.has_resolver("medvl_eval_name"):
     OmegaConf.register_new_resolver("medvl_eval_name", eval_dir_name)
+if not OmegaConf.has_resolver("medvl_job_dir"):
+    OmegaConf.register_new_resolver("medvl_job_dir", sweep_job_dir)
 
 __all__ = [
     "ALPHA_PER_RANK", "AUTO_PRESET", "BASE_INIT", "COMPONENT_NAMES", "CONF_DIR", "DATASET_LABEL_KEYS",
     "DEFAULT_MAX_NEW_TOKENS", "SCHEMAS", "SECRET_WORDS", "BertScoreConfig", "ConfigError", "DataConfig",
     "DeepSpeedConfig", "EvalConfig", "EvalSettings", "ExportConfig", "Family", "LoggerConfig", "LoraConfig",
     "ModelConfig", "PrepareConfig", "PromptConfig", "StageConfig", "TrainConfig", "Trainable", "TrainerConfig",
-    "add_dataset_labels", "check_init_from", "dataset_labels", "eval_dir_name", "group_choices", "is_secret_key",
+    "add_dataset_labels", "check_init_from", "dataset_labels", "eval_dir_name", "exit_with", "group_choices", "is_secret_key",
     "lora_alpha", "lora_component", "lora_components", "refuse_secrets", "register_configs", "resolve_lora",
-    "secret_keys", "starts_from_base", "validate", "validate_eval",
+    "secret_keys", "starts_from_base", "sweep_job_dir", "validate", "validate_eval",
 ]

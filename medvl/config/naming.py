@@ -1,4 +1,5 @@
-"""The default directory name of an evaluation (conf/eval.yaml's ``${medvl_eval_name:...}`` resolver)."""
+"""Default directory names: an evaluation's (conf/eval.yaml's ``${medvl_eval_name:...}`` resolver) and a sweep
+job's (conf/train.yaml's ``${medvl_job_dir:...}``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,18 @@ def _slug(path: str) -> str:
         return "base"
     parts = [p for p in str(path).replace("\\", "/").split("/") if p not in ("", ".", ADAPTER_DIR, MODEL_DIR)]
     return "_".join(parts[-2:]).replace("=", "-").replace(",", "_") or "base"
+
+
+#: Characters Hydra's command line does not take in an unquoted value, and what they become in a job's folder name.
+_UNQUOTABLE = str.maketrans({"=": "-", ",": "_", " ": "_", "[": None, "]": None, "{": None, "}": None, "(": None,
+                             ")": None, "'": None, '"': None, ":": "-"})
+
+
+def sweep_job_dir(num: int, overrides: str) -> str:
+    """A sweep job's folder, ``<num>_<overrides>``, in characters that ``+ckpt=``, ``init_from=`` and
+    ``hydra.run.dir=`` take unquoted: ``lora.r=8,lora=attn`` becomes ``3_lora.r-8_lora-attn``, and
+    ``eval.metrics=[bleu4,cider]`` ``eval.metrics-bleu4_cider`` (Hydra's own name refuses ``=`` and ``,``)."""
+    return f"{num}_{overrides.translate(_UNQUOTABLE)}" if overrides else str(num)
 
 
 def eval_dir_name(ckpt: str, model: str, data: str, split: str, prompt: str) -> str:

@@ -9,14 +9,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from medvl.config.errors import ConfigError
 
-#: A key whose last word is one of these holds a secret: ``api_key``, ``hf_token``, ``wandbApiKey``
+#: A key whose last word is one of these holds a secret: ``api_key``, ``hf_token``, ``wandbApiKey``, ``HFToken``
 #: (but not ``max_new_tokens`` or ``pad_token_id``).
 SECRET_WORDS = {"key", "apikey", "token", "secret", "password", "passwd", "credential", "credentials"}
 
 
 def is_secret_key(name: str) -> bool:
-    words = re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", str(name)).lower())
-    return words[-1] in SECRET_WORDS
+    words = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", str(name))  # an acronym, then a word: HF_Token
+    words = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", words)  # a word, then a capital: wandb_Api_Key
+    return re.split(r"[^a-z0-9]+", words.lower())[-1] in SECRET_WORDS
 
 
 def secret_keys(node: Any, prefix: str = "") -> list[str]:

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from rich.markup import escape
 
+from medvl.config.errors import to_log_file
 from medvl.config.families import family_name
 from medvl.data.checking import Checking, CheckSpec, RowChecker, Verdict
 from medvl.data.converters import SPLITS, ConverterError, Reject, Row, convert, converter_for, partition
@@ -172,8 +174,8 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     _write_outputs(staged, report, type_mapping, {s: categories[s] for s in splits})
     console.print(summary_table(report))
     for line in report["warnings"]:
-        console.print(f"[yellow]{line}[/yellow]", highlight=False)
-        log.warning(line)
+        console.print(f"[yellow]{escape(line)}[/yellow]", highlight=False)
+        to_log_file(logging.WARNING, line, log.name)  # the console has it already
     log.info("Wrote %s", ", ".join(str(out_dir / f) for f in [*(f"{s}.jsonl" for s in splits), "rejects.jsonl",
                                                                  "report.json", "type_mapping.json", "categories.md"]))
     return report
